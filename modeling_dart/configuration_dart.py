@@ -1,0 +1,282 @@
+"""DART model configuration."""
+
+from __future__ import annotations
+
+import math
+
+from transformers import PreTrainedConfig
+
+_BACKBONES = ("vit", "vim", "videomamba")
+_TRUNKS = ("mobilenet_v3_small", "mobilenet_v3_large")
+_HEADS = ("v1", "v2")
+_NORMALIZATIONS = ("image", "batch")
+_CLS_POSITIONS = ("head", "middle")
+_VIDEO_POOLING = ("frame", "clip")
+_SCORERS = ("learned", "uniform")
+
+# Maximum number of tokens relative to the base grid: beyond this, tokens are far smaller than a pixel.
+MAX_TOKENS_PER_CELL = 16
+
+
+class DartConfig(PreTrainedConfig):
+    r"""
+    Configuration of a DART model: a Differentiable Dynamic Adaptive Region Tokenizer feeding a DeiT (`backbone="vit"`),
+    Vision Mamba (`backbone="vim"`) or VideoMamba (`backbone="videomamba"`) backbone.
+
+    DART predicts a score map on a `score_grid_size x score_grid_size` grid with a small scoring network (frozen
+    MobileNetV3 trunk + trainable head), inverts its row marginal and its per-row density into `num_tokens` patches of
+    varying size, resamples each patch to `patch_size x patch_size` pixels and projects it to a token. Position
+    embeddings live on the base grid (`score_grid_size**2` rows plus the cls row) and are resampled by area overlap.
+
+    Args:
+        backbone (`str`, *optional*, defaults to `"vit"`):
+            `"vit"` (DeiT blocks), `"vim"` (bidirectional Mamba, cls token in the middle, outputs averaged) or
+            `"videomamba"` (bidirectional Mamba, cls token first, outputs summed).
+        image_size (`int`, *optional*, defaults to 448):
+            Resolution the model was trained at (the image processor's crop). Any input size works at call time.
+        patch_size (`int`, *optional*, defaults to 16):
+            Pixel size of every resampled patch.
+        num_channels (`int`, *optional*, defaults to 3):
+            Number of input channels.
+        score_grid_size (`int`, *optional*, defaults to 14):
+            Side of the score map and of the base position grid (14 -> 196 cells).
+        num_tokens (`int`, *optional*, defaults to 196):
+            Default number of adaptive tokens (overridable per call with `num_tokens=`).
+        scorer (`str`, *optional*, defaults to `"learned"`):
+            `"learned"` (MobileNetV3 trunk + head) or `"uniform"` (constant scores: the standard patch grid at
+            `image_size == score_grid_size * patch_size`; no scorer weights).
+        scorer_trunk (`str`, *optional*, defaults to `"mobilenet_v3_small"`):
+            `"mobilenet_v3_small"` or `"mobilenet_v3_large"`.
+        scorer_head (`str`, *optional*, defaults to `"v1"`):
+            `"v1"` (per-position MLP, `sigmoid(s) + 0.1`) or `"v2"` (channel gating, `sigmoid(2 s)`).
+        scorer_hidden_size (`int`, *optional*):
+            Hidden width of the head's MLP. Defaults to the trunk width for v1 and 96 for v2.
+        score_normalization (`str`, *optional*, defaults to `"image"`):
+            `"image"` standardises each image's score map on its own (predictions never depend on batching);
+            `"batch"` uses statistics over the whole batch, as the original code does.
+        freeze_scorer_trunk (`bool`, *optional*, defaults to `True`):
+            Keep the MobileNetV3 trunk frozen (no gradients, run under `no_grad`), as in the original.
+        hidden_size (`int`, *optional*, defaults to 192):
+            Token width.
+        num_hidden_layers (`int`, *optional*, defaults to 12):
+            Number of blocks.
+        num_attention_heads (`int`, *optional*, defaults to 3):
+            Attention heads (ViT).
+        intermediate_size (`int`, *optional*):
+            MLP width (ViT). Defaults to `4 * hidden_size`.
+        hidden_act (`str`, *optional*, defaults to `"gelu"`):
+            MLP activation (ViT).
+        hidden_dropout_prob (`float`, *optional*, defaults to 0.0):
+            Dropout on the embeddings and block outputs (ViT).
+        attention_probs_dropout_prob (`float`, *optional*, defaults to 0.0):
+            Dropout on the attention probabilities (ViT).
+        drop_path_rate (`float`, *optional*, defaults to 0.0):
+            Stochastic depth rate, increasing linearly over the blocks.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the truncated normal initialiser.
+        layer_norm_eps (`float`, *optional*, defaults to 1e-6):
+            LayerNorm epsilon (ViT).
+        qkv_bias (`bool`, *optional*, defaults to `True`):
+            Bias on the query/key/value projection (ViT).
+        state_size (`int`, *optional*, defaults to 16):
+            SSM state size (Mamba).
+        conv_kernel (`int`, *optional*, defaults to 4):
+            Causal depthwise convolution width (Mamba).
+        expand (`int`, *optional*, defaults to 2):
+            Inner width factor of the mixer (Mamba).
+        time_step_rank (`int` or `"auto"`, *optional*, defaults to `"auto"`):
+            Rank of the time-step projection; `"auto"` means `ceil(hidden_size / 16)`.
+        use_conv_bias (`bool`, *optional*, defaults to `True`):
+            Bias on the causal convolution (Mamba).
+        use_bias (`bool`, *optional*, defaults to `False`):
+            Bias on `in_proj` / `out_proj` (Mamba).
+        residual_in_fp32 (`bool`, *optional*, defaults to `True`):
+            Keep the residual stream in float32 (Mamba).
+        layer_norm_epsilon (`float`, *optional*, defaults to 1e-5):
+            RMSNorm epsilon (Mamba).
+        cls_token_position (`str`, *optional*):
+            `"head"` or `"middle"`. Defaults to `"middle"` for `vim` and `"head"` otherwise.
+        bidirectional_divide_out (`bool`, *optional*):
+            Divide the sum of the forward and backward scans by 2. Defaults to `True` for `vim`, `False` for
+            `videomamba`.
+        use_mamba_kernels (`bool`, *optional*, defaults to `True`):
+            Use the mamba-ssm / causal-conv1d CUDA kernels when the tensors are on CUDA and the packages import.
+        num_frames (`int`, *optional*, defaults to 8):
+            Frames per clip (video).
+        tubelet_size (`int`, *optional*, defaults to 1):
+            Temporal patch size (video; only 1 is supported).
+        video_score_pooling (`str`, *optional*, defaults to `"frame"`):
+            `"frame"` scores every frame on its own; `"clip"` scores the mean frame once, so all frames share regions.
+    """
+
+    model_type = "dart"
+
+    def __init__(
+        self,
+        backbone: str = "vit",
+        image_size: int = 448,
+        patch_size: int = 16,
+        num_channels: int = 3,
+        score_grid_size: int = 14,
+        num_tokens: int = 196,
+        scorer: str = "learned",
+        scorer_trunk: str = "mobilenet_v3_small",
+        scorer_head: str = "v1",
+        scorer_hidden_size: int | None = None,
+        score_normalization: str = "image",
+        freeze_scorer_trunk: bool = True,
+        hidden_size: int = 192,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 3,
+        intermediate_size: int | None = None,
+        hidden_act: str = "gelu",
+        hidden_dropout_prob: float = 0.0,
+        attention_probs_dropout_prob: float = 0.0,
+        drop_path_rate: float = 0.0,
+        initializer_range: float = 0.02,
+        layer_norm_eps: float = 1e-6,
+        qkv_bias: bool = True,
+        state_size: int = 16,
+        conv_kernel: int = 4,
+        expand: int = 2,
+        time_step_rank: int | str = "auto",
+        use_conv_bias: bool = True,
+        use_bias: bool = False,
+        residual_in_fp32: bool = True,
+        layer_norm_epsilon: float = 1e-5,
+        cls_token_position: str | None = None,
+        bidirectional_divide_out: bool | None = None,
+        use_mamba_kernels: bool = True,
+        num_frames: int = 8,
+        tubelet_size: int = 1,
+        video_score_pooling: str = "frame",
+        **kwargs,
+    ):
+        self.backbone = backbone
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        self.score_grid_size = score_grid_size
+        self.num_tokens = num_tokens
+        self.scorer = scorer
+        self.scorer_trunk = scorer_trunk
+        self.scorer_head = scorer_head
+        if scorer_hidden_size is None and scorer_trunk in _TRUNKS and scorer_head in _HEADS:
+            scorer_hidden_size = 96 if scorer_head == "v2" else (96 if scorer_trunk == "mobilenet_v3_small" else 160)
+        self.scorer_hidden_size = scorer_hidden_size
+        self.score_normalization = score_normalization
+        self.freeze_scorer_trunk = freeze_scorer_trunk
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = 4 * hidden_size if intermediate_size is None else intermediate_size
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.drop_path_rate = drop_path_rate
+        self.initializer_range = initializer_range
+        self.layer_norm_eps = layer_norm_eps
+        self.qkv_bias = qkv_bias
+        self.state_size = state_size
+        self.conv_kernel = conv_kernel
+        self.expand = expand
+        if time_step_rank == "auto" and isinstance(hidden_size, int):
+            time_step_rank = math.ceil(hidden_size / 16)
+        self.time_step_rank = time_step_rank
+        self.use_conv_bias = use_conv_bias
+        self.use_bias = use_bias
+        self.residual_in_fp32 = residual_in_fp32
+        self.layer_norm_epsilon = layer_norm_epsilon
+        if cls_token_position is None:
+            cls_token_position = "middle" if backbone == "vim" else "head"
+        self.cls_token_position = cls_token_position
+        if bidirectional_divide_out is None:
+            bidirectional_divide_out = backbone == "vim"
+        self.bidirectional_divide_out = bidirectional_divide_out
+        self.use_mamba_kernels = use_mamba_kernels
+        self.num_frames = num_frames
+        self.tubelet_size = tubelet_size
+        self.video_score_pooling = video_score_pooling
+        super().__init__(**kwargs)
+        self._validate_dart()
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def base_image_size(self) -> int:
+        """Side of the base grid in pixels (`score_grid_size * patch_size`, 224 for the released models)."""
+        return self.score_grid_size * self.patch_size
+
+    @property
+    def high_res(self) -> bool:
+        """Whether the trained input is twice the base grid (448 for a 224 base), as in all released models."""
+        return self.image_size == 2 * self.base_image_size
+
+    @property
+    def intermediate_mamba_size(self) -> int:
+        return self.expand * self.hidden_size
+
+    @property
+    def is_mamba(self) -> bool:
+        return self.backbone in ("vim", "videomamba")
+
+    def max_num_tokens(self) -> int:
+        return MAX_TOKENS_PER_CELL * self.score_grid_size**2
+
+    # --------------------------------------------------------------- validation
+    def _validate_dart(self) -> None:
+        def choice(name, allowed):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"DartConfig: `{name}` must be one of {allowed}, got {value!r}.")
+
+        def positive_int(name):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"DartConfig: `{name}` must be a positive integer, got {value!r}.")
+
+        def rate(name):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"DartConfig: `{name}` must be a float in [0, 1), got {value!r}.")
+
+        def positive_float(name):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"DartConfig: `{name}` must be a positive number, got {value!r}.")
+
+        choice("backbone", _BACKBONES)
+        choice("scorer", _SCORERS)
+        choice("scorer_trunk", _TRUNKS)
+        choice("scorer_head", _HEADS)
+        choice("score_normalization", _NORMALIZATIONS)
+        choice("cls_token_position", _CLS_POSITIONS)
+        choice("video_score_pooling", _VIDEO_POOLING)
+        for name in (
+            "image_size", "patch_size", "num_channels", "score_grid_size", "num_tokens", "scorer_hidden_size",
+            "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "state_size",
+            "conv_kernel", "expand", "time_step_rank", "num_frames", "tubelet_size",
+        ):
+            positive_int(name)
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
+            rate(name)
+        for name in ("initializer_range", "layer_norm_eps", "layer_norm_epsilon"):
+            positive_float(name)
+        if self.backbone == "vit" and self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"DartConfig: `hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
+                f"({self.num_attention_heads})."
+            )
+        if self.num_tokens > self.max_num_tokens():
+            raise ValueError(
+                f"DartConfig: `num_tokens` must be in [1, {self.max_num_tokens()}] (16 tokens per score-grid cell at "
+                f"most), got {self.num_tokens}."
+            )
+        if self.tubelet_size != 1:
+            raise ValueError(f"DartConfig: only `tubelet_size=1` is supported, got {self.tubelet_size}.")
+        if self.image_size < self.patch_size:
+            raise ValueError(
+                f"DartConfig: `image_size` ({self.image_size}) must be at least `patch_size` ({self.patch_size})."
+            )
+
+
+__all__ = ["DartConfig"]
