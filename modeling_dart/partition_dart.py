@@ -1,0 +1,222 @@
+"""Pure tensor math of the DART tokenizer: differentiable quantiles, area-overlap resampling, sampling grids.
+
+Every function here is stateless and works on plain tensors, so each can be tested (and gradient-checked) alone.
+Conventions follow the original DART code (see DESIGN.md §1): quantiles are piecewise-linear inverses of a
+cumulative sum over unit cells, with a `1e-8` guard in the denominator; resampling weights are area overlaps.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+QUANTILE_EPS = 1e-8
+ROW_WEIGHT_MIN = 1e-6
+STRIP_WEIGHT_EPS = 1e-12
+
+
+def piecewise_linear_quantiles(mass: torch.Tensor, num_parts: int) -> torch.Tensor:
+    """Cut a mass distribution over unit cells into `num_parts` parts of equal mass.
+
+    Cell `j` spans `[j, j + 1)` and holds `mass[..., j]`. For each level `p = k / num_parts`, `k = 1 .. num_parts - 1`,
+    the cut lies in the first cell `j` whose inclusive cumulative sum reaches `p` (the last cell if none does), at
+    `j + (p - cumsum_before_j) / (mass_j + 1e-8)`. Gradients reach `mass` through the cumulative sum and `mass_j`.
+
+    Args:
+        mass (`torch.Tensor` of shape `(batch, num_cells)`): non-negative masses summing to ~1 per row.
+        num_parts (`int`): number of parts (>= 1).
+
+    Returns:
+        `torch.Tensor` of shape `(batch, num_parts + 1)`: the edges `[0, q_1, ..., q_{num_parts-1}, num_cells]`
+        in cell units.
+    """
+    batch, num_cells = mass.shape
+    levels = torch.arange(1, num_parts, device=mass.device, dtype=mass.dtype) / num_parts
+    cumulative = mass.cumsum(dim=-1)
+    # first index with cumulative >= level (searchsorted "left"), clamped to the last cell
+    index = torch.searchsorted(cumulative.detach().contiguous(), levels.expand(batch, -1).contiguous())
+    index = index.clamp(max=num_cells - 1)
+    before = torch.cat([cumulative.new_zeros(batch, 1), cumulative[:, :-1]], dim=1)
+    cut = index.to(mass.dtype) + (levels - before.gather(1, index)) / (mass.gather(1, index) + QUANTILE_EPS)
+    zeros = mass.new_zeros(batch, 1)
+    ends = mass.new_full((batch, 1), float(num_cells))
+    return torch.cat([zeros, cut, ends], dim=1)
+
+
+def interval_overlap(starts: torch.Tensor, ends: torch.Tensor, cell_starts: torch.Tensor, cell_ends: torch.Tensor):
+    """Length of the overlap between intervals `[starts, ends)` and cells `[cell_starts, cell_ends)`.
+
+    Args:
+        starts, ends (`torch.Tensor` of shape `(batch, num_intervals)`).
+        cell_starts, cell_ends (`torch.Tensor` of shape `(num_cells,)`).
+
+    Returns:
+        `torch.Tensor` of shape `(batch, num_intervals, num_cells)`, non-negative.
+    """
+    lo = torch.maximum(starts.unsqueeze(-1), cell_starts)
+    hi = torch.minimum(ends.unsqueeze(-1), cell_ends)
+    return (hi - lo).clamp(min=0)
+
+
+def row_resampling_weights(row_heights: torch.Tensor, cell_size: float, num_cells: int) -> torch.Tensor:
+    """Weights that resample `num_cells` fixed rows of height `cell_size` into rows of the given heights.
+
+    `w[b, i, j] = overlap(new row i, old row j) / cell_size`, normalised over `j` (denominator clamped at 1e-6).
+
+    Args:
+        row_heights (`torch.Tensor` of shape `(batch, num_rows)`): heights in the same unit as `cell_size`,
+            summing to `num_cells * cell_size`.
+        cell_size (`float`): height of one old row.
+        num_cells (`int`): number of old rows.
+
+    Returns:
+        `torch.Tensor` of shape `(batch, num_rows, num_cells)`.
+    """
+    ends = row_heights.clamp(min=0).cumsum(dim=-1)
+    starts = torch.cat([ends.new_zeros(ends.shape[0], 1), ends[:, :-1]], dim=1)
+    cell_starts = torch.arange(num_cells, device=row_heights.device, dtype=row_heights.dtype) * cell_size
+    weights = interval_overlap(starts, ends, cell_starts, cell_starts + cell_size) / cell_size
+    return weights / weights.sum(dim=-1, keepdim=True).clamp(min=ROW_WEIGHT_MIN)
+
+
+def strip_resampling_weights(edges: torch.Tensor, num_cells: int) -> torch.Tensor:
+    """Area-overlap weights between the intervals `[edges[n], edges[n+1])` and unit cells `[l, l+1)`.
+
+    Normalised over the cells with a `1e-12` guard in the denominator.
+
+    Args:
+        edges (`torch.Tensor` of shape `(batch, num_intervals + 1)`): increasing, in cell units.
+        num_cells (`int`): number of unit cells.
+
+    Returns:
+        `torch.Tensor` of shape `(batch, num_intervals, num_cells)`.
+    """
+    cell_starts = torch.arange(num_cells, device=edges.device, dtype=edges.dtype)
+    weights = interval_overlap(edges[:, :-1], edges[:, 1:], cell_starts, cell_starts + 1)
+    return weights / (weights.sum(dim=-1, keepdim=True) + STRIP_WEIGHT_EPS)
+
+
+def row_strip_grid(row_starts: torch.Tensor, row_heights: torch.Tensor, patch_size: int, height: int, width: int):
+    """Sampling grid (for `grid_sample(..., align_corners=True)`) of the concatenated row strip.
+
+    Row `i` is resampled to `patch_size` pixel rows at `y = row_starts[i] + row_heights[i] * k / patch_size`,
+    `k = 0 .. patch_size - 1`, over every input column `x = 0 .. width - 1`; the rows are laid side by side.
+
+    Args:
+        row_starts, row_heights (`torch.Tensor` of shape `(batch, num_rows)`): in input pixels.
+        patch_size (`int`), height (`int`), width (`int`): strip height and input size.
+
+    Returns:
+        `torch.Tensor` of shape `(batch, patch_size, num_rows * width, 2)` with normalised `(x, y)` coordinates.
+    """
+    batch, num_rows = row_starts.shape
+    steps = torch.arange(patch_size, device=row_starts.device, dtype=row_starts.dtype) / patch_size
+    y = row_starts.unsqueeze(-1) + row_heights.unsqueeze(-1) * steps  # (B, R, P)
+    y = _normalise(y, height).transpose(1, 2)  # (B, P, R)
+    y = y.unsqueeze(-1).expand(batch, patch_size, num_rows, width)
+    x = _normalise(torch.arange(width, device=row_starts.device, dtype=row_starts.dtype), width)
+    x = x.expand(batch, patch_size, num_rows, width)
+    return torch.stack([x, y], dim=-1).reshape(batch, patch_size, num_rows * width, 2)
+
+
+def patch_grid(edges: torch.Tensor, patch_size: int, strip_width: int) -> torch.Tensor:
+    """Sampling grid of the patches along the row strip (for `grid_sample(..., align_corners=True)`).
+
+    Token `n` samples columns `x = edges[n] + (edges[n+1] - edges[n]) * k / patch_size` and rows `y = k`,
+    `k = 0 .. patch_size - 1`. The tokens are laid side by side, so the sampled image is `(patch_size,
+    num_tokens * patch_size)` and a stride-`patch_size` convolution turns it into one token per patch.
+
+    Args:
+        edges (`torch.Tensor` of shape `(batch, num_tokens + 1)`): in strip pixels.
+        patch_size (`int`), strip_width (`int`): the strip is `patch_size` high and `strip_width` wide.
+
+    Returns:
+        `torch.Tensor` of shape `(batch, patch_size, num_tokens * patch_size, 2)`.
+    """
+    batch = edges.shape[0]
+    steps = torch.arange(patch_size, device=edges.device, dtype=edges.dtype) / patch_size
+    starts, widths = edges[:, :-1], edges[:, 1:] - edges[:, :-1]
+    x = starts.unsqueeze(-1) + widths.unsqueeze(-1) * steps  # (B, N, P)
+    x = _normalise(x, strip_width).reshape(batch, 1, -1).expand(batch, patch_size, -1)
+    y = _normalise(torch.arange(patch_size, device=edges.device, dtype=edges.dtype), patch_size)
+    y = y.view(1, patch_size, 1).expand_as(x)
+    return torch.stack([x, y], dim=-1)
+
+
+def _normalise(coordinate: torch.Tensor, size: int) -> torch.Tensor:
+    """Pixel coordinate -> [-1, 1] for `align_corners=True` (a size-1 axis maps to 0)."""
+    if size == 1:
+        return coordinate * 0
+    return coordinate * (2.0 / (size - 1)) - 1.0
+
+
+def sample_regions(
+    pixel_values: torch.Tensor, row_starts: torch.Tensor, row_heights: torch.Tensor, edges: torch.Tensor, patch_size: int
+) -> torch.Tensor:
+    """Resample every token's region to `patch_size x patch_size` pixels with two batched `grid_sample` calls.
+
+    Args:
+        pixel_values (`torch.Tensor` of shape `(batch, channels, height, width)`).
+        row_starts, row_heights (`torch.Tensor` of shape `(batch, num_rows)`): rows in input pixels.
+        edges (`torch.Tensor` of shape `(batch, num_tokens + 1)`): token edges along the strip, in strip pixels
+            (`[0, num_rows * width]`).
+        patch_size (`int`).
+
+    Returns:
+        `torch.Tensor` of shape `(batch, channels, patch_size, num_tokens * patch_size)`: the patches side by side.
+    """
+    _, _, height, width = pixel_values.shape
+    num_rows = row_starts.shape[1]
+    grid = row_strip_grid(row_starts, row_heights, patch_size, height, width).to(pixel_values.dtype)
+    strip = F.grid_sample(pixel_values, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    grid = patch_grid(edges, patch_size, num_rows * width).to(pixel_values.dtype)
+    return F.grid_sample(strip, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def token_boxes(row_edges: torch.Tensor, edges: torch.Tensor, width: int) -> torch.Tensor:
+    """Input-pixel box `(x0, y0, x1, y1)` of the main piece of each token.
+
+    A token covers `[edges[n], edges[n+1])` of the strip, where row `i` occupies `[i * width, (i + 1) * width)`.
+    A token that straddles rows is cut into one piece per row; its box is the widest piece.
+
+    Args:
+        row_edges (`torch.Tensor` of shape `(batch, num_rows + 1)`): row boundaries in input pixels.
+        edges (`torch.Tensor` of shape `(batch, num_tokens + 1)`): token edges in strip pixels.
+        width (`int`): input width.
+
+    Returns:
+        `torch.Tensor` of shape `(batch, num_tokens, 4)`.
+    """
+    num_rows = row_edges.shape[1] - 1
+    row_lo = torch.arange(num_rows, device=edges.device, dtype=edges.dtype) * width
+    pieces = interval_overlap(edges[:, :-1], edges[:, 1:], row_lo, row_lo + width)  # (B, N, R)
+    row = pieces.argmax(dim=-1)  # (B, N)
+    offset = row.to(edges.dtype) * width
+    x0 = (torch.maximum(edges[:, :-1], offset) - offset).clamp(0, width)
+    x1 = (torch.minimum(edges[:, 1:], offset + width) - offset).clamp(0, width)
+    y0 = row_edges.gather(1, row)
+    y1 = row_edges.gather(1, row + 1)
+    return torch.stack([x0, y0, x1, y1], dim=-1)
+
+
+def token_pieces(row_edges: torch.Tensor, edges: torch.Tensor, width: int) -> list[list[tuple[int, float, float, float, float]]]:
+    """Every piece of every token as `(token_index, x0, y0, x1, y1)` in input pixels (for drawing).
+
+    Args:
+        row_edges (`torch.Tensor` of shape `(batch, num_rows + 1)`), edges (`(batch, num_tokens + 1)`), width.
+
+    Returns:
+        One list of pieces per image.
+    """
+    num_rows = row_edges.shape[1] - 1
+    row_lo = torch.arange(num_rows, device=edges.device, dtype=edges.dtype) * width
+    pieces = interval_overlap(edges[:, :-1], edges[:, 1:], row_lo, row_lo + width)
+    result = []
+    for b in range(edges.shape[0]):
+        image_pieces = []
+        for n, i in (pieces[b] > 1e-6).nonzero().tolist():
+            lo = float(max(edges[b, n], row_lo[i]) - row_lo[i])
+            hi = float(min(edges[b, n + 1], row_lo[i] + width) - row_lo[i])
+            image_pieces.append((n, lo, float(row_edges[b, i]), hi, float(row_edges[b, i + 1])))
+        result.append(image_pieces)
+    return result
