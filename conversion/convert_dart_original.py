@@ -1,0 +1,317 @@
+#!/usr/bin/env python
+"""Convert original DART checkpoints (darvit_* / darvim_*, HCPLab-SYSU/DART) into Hugging Face folders.
+
+    python conversion/convert_dart_original.py --variant darvit_tiny --checkpoint darvit_tiny.pth \
+        --output_dir dart-deit-ti [--weights model_ema] [--verify] [--push_to_hub org/dart-deit-ti] [--overwrite]
+
+The checkpoint is read with `torch.load(..., weights_only=True)` (only `argparse.Namespace` is allow-listed, for the
+`args` entry of training checkpoints). Every key is accounted for: each original tensor maps to exactly one parameter or
+buffer of the converted model, and each of those is filled; any missing, unexpected or mis-shaped key is an error.
+The depth is read from the checkpoint, so reduced-depth files convert too; everything else must match the variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # running from a clone without installing
+    sys.path.insert(0, str(REPO_ROOT))
+
+from modeling_dart import DartConfig, DartForImageClassification, DartImageProcessor  # noqa: E402
+from modeling_dart.model_card import write_model_card  # noqa: E402
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+LABELS_FILE = REPO_ROOT / "modeling_dart" / "data" / "imagenet1k_id2label.json"
+ORIGINAL_REPO = "https://github.com/HCPLab-SYSU/DART"
+
+
+class ConversionError(Exception):
+    """A checkpoint that cannot be converted faithfully."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    hub_name: str
+    backbone: str
+    hidden_size: int
+    num_heads: int
+    trunk: str
+    head: str
+    num_tokens: int
+    depth: int
+    paper_top1: float | None = None
+
+    def config_kwargs(self) -> dict:
+        kwargs = dict(
+            backbone=self.backbone,
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.depth,
+            scorer_trunk=self.trunk,
+            scorer_head=self.head,
+            num_tokens=self.num_tokens,
+            image_size=448,
+            patch_size=16,
+            score_grid_size=14,
+        )
+        if self.backbone == "vit":
+            kwargs.update(num_attention_heads=self.num_heads, intermediate_size=4 * self.hidden_size,
+                          layer_norm_eps=1e-6, qkv_bias=True)
+        return kwargs
+
+
+# The released variants (DESIGN.md §1-2, fixtures manifests). Heads: darvit_tiny* Small/v1 (v2 for _v2),
+# darvit_sm* Large/v1, darvim_tiny* Small/v2, darvim_sm* Large/v2.
+VARIANTS = {
+    v.name: v
+    for v in [
+        Variant("darvit_tiny", "dart-deit-ti", "vit", 192, 3, "mobilenet_v3_small", "v1", 196, 12),
+        Variant("darvit_tiny_v2", "dart-deit-ti-v2", "vit", 192, 3, "mobilenet_v3_small", "v2", 196, 12),
+        Variant("darvit_tiny_121p", "dart-deit-ti-121", "vit", 192, 3, "mobilenet_v3_small", "v1", 121, 12),
+        Variant("darvit_sm", "dart-deit-s", "vit", 384, 6, "mobilenet_v3_large", "v1", 196, 12),
+        Variant("darvit_sm_144p", "dart-deit-s-144", "vit", 384, 6, "mobilenet_v3_large", "v1", 144, 12),
+        Variant("darvit_sm_288p", "dart-deit-s-288", "vit", 384, 6, "mobilenet_v3_large", "v1", 288, 12),
+        Variant("darvit_sm_392p", "dart-deit-s-392", "vit", 384, 6, "mobilenet_v3_large", "v1", 392, 12),
+        Variant("darvim_tiny", "dart-vim-ti", "vim", 192, 0, "mobilenet_v3_small", "v2", 196, 24),
+        Variant("darvim_tiny_2seq", "dart-vim-ti-392", "vim", 192, 0, "mobilenet_v3_small", "v2", 392, 24),
+        Variant("darvim_sm", "dart-vim-s", "vim", 384, 0, "mobilenet_v3_large", "v2", 196, 24),
+        Variant("darvim_sm_2seq", "dart-vim-s-392", "vim", 384, 0, "mobilenet_v3_large", "v2", 392, 24),
+    ]
+}
+
+# (pattern on the original key, replacement in the HF model); applied in order, first match wins
+_SCORER = r"patch_embed\.spn\.spn\.spn\."
+KEY_RULES: list[tuple[str, str]] = [
+    (_SCORER + r"features\.(.+)$", r"dart.embeddings.scorer.features.\1"),
+    (_SCORER + r"mlp\.net\.0\.(weight|bias)$", r"dart.embeddings.scorer.head.fc1.\1"),
+    (_SCORER + r"mlp\.net\.2\.(weight|bias)$", r"dart.embeddings.scorer.head.fc2.\1"),
+    (r"patch_embed\.proj\.(weight|bias)$", r"dart.embeddings.projection.\1"),
+    (r"cls_token$", r"dart.embeddings.cls_token"),
+    (r"pos_embed$", r"dart.embeddings.position_embeddings"),
+    # DeiT blocks
+    (r"blocks\.(\d+)\.norm1\.(weight|bias)$", r"dart.encoder.layer.\1.layernorm_before.\2"),
+    (r"blocks\.(\d+)\.norm2\.(weight|bias)$", r"dart.encoder.layer.\1.layernorm_after.\2"),
+    (r"blocks\.(\d+)\.attn\.(qkv|proj)\.(weight|bias)$", r"dart.encoder.layer.\1.attention.\2.\3"),
+    (r"blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)$", r"dart.encoder.layer.\1.mlp.\2.\3"),
+    (r"norm\.(weight|bias)$", r"dart.encoder.layernorm.\1"),
+    # Vim blocks
+    (r"layers\.(\d+)\.mixer\.(.+)$", r"dart.encoder.layers.\1.mixer.\2"),
+    (r"layers\.(\d+)\.norm\.weight$", r"dart.encoder.layers.\1.norm.weight"),
+    (r"norm_f\.weight$", r"dart.encoder.norm_f.weight"),
+    (r"head\.(weight|bias)$", r"classifier.\1"),
+]
+_COMPILED_RULES = [(re.compile("^" + pattern), replacement) for pattern, replacement in KEY_RULES]
+
+
+def convert_key(key: str) -> str | None:
+    """The HF name of an original key, or None when no rule matches."""
+    for pattern, replacement in _COMPILED_RULES:
+        if pattern.match(key):
+            return pattern.sub(replacement, key)
+    return None
+
+
+def load_original_checkpoint(path: str | Path, weights: str = "model") -> dict[str, torch.Tensor]:
+    """Read an original `.pth` safely and return the chosen state dict (`model` or `model_ema`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"checkpoint not found: {path}")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle errors, refused globals, truncated files
+        raise ConversionError(f"cannot read {path} as a PyTorch checkpoint with weights_only=True: {error}") from error
+    if not isinstance(checkpoint, dict):
+        raise ConversionError(f"{path} holds a {type(checkpoint).__name__}, expected a dict (state dict or wrapper).")
+    if weights in checkpoint and isinstance(checkpoint[weights], dict):
+        state_dict = checkpoint[weights]
+    elif weights == "model" and "module" in checkpoint and isinstance(checkpoint["module"], dict):
+        state_dict = checkpoint["module"]
+    elif weights == "model" and checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        state_dict = checkpoint  # a bare state dict
+    else:
+        entries = ", ".join(sorted(map(str, checkpoint)))[:300]
+        raise ConversionError(f"{path} has no '{weights}' state dict (entries: {entries}).")
+    bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ConversionError(f"non-tensor entries in the state dict: {bad[:5]}")
+    if any(k.startswith("module.") for k in state_dict):
+        state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    return dict(state_dict)
+
+
+def infer_depth(state_dict: dict[str, torch.Tensor], backbone: str) -> int:
+    prefix = r"^blocks\.(\d+)\." if backbone == "vit" else r"^layers\.(\d+)\."
+    indices = {int(m.group(1)) for k in state_dict if (m := re.match(prefix, k))}
+    if not indices:
+        raise ConversionError(f"no {'blocks' if backbone == 'vit' else 'layers'}.N.* keys: not a {backbone} checkpoint.")
+    depth = max(indices) + 1
+    if indices != set(range(depth)):
+        raise ConversionError(f"block indices are not contiguous: {sorted(indices)}")
+    return depth
+
+
+def build_config(variant: Variant, state_dict: dict[str, torch.Tensor]) -> DartConfig:
+    depth = infer_depth(state_dict, variant.backbone)
+    head = state_dict.get("head.weight")
+    if head is None:
+        raise ConversionError("missing key 'head.weight' (the classifier).")
+    num_labels = head.shape[0]
+    if num_labels == 1000 and LABELS_FILE.is_file():
+        id2label = {int(k): v for k, v in json.loads(LABELS_FILE.read_text()).items()}
+    else:
+        id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+    kwargs = variant.config_kwargs()
+    kwargs["num_hidden_layers"] = depth
+    return DartConfig(**kwargs, id2label=id2label, label2id={v: k for k, v in id2label.items()})
+
+
+def convert_state_dict(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Map every original key onto `model`; raise on unmatched, missing or mis-shaped keys."""
+    expected = model.state_dict()
+    converted, unexpected, mismatched = {}, [], []
+    for key, tensor in state_dict.items():
+        new_key = convert_key(key)
+        if new_key is None or new_key not in expected:
+            unexpected.append(key)
+            continue
+        if new_key in converted:
+            raise ConversionError(f"two original keys map to {new_key}")
+        if tuple(tensor.shape) != tuple(expected[new_key].shape):
+            mismatched.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(expected[new_key].shape)}")
+            continue
+        converted[new_key] = tensor.to(expected[new_key].dtype)
+    missing = sorted(set(expected) - set(converted))
+    problems = []
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {unexpected[:8]}")
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {missing[:8]}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} mis-shaped key(s): {mismatched[:8]}")
+    if problems:
+        raise ConversionError("the checkpoint does not match the variant: " + "; ".join(problems))
+    return converted
+
+
+def convert(variant_name: str, checkpoint: str | Path, weights: str = "model"):
+    """Return `(model, processor, report)` for an original checkpoint."""
+    if variant_name not in VARIANTS:
+        raise ConversionError(f"unknown variant {variant_name!r}; choose one of {sorted(VARIANTS)}")
+    variant = VARIANTS[variant_name]
+    state_dict = load_original_checkpoint(checkpoint, weights)
+    config = build_config(variant, state_dict)
+    model = DartForImageClassification(config).eval()
+    converted = convert_state_dict(state_dict, model)
+    model.load_state_dict(converted, strict=True)
+    processor = DartImageProcessor()
+    report = {
+        "variant": variant.name,
+        "hub_name": variant.hub_name,
+        "weights": weights,
+        "depth": config.num_hidden_layers,
+        "full_depth": config.num_hidden_layers == variant.depth,
+        "num_keys": len(converted),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+    }
+    return model, processor, report
+
+
+def top5(model, processor, image_path: Path) -> list[tuple[str, float]]:
+    from PIL import Image
+
+    inputs = processor(Image.open(image_path), return_tensors="pt")
+    with torch.no_grad():
+        probs = model(**inputs).logits.softmax(-1)[0]
+    values, indices = probs.topk(5)
+    return [(model.config.id2label[int(i)], float(v)) for v, i in zip(values, indices)]
+
+
+def verify_folder(output_dir: Path, model, state_dict_converted: dict[str, torch.Tensor]) -> None:
+    """Reload the saved folder and check every tensor and one forward pass against the in-memory model."""
+    reloaded = DartForImageClassification.from_pretrained(output_dir).eval()
+    saved = reloaded.state_dict()
+    for key, tensor in state_dict_converted.items():
+        if not torch.equal(saved[key], tensor):
+            raise ConversionError(f"saved tensor {key} differs from the checkpoint")
+    pixels = torch.randn(1, 3, 448, 448, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        if not torch.equal(model(pixels).logits, reloaded(pixels).logits):
+            raise ConversionError("the reloaded model does not reproduce the converted model's logits")
+
+
+def push_folder(output_dir: Path, repo_id: str, private: bool = False) -> None:
+    """Upload every file of the folder in one commit (create the repo if needed)."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    operations = [
+        CommitOperationAdd(path_in_repo=str(path.relative_to(output_dir)), path_or_fileobj=str(path))
+        for path in sorted(output_dir.rglob("*"))
+        if path.is_file()
+    ]
+    api.create_commit(repo_id, operations=operations, commit_message="Upload DART model converted from the original release")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", required=True, choices=sorted(VARIANTS))
+    parser.add_argument("--checkpoint", required=True, help="original .pth file")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--weights", choices=["model", "model_ema"], default="model",
+                        help="which state dict of a training checkpoint to convert (default: model)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--verify", action="store_true",
+                        help="reload the folder, compare every tensor, print the top-5 labels of a bundled photo")
+    parser.add_argument("--push_to_hub", metavar="REPO", default=None, help="upload the folder to this Hub repo")
+    parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    args = parser.parse_args(argv)
+
+    output_dir = Path(args.output_dir)
+    try:
+        if output_dir.exists() and any(output_dir.iterdir()) and not args.overwrite:
+            raise ConversionError(f"{output_dir} exists and is not empty; pass --overwrite to replace it")
+        model, processor, report = convert(args.variant, args.checkpoint, args.weights)
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        model.save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
+        variant = VARIANTS[args.variant]
+        write_model_card(
+            output_dir,
+            model.config,
+            title=f"DART {variant.hub_name}",
+            base_model=None,
+            source=f"Converted from the original `{args.variant}` checkpoint of [DART]({ORIGINAL_REPO}) "
+            f"(`{args.weights}` weights) with `conversion/convert_dart_original.py`.",
+            task="image-classification",
+            extra_facts={"original variant": args.variant, "converted weights": args.weights,
+                         "depth": report["depth"], "parameters": f"{report['num_parameters']:,}"},
+        )
+        print(json.dumps(report, indent=1))
+        if args.verify:
+            verify_folder(output_dir, model, model.state_dict())
+            print(f"verified: {report['num_keys']} tensors equal after reload; logits reproduced")
+            for label, prob in top5(model, processor, ASSETS / "chelsea.jpg"):
+                print(f"  {prob:7.4f}  {label}")
+        if args.push_to_hub:
+            push_folder(output_dir, args.push_to_hub, private=args.private)
+            print(f"pushed {output_dir} to https://huggingface.co/{args.push_to_hub}")
+    except ConversionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""DART (Differentiable Dynamic Adaptive Region Tokenizer) for Hugging Face Transformers.
+
+Importing this package registers DART with `AutoConfig`, `AutoModel`, `AutoModelForImageClassification` and
+`AutoImageProcessor`, so that `from_pretrained` and `pipeline(...)` work on DART folders.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+from .configuration_dart import DartConfig
+from .image_processing_dart import DartImageProcessor, DartImageProcessorPil, register_image_processor
+from .modeling_dart import (
+    DartForImageClassification,
+    DartImageClassifierOutput,
+    DartModel,
+    DartModelOutput,
+    DartPreTrainedModel,
+)
+
+__version__ = "0.1.0"
+
+AutoConfig.register("dart", DartConfig, exist_ok=True)
+AutoModel.register(DartConfig, DartModel, exist_ok=True)
+AutoModelForImageClassification.register(DartConfig, DartForImageClassification, exist_ok=True)
+register_image_processor(DartConfig)
+
+# Folders written by `save_pretrained` carry the modeling code and an `auto_map`, so that they also load with
+# `trust_remote_code=True` where this package is not installed.
+DartConfig.register_for_auto_class()
+DartModel.register_for_auto_class("AutoModel")
+DartForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+
+__all__ = [
+    "DartConfig",
+    "DartImageProcessor",
+    "DartImageProcessorPil",
+    "DartModel",
+    "DartForImageClassification",
+    "DartPreTrainedModel",
+    "DartModelOutput",
+    "DartImageClassifierOutput",
+]

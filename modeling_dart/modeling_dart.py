@@ -1,0 +1,423 @@
+"""PyTorch DART models: adaptive-region tokens feeding a DeiT (ViT) or Vision Mamba backbone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput
+
+from .configuration_dart import DartConfig
+from .embeddings_dart import DartEmbeddings, DartEmbeddingsOutput, DartScorer, MobileNetV3Trunk
+from .mamba_dart import DartBiMambaMixer, DartMambaBlock, DartRMSNorm, add_and_norm
+
+
+# ------------------------------------------------------------------------------------------------------- outputs
+@dataclass
+class DartModelOutput(ModelOutput):
+    """
+    Output of [`DartModel`].
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_tokens + 1, hidden_size)`):
+            Final (normalised) hidden states, cls token included at `cls_token_index`.
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+            Final hidden state of the cls token.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+            Embedding output plus the output of each layer, each `(batch_size, num_tokens + 1, hidden_size)`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True` with eager
+            attention): per layer `(batch_size, num_heads, num_tokens + 1, num_tokens + 1)`.
+        regions (`torch.FloatTensor` of shape `(batch_size, num_tokens, 4)`):
+            Source box `(x0, y0, x1, y1)` of each patch token in input pixels (a token that straddles two rows reports
+            its widest piece).
+        score_map (`torch.FloatTensor` of shape `(batch_size, score_grid_size, score_grid_size)`):
+            The scorer's map that placed the tokens.
+        token_edges (`torch.FloatTensor` of shape `(batch_size, num_tokens + 1)`):
+            Token boundaries along the concatenated strip of token rows, in strip pixels.
+        row_edges (`torch.FloatTensor` of shape `(batch_size, num_rows + 1)`):
+            Token-row boundaries in input pixels.
+        cls_token_index (`int`):
+            Position of the cls token in the sequence.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    regions: torch.FloatTensor | None = None
+    score_map: torch.FloatTensor | None = None
+    token_edges: torch.FloatTensor | None = None
+    row_edges: torch.FloatTensor | None = None
+    cls_token_index: int | None = None
+
+
+@dataclass
+class DartImageClassifierOutput(ModelOutput):
+    """
+    Output of [`DartForImageClassification`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` is given):
+            Classification (or regression) loss.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+            Classification scores (before softmax).
+        hidden_states, attentions: as in [`DartModelOutput`].
+        regions (`torch.FloatTensor` of shape `(batch_size, num_tokens, 4)`): token boxes in input pixels.
+        score_map (`torch.FloatTensor` of shape `(batch_size, score_grid_size, score_grid_size)`): the score map.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    regions: torch.FloatTensor | None = None
+    score_map: torch.FloatTensor | None = None
+
+
+# ----------------------------------------------------------------------------------------------------- ViT parts
+def drop_path(hidden_states: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: drop whole samples of a residual branch with probability `rate` (scaled at train time)."""
+    if rate == 0.0 or not training:
+        return hidden_states
+    keep = 1.0 - rate
+    mask = hidden_states.new_empty((hidden_states.shape[0],) + (1,) * (hidden_states.dim() - 1)).bernoulli_(keep)
+    return hidden_states * mask / keep
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+):
+    """Plain softmax attention on `(batch, heads, seq, head_dim)` tensors; returns `(batch, seq, heads, head_dim)`."""
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return output, weights
+
+
+class DartSelfAttention(nn.Module):
+    """Multi-head self-attention with a fused `qkv` projection (as in DeiT) and an output `proj`."""
+
+    def __init__(self, config: DartConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.dropout = config.attention_probs_dropout_prob
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, length, _ = hidden_states.shape
+        qkv = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        query, key, value = qkv.unbind(0)
+        interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        output, weights = interface(
+            self, query, key, value, None, dropout=self.dropout if self.training else 0.0, scaling=self.scaling, **kwargs
+        )
+        return self.proj(output.reshape(batch, length, -1)), weights
+
+
+class DartMLP(nn.Module):
+    def __init__(self, config: DartConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(hidden_states)))
+
+
+class DartLayer(GradientCheckpointingLayer):
+    """Pre-norm transformer block of DeiT: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`, with stochastic depth."""
+
+    def __init__(self, config: DartConfig, drop_path_rate: float = 0.0):
+        super().__init__()
+        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = DartSelfAttention(config)
+        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = DartMLP(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.drop_path_rate = drop_path_rate
+
+    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False, **kwargs):
+        attended, weights = self.attention(self.layernorm_before(hidden_states), **kwargs)
+        hidden_states = hidden_states + drop_path(self.dropout(attended), self.drop_path_rate, self.training)
+        mlp_out = self.mlp(self.layernorm_after(hidden_states))
+        hidden_states = hidden_states + drop_path(self.dropout(mlp_out), self.drop_path_rate, self.training)
+        return hidden_states, (weights if output_attentions else None)
+
+
+def _drop_path_rates(config: DartConfig) -> list[float]:
+    if config.num_hidden_layers == 1:
+        return [config.drop_path_rate]
+    step = config.drop_path_rate / (config.num_hidden_layers - 1)
+    return [step * i for i in range(config.num_hidden_layers)]
+
+
+class DartViTEncoder(nn.Module):
+    """Stack of [`DartLayer`] followed by the final LayerNorm."""
+
+    def __init__(self, config: DartConfig):
+        super().__init__()
+        self.layer = nn.ModuleList([DartLayer(config, rate) for rate in _drop_path_rates(config)])
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.gradient_checkpointing = False
+
+    def forward(self, hidden_states, output_attentions=False, output_hidden_states=False, **kwargs):
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layer:
+            hidden_states, weights = layer(hidden_states, output_attentions=output_attentions, **kwargs)
+            if output_hidden_states:
+                all_hidden += (hidden_states,)
+            if output_attentions:
+                all_attentions += (weights,)
+        return self.layernorm(hidden_states), all_hidden, all_attentions
+
+
+class DartMambaEncoder(nn.Module):
+    """Stack of bidirectional Mamba blocks with a float32 residual stream, then a final `add + RMSNorm` (`norm_f`)."""
+
+    def __init__(self, config: DartConfig):
+        super().__init__()
+        self.residual_in_fp32 = config.residual_in_fp32
+        self.layers = nn.ModuleList(
+            [DartMambaBlock(config, layer_idx=i, drop_path=rate) for i, rate in enumerate(_drop_path_rates(config))]
+        )
+        self.norm_f = DartRMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.gradient_checkpointing = False
+
+    def forward(self, hidden_states, output_attentions=False, output_hidden_states=False, **kwargs):
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        residual = None
+        for block in self.layers:
+            hidden_states, residual = block(hidden_states, residual)
+            if output_hidden_states:
+                all_hidden += ((hidden_states + residual).to(hidden_states.dtype),)
+        return add_and_norm(hidden_states, residual, self.norm_f, self.residual_in_fp32), all_hidden, None
+
+
+# --------------------------------------------------------------------------------------------------- base model
+class DartPreTrainedModel(PreTrainedModel):
+    config_class = DartConfig
+    config: DartConfig
+    base_model_prefix = "dart"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["DartEmbeddings", "DartLayer", "DartMambaBlock"]
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _keys_to_ignore_on_load_unexpected = []
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, DartBiMambaMixer):
+            module.reset_mamba_parameters()
+        elif isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d) and not _inside_trunk(module):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):  # MobileNetV3 trunk: torchvision's kaiming init
+            init.kaiming_normal_(module.weight, mode="fan_out")
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, DartRMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, DartEmbeddings):
+            init.trunc_normal_(module.cls_token, std=std)
+            init.trunc_normal_(module.position_embeddings, std=std)
+
+
+def _inside_trunk(module: nn.Module) -> bool:
+    return getattr(module, "_dart_trunk", False)
+
+
+def _mark_trunk(model: nn.Module) -> None:
+    for sub in model.modules():
+        if isinstance(sub, DartScorer):
+            for conv in sub.features.modules():
+                conv._dart_trunk = True
+
+
+DART_INPUTS_DOCSTRING = r"""
+    Args:
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Normalised pixels (see [`DartImageProcessor`]). Any height/width of at least one patch; the released
+            models were trained at 448x448.
+        num_tokens (`int`, *optional*):
+            Number of adaptive tokens for this call (defaults to `config.num_tokens`). One checkpoint serves several
+            compute budgets.
+        score_normalization (`str`, *optional*):
+            `"image"` or `"batch"`; overrides `config.score_normalization` for this call.
+        output_attentions (`bool`, *optional*):
+            Return the attention weights (eager attention only; `None` under SDPA).
+        output_hidden_states (`bool`, *optional*):
+            Return the hidden states of every layer.
+        return_dict (`bool`, *optional*):
+            Return a `ModelOutput` instead of a tuple.
+"""
+
+
+class DartModel(DartPreTrainedModel):
+    """The bare DART model: adaptive tokens + backbone (DeiT blocks or bidirectional Mamba), no head.""" + DART_INPUTS_DOCSTRING
+
+    def __init__(self, config: DartConfig):
+        super().__init__(config)
+        self.embeddings = DartEmbeddings(config)
+        if config.backbone == "vit":
+            self.encoder = DartViTEncoder(config)
+        else:
+            self.encoder = DartMambaEncoder(config)
+        _mark_trunk(self)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.projection
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        num_tokens: int | None = None,
+        score_normalization: str | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> DartModelOutput | tuple:
+        if pixel_values is None:
+            raise ValueError("You have to specify `pixel_values` of shape (batch, channels, height, width).")
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        if score_normalization is not None and score_normalization not in ("image", "batch"):
+            raise ValueError(f"`score_normalization` must be 'image' or 'batch', got {score_normalization!r}.")
+        if isinstance(pixel_values, torch.Tensor) and pixel_values.is_floating_point():
+            pixel_values = pixel_values.to(self.embeddings.projection.weight.dtype)
+
+        emb: DartEmbeddingsOutput = self.embeddings(
+            pixel_values, num_tokens=num_tokens, score_normalization=score_normalization
+        )
+        sequence, hidden_states, attentions = self.encoder(
+            emb.embeddings, output_attentions=output_attentions, output_hidden_states=output_hidden_states, **kwargs
+        )
+        pooled = sequence[:, emb.cls_index]
+        output = DartModelOutput(
+            last_hidden_state=sequence,
+            pooler_output=pooled,
+            hidden_states=hidden_states,
+            attentions=attentions,
+            regions=emb.regions,
+            score_map=emb.score_map,
+            token_edges=emb.token_edges,
+            row_edges=emb.row_edges,
+            cls_token_index=emb.cls_index,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: DartConfig) -> torch.Tensor:
+    """Loss for `labels` following `config.problem_type` (inferred like Transformers' classifiers when unset)."""
+    num_labels = logits.shape[-1]
+    if config.problem_type is None:
+        if num_labels == 1:
+            config.problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    labels = labels.to(logits.device)
+    if config.problem_type == "regression":
+        return MSELoss()(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype)) if num_labels == 1 else MSELoss()(
+            logits, labels.to(logits.dtype)
+        )
+    if config.problem_type == "single_label_classification":
+        return CrossEntropyLoss()(logits.view(-1, num_labels), labels.view(-1))
+    if config.problem_type == "multi_label_classification":
+        return BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
+    raise ValueError(f"Unknown `problem_type` {config.problem_type!r}.")
+
+
+class DartForImageClassification(DartPreTrainedModel):
+    """DART with a linear classifier on the final cls token (DeiT / Vim style).""" + DART_INPUTS_DOCSTRING + r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Labels for the loss: class indices in `[0, num_labels)`, floats for regression (`num_labels == 1`) or
+            multi-hot floats for multi-label classification (`problem_type`).
+"""
+
+    def __init__(self, config: DartConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.dart = DartModel(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        num_tokens: int | None = None,
+        score_normalization: str | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> DartImageClassifierOutput | tuple:
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        outputs = self.dart(
+            pixel_values,
+            num_tokens=num_tokens,
+            score_normalization=score_normalization,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        logits = self.classifier(outputs.pooler_output)
+        loss = classification_loss(logits, labels, self.config) if labels is not None else None
+        output = DartImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            regions=outputs.regions,
+            score_map=outputs.score_map,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["DartPreTrainedModel", "DartModel", "DartForImageClassification", "DartModelOutput",
+           "DartImageClassifierOutput"]
