@@ -322,6 +322,13 @@ class DartEmbeddings(nn.Module):
             return pixel_values.new_ones(pixel_values.shape[0], self.grid_size, self.grid_size)
         return self.scorer(pixel_values, normalization)
 
+    def _exact_grid_stride(self, height: int, width: int, num_tokens: int) -> tuple[int, int] | None:
+        """Pixel strides of the standard grid when uniform tokens land exactly on it, else None."""
+        base = self.grid_size * self.patch_size
+        if num_tokens != self.num_cells or height % base or width % base:
+            return None
+        return height // base, width // base
+
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -344,6 +351,7 @@ class DartEmbeddings(nn.Module):
         grid, patch = self.grid_size, self.patch_size
         num_rows = max(1, round(math.sqrt(num_tokens)))
 
+        uniform = score_map is None
         if score_map is None:
             score_map = self.compute_scores(pixel_values, score_normalization)
         math_dtype = torch.promote_types(score_map.dtype, torch.float32)
@@ -363,20 +371,27 @@ class DartEmbeddings(nn.Module):
         strip_cells = num_rows * grid
         strip_cut = piecewise_linear_quantiles(resampled_pdf, num_tokens)  # (B, N+1), cell units
 
-        table = self.patch_position_table()
-        hidden = table.shape[-1]
-        rows_table = torch.matmul(row_weights.to(table.dtype), table.view(grid, grid * hidden))
-        rows_table = rows_table.view(batch, strip_cells, hidden)
-        strip_weights = strip_resampling_weights(strip_cut, strip_cells).to(table.dtype)  # (B, N, L)
-        positions = torch.bmm(strip_weights, rows_table)
-
         # pixel geometry: rows in input pixels, token edges along the strip of rows `width` pixels wide
         scale_y = height / (grid * patch)
         row_edges = torch.cat([row_heights.new_zeros(batch, 1), row_heights.cumsum(dim=-1)], dim=1) * scale_y
         token_edges = strip_cut * (width * num_rows / strip_cells)
-        patches = sample_regions(
-            pixel_values, row_edges[:, :-1], row_heights * scale_y, token_edges, patch
-        )  # (B, C, P, N * P)
+
+        table = self.patch_position_table()
+        stride = self._exact_grid_stride(height, width, num_tokens) if self.scorer is None and uniform else None
+        if stride is not None:
+            # constant scores on a multiple of the base grid: every sample point is an integer pixel, so take the
+            # exact standard patch grid instead of interpolating (bit-identical to a plain ViT patch embedding)
+            positions = table.unsqueeze(0).expand(batch, -1, -1)
+            patches = pixel_values[:, :, :: stride[0], :: stride[1]]
+        else:
+            hidden = table.shape[-1]
+            rows_table = torch.matmul(row_weights.to(table.dtype), table.view(grid, grid * hidden))
+            rows_table = rows_table.view(batch, strip_cells, hidden)
+            strip_weights = strip_resampling_weights(strip_cut, strip_cells).to(table.dtype)  # (B, N, L)
+            positions = torch.bmm(strip_weights, rows_table)
+            patches = sample_regions(
+                pixel_values, row_edges[:, :-1], row_heights * scale_y, token_edges, patch
+            )  # (B, C, P, N * P)
         tokens = self.projection(patches.to(self.projection.weight.dtype)).flatten(2).transpose(1, 2)  # (B, N, D)
 
         cls_index = 0 if config.cls_token_position == "head" else num_tokens // 2

@@ -1,0 +1,234 @@
+"""The tokenizer's tensor math: quantiles, resampling weights, sampling grids, gradients, the uniform identity."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modeling_dart.embeddings_dart import DartEmbeddings
+from modeling_dart.partition_dart import (
+    piecewise_linear_quantiles,
+    row_resampling_weights,
+    sample_regions,
+    strip_resampling_weights,
+    token_boxes,
+    token_pieces,
+)
+from tests.conftest import tiny_config
+
+
+def reference_quantiles(mass: np.ndarray, parts: int) -> np.ndarray:
+    """Independent float64 loop: walk the cells until the running sum reaches each level."""
+    edges = [0.0]
+    for k in range(1, parts):
+        level = k / parts
+        running = 0.0
+        for j, m in enumerate(mass):
+            if running + m >= level or j == len(mass) - 1:
+                edges.append(j + (level - running) / (m + 1e-8))
+                break
+            running += m
+    edges.append(float(len(mass)))
+    return np.array(edges)
+
+
+@pytest.mark.parametrize("cells,parts", [(14, 14), (14, 11), (196, 121), (196, 392), (5, 1), (3, 7)])
+def test_quantiles_match_reference(cells, parts):
+    gen = torch.Generator().manual_seed(cells * 1000 + parts)
+    mass = torch.rand(3, cells, generator=gen, dtype=torch.float64) + 0.05
+    mass = mass / mass.sum(-1, keepdim=True)
+    ours = piecewise_linear_quantiles(mass, parts)
+    assert ours.shape == (3, parts + 1)
+    for b in range(3):
+        np.testing.assert_allclose(ours[b].numpy(), reference_quantiles(mass[b].numpy(), parts), rtol=0, atol=1e-9)
+    assert torch.all(ours[:, 1:] >= ours[:, :-1])
+
+
+def test_quantiles_of_uniform_mass_are_even():
+    mass = torch.full((2, 14), 1 / 14, dtype=torch.float64)
+    edges = piecewise_linear_quantiles(mass, 7)
+    torch.testing.assert_close(edges, torch.linspace(0, 14, 8, dtype=torch.float64).expand(2, -1), atol=1e-6, rtol=0)
+
+
+def test_quantiles_put_more_cuts_where_mass_is():
+    mass = torch.full((1, 10), 0.01, dtype=torch.float64)
+    mass[0, 4] = 0.91
+    edges = piecewise_linear_quantiles(mass, 10)[0]
+    inside = ((edges[1:-1] >= 4) & (edges[1:-1] < 5)).sum().item()
+    assert inside >= 8
+
+
+def test_quantiles_gradcheck():
+    gen = torch.Generator().manual_seed(0)
+    raw = (torch.rand(2, 9, generator=gen, dtype=torch.float64) + 0.1).requires_grad_()
+
+    def fn(raw):
+        return piecewise_linear_quantiles(raw / raw.sum(-1, keepdim=True), 5)
+
+    assert torch.autograd.gradcheck(fn, (raw,), eps=1e-7, atol=1e-6)
+
+
+def test_row_weights_identity_for_uniform_rows():
+    heights = torch.full((2, 4), 8.0, dtype=torch.float64)
+    weights = row_resampling_weights(heights, 8.0, 4)
+    torch.testing.assert_close(weights, torch.eye(4, dtype=torch.float64).expand(2, -1, -1))
+
+
+def test_row_weights_split_by_area():
+    # one new row of height 12 covering old rows [0, 8) fully and [8, 16) by half
+    heights = torch.tensor([[12.0, 20.0]], dtype=torch.float64)
+    weights = row_resampling_weights(heights, 8.0, 4)
+    torch.testing.assert_close(weights[0, 0], torch.tensor([1.0, 0.5, 0, 0], dtype=torch.float64) / 1.5)
+    torch.testing.assert_close(weights[0, 1], torch.tensor([0, 0.5, 1.0, 1.0], dtype=torch.float64) / 2.5)
+
+
+def test_strip_weights_identity_and_overlap():
+    edges = torch.arange(0, 7, dtype=torch.float64).unsqueeze(0)
+    torch.testing.assert_close(strip_resampling_weights(edges, 6)[0], torch.eye(6, dtype=torch.float64), atol=1e-10, rtol=0)
+    weights = strip_resampling_weights(torch.tensor([[0.0, 1.5, 6.0]], dtype=torch.float64), 6)
+    torch.testing.assert_close(weights[0, 0, :2], torch.tensor([1 / 1.5, 0.5 / 1.5], dtype=torch.float64))
+
+
+def loop_sample_reference(pixels, row_starts, row_heights, edges, patch):
+    """Independent reference: one grid_sample per row strip, then per token (the original's loop structure)."""
+    batch, channels, height, width = pixels.shape
+    num_rows = row_starts.shape[1]
+    out = []
+    for b in range(batch):
+        strips = []
+        for i in range(num_rows):
+            ys = row_starts[b, i] + row_heights[b, i] * torch.arange(patch, dtype=pixels.dtype) / patch
+            xs = torch.linspace(0, width - 1, width, dtype=pixels.dtype)
+            gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+            grid = torch.stack([2 * gx / (width - 1) - 1, 2 * gy / (height - 1) - 1], -1)[None]
+            strips.append(F.grid_sample(pixels[b : b + 1], grid, align_corners=True, padding_mode="border"))
+        strip = torch.cat(strips, dim=3)
+        total = strip.shape[3]
+        tokens = []
+        for n in range(edges.shape[1] - 1):
+            xs = edges[b, n] + (edges[b, n + 1] - edges[b, n]) * torch.arange(patch, dtype=pixels.dtype) / patch
+            ys = torch.arange(patch, dtype=pixels.dtype)
+            gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+            grid = torch.stack([2 * gx / (total - 1) - 1, 2 * gy / (patch - 1) - 1], -1)[None]
+            tokens.append(F.grid_sample(strip, grid, align_corners=True))
+        out.append(torch.cat(tokens, dim=3))
+    return torch.cat(out)
+
+
+def test_batched_sampling_matches_per_row_loop():
+    gen = torch.Generator().manual_seed(1)
+    pixels = torch.randn(2, 3, 40, 48, generator=gen, dtype=torch.float64)
+    heights = torch.rand(2, 3, generator=gen, dtype=torch.float64) + 0.2
+    heights = heights / heights.sum(-1, keepdim=True) * 40
+    starts = torch.cat([torch.zeros(2, 1, dtype=torch.float64), heights.cumsum(-1)[:, :-1]], 1)
+    widths = torch.rand(2, 10, generator=gen, dtype=torch.float64) + 0.1
+    edges = torch.cat([torch.zeros(2, 1, dtype=torch.float64), (widths / widths.sum(-1, keepdim=True)).cumsum(-1)], 1) * 48 * 3
+    ours = sample_regions(pixels, starts, heights, edges, 4)
+    torch.testing.assert_close(ours, loop_sample_reference(pixels, starts, heights, edges, 4), atol=1e-10, rtol=0)
+
+
+def _embeddings64(**overrides):
+    config = tiny_config(scorer="uniform", image_size=32, patch_size=8, score_grid_size=4, num_tokens=16, **overrides)
+    torch.manual_seed(0)
+    module = DartEmbeddings(config).double().eval()
+    with torch.no_grad():
+        module.position_embeddings.normal_()
+    return module
+
+
+def test_uniform_scores_give_the_standard_patch_grid():
+    """DESIGN.md §1: constant scores at the base resolution reduce to non-overlapping patches."""
+    module = _embeddings64()
+    pixels = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    out = module(pixels)
+    expected = F.conv2d(pixels, module.projection.weight, module.projection.bias, stride=8).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(out.patch_tokens, expected, atol=1e-5, rtol=0)
+    # positions are the base table itself, boxes are the 8x8 grid
+    torch.testing.assert_close(out.position_embeddings, module.patch_position_table().expand(2, -1, -1), atol=1e-6, rtol=0)
+    grid = torch.tensor([[8 * (n % 4), 8 * (n // 4), 8 * (n % 4) + 8, 8 * (n // 4) + 8] for n in range(16)],
+                        dtype=torch.float64)
+    torch.testing.assert_close(out.regions[0], grid, atol=1e-5, rtol=0)
+
+
+def _released_geometry_embeddings():
+    from modeling_dart import DartConfig
+
+    config = DartConfig(scorer="uniform", image_size=224, hidden_size=8, num_attention_heads=2, num_hidden_layers=1)
+    torch.manual_seed(0)
+    module = DartEmbeddings(config).eval()
+    with torch.no_grad():
+        module.position_embeddings.normal_()
+    return module
+
+
+def test_uniform_scorer_is_exactly_the_plain_patch_embedding():
+    """scorer="uniform" at a multiple of the base grid short-cuts to the exact grid: bit-identical to a ViT."""
+    module = _released_geometry_embeddings()
+    for size in (224, 448):
+        pixels = torch.rand(2, 3, size, size)
+        with torch.no_grad():
+            out = module(pixels)
+            stride = size // 224
+            expected = F.conv2d(pixels[:, :, ::stride, ::stride], module.projection.weight, module.projection.bias,
+                                stride=16).flatten(2).transpose(1, 2)
+        assert torch.equal(out.patch_tokens, expected)
+        assert torch.equal(out.position_embeddings[0], module.patch_position_table())
+
+
+def test_constant_scores_interpolation_path_reproduces_the_grid():
+    """The general (interpolating) path with a constant score map lands on the same grid up to float32 rounding."""
+    module = _released_geometry_embeddings()
+    yy, xx = torch.meshgrid(torch.arange(224.0), torch.arange(224.0), indexing="ij")
+    smooth = torch.stack([torch.sin(xx / 17), torch.cos(yy / 23), torch.sin((xx + yy) / 31)])[None]
+    with torch.no_grad():
+        out = module(smooth, score_map=torch.ones(1, 14, 14))
+    patches = sample_regions(smooth, out.row_edges[:, :-1], out.row_edges.diff(dim=1), out.token_edges, 16)
+    expected = F.unfold(smooth, 16, stride=16).view(1, 3, 16, 16, 196).permute(0, 1, 2, 4, 3).reshape(1, 3, 16, -1)
+    # Float32 strip coordinates reach 224 * 14: a sample at the very end of a row can pick up ~1e-4 of the next row's
+    # first pixel. Everywhere else the grid is reproduced to float rounding.
+    error = (patches - expected).abs()
+    assert error.max() < 5e-4
+    assert (error > 2e-5).float().mean() < 0.01
+    torch.testing.assert_close(out.position_embeddings[0], module.patch_position_table(), atol=2e-4, rtol=0)
+
+
+def test_sampling_gradcheck_wrt_scores():
+    """Tokens and positions are differentiable functions of the score map (float64 gradcheck)."""
+    module = _embeddings64()
+    gen = torch.Generator().manual_seed(3)
+    pixels = torch.randn(1, 3, 32, 32, generator=gen, dtype=torch.float64)
+    scores = (torch.rand(1, 4, 4, generator=gen, dtype=torch.float64) + 0.2).requires_grad_()
+
+    def fn(scores):
+        out = module(pixels, num_tokens=9, score_map=scores)
+        return out.patch_tokens, out.position_embeddings
+
+    assert torch.autograd.gradcheck(fn, (scores,), eps=1e-6, atol=1e-5)
+
+
+def test_scores_receive_gradient_through_the_model():
+    config = tiny_config()
+    module = DartEmbeddings(config)
+    pixels = torch.randn(2, 3, 64, 64)
+    out = module(pixels)
+    out.embeddings.sum().backward()
+    assert module.scorer.head.fc1.weight.grad is not None and module.scorer.head.fc1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in module.scorer.features.parameters())
+
+
+def test_token_pieces_cover_the_image_once():
+    module = _embeddings64()
+    gen = torch.Generator().manual_seed(5)
+    scores = torch.rand(2, 4, 4, generator=gen, dtype=torch.float64) + 0.1
+    out = module(torch.zeros(2, 3, 32, 32, dtype=torch.float64), num_tokens=12, score_map=scores)
+    for b, pieces in enumerate(token_pieces(out.row_edges, out.token_edges, 32)):
+        area = sum((x1 - x0) * (y1 - y0) for _, x0, y0, x1, y1 in pieces)
+        assert math.isclose(area, 32 * 32, rel_tol=1e-6)
+        assert {n for n, *_ in pieces} == set(range(12))
+    boxes = token_boxes(out.row_edges, out.token_edges, 32)
+    assert boxes.shape == (2, 12, 4)
+    assert torch.all(boxes[..., 2] >= boxes[..., 0]) and torch.all(boxes[..., 3] > boxes[..., 1])
