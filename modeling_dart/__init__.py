@@ -7,7 +7,13 @@ Importing this package registers DART with `AutoConfig`, `AutoModel`, `AutoModel
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 from .configuration_dart import DartConfig
-from .image_processing_dart import DartImageProcessor, DartImageProcessorPil, register_image_processor
+from .image_processing_dart import (
+    DartImageProcessor,
+    DartImageProcessorPil,
+    DartTrainTransform,
+    random_resized_crop_and_flip,
+    register_image_processor,
+)
 from .modeling_dart import (
     DartForImageClassification,
     DartImageClassifierOutput,
@@ -28,11 +34,14 @@ register_image_processor(DartConfig)
 DartConfig.register_for_auto_class()
 DartModel.register_for_auto_class("AutoModel")
 DartForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+DartImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 __all__ = [
     "DartConfig",
     "DartImageProcessor",
     "DartImageProcessorPil",
+    "DartTrainTransform",
+    "random_resized_crop_and_flip",
     "DartModel",
     "DartForImageClassification",
     "DartPreTrainedModel",

@@ -1,0 +1,548 @@
+"""Image processor for DART models (PIL/NumPy backend, no torchvision needed).
+
+The released DART checkpoints were evaluated with the DeiT recipe at input size 448: resize the shorter side to
+``int(448 / 0.875) = 512`` with bicubic interpolation (aspect ratio kept), centre-crop 448x448, scale to [0, 1] and
+normalise with the ImageNet mean/std. [`DartImageProcessorPil`] reproduces exactly that, including the centre-crop
+offset convention of `torchvision.transforms.CenterCrop` (offsets rounded, not floored), so the resized and cropped
+pixels are identical to the original evaluation pipeline on uint8 / PIL inputs (the float scaling agrees to ~1e-7).
+
+This module only imports `numpy`, `PIL` and `transformers` so that it can be copied as Hub remote code on its own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import PIL.Image
+from transformers.image_processing_backends import PilBackend
+from transformers.image_processing_base import BatchFeature
+from transformers.image_transforms import convert_to_rgb as _pil_convert_to_rgb
+from transformers.image_transforms import get_resize_output_image_size, get_size_with_aspect_ratio
+from transformers.image_utils import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    ChannelDimension,
+    PILImageResampling,
+    SizeDict,
+    get_image_size_for_max_height_width,
+)
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+__all__ = [
+    "DartImageProcessor",
+    "DartImageProcessorPil",
+    "DartTrainTransform",
+    "random_resized_crop_and_flip",
+    "register_image_processor",
+]
+
+# DeiT evaluation recipe: crop_pct 0.875 at the trained resolution of 448.
+DART_IMAGE_SIZE = 448
+DART_CROP_PCT = 0.875
+DART_RESIZE_SHORTEST_EDGE = int(DART_IMAGE_SIZE / DART_CROP_PCT)  # 512
+
+_ALLOWED_TYPES = "a PIL.Image.Image, a numpy.ndarray, a torch.Tensor, or a path/URL string"
+
+
+def _is_torch_tensor(obj: Any) -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency of the package
+        return False
+    return isinstance(obj, torch.Tensor)
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, np.ndarray) or _is_torch_tensor(obj):
+        return f"{type(obj).__module__}.{type(obj).__name__} of shape {tuple(obj.shape)} and dtype {obj.dtype}"
+    return f"{type(obj).__module__}.{type(obj).__name__}"
+
+
+def _flatten_images(images: Any, fetch) -> list:
+    """Turn the `images` argument into a flat list of single images (PIL, or 2-D / 3-D arrays and tensors).
+
+    Accepts one image, a 4-D batch array/tensor, a (possibly nested) list/tuple of images, and path/URL strings (loaded
+    with `fetch`). Raises `TypeError` / `ValueError` naming the offending entry.
+    """
+
+    def single(obj: Any, where: str) -> list:
+        if isinstance(obj, PIL.Image.Image):
+            return [obj]
+        if isinstance(obj, str):
+            try:
+                return [fetch(obj)]
+            except (ValueError, OSError) as err:
+                raise ValueError(
+                    f"`{where}` is the string {obj[:200]!r}, which could not be loaded as an image; expected a "
+                    f"path to an image file, an http(s) URL or base64 data ({err})."
+                ) from err
+        if isinstance(obj, np.ndarray) or _is_torch_tensor(obj):
+            if obj.ndim in (2, 3):
+                return [obj]
+            if obj.ndim == 4:
+                if obj.shape[0] == 0:
+                    raise ValueError(
+                        f"`{where}` is an empty batch (shape {tuple(obj.shape)}); expected at least one image."
+                    )
+                return list(obj)
+            raise ValueError(
+                f"`{where}` has {obj.ndim} dimensions (shape {tuple(obj.shape)}); expected a 2-D (H, W) grayscale "
+                "image, a 3-D (C, H, W) or (H, W, C) image, or a 4-D batch of such images."
+            )
+        raise TypeError(f"`{where}` has type {_describe(obj)}; expected {_ALLOWED_TYPES}.")
+
+    if images is None:
+        raise TypeError(f"`images` is None; expected {_ALLOWED_TYPES}, or a list of them.")
+    if isinstance(images, (list, tuple)):
+        if len(images) == 0:
+            raise ValueError("`images` is an empty list; expected at least one image.")
+        flat = []
+        for i, item in enumerate(images):
+            if isinstance(item, (list, tuple)):  # one level of nesting, e.g. [[img, img], [img]]
+                for j, sub in enumerate(item):
+                    flat.extend(single(sub, f"images[{i}][{j}]"))
+            else:
+                flat.extend(single(item, f"images[{i}]"))
+        if not flat:
+            raise ValueError("`images` contains only empty lists; expected at least one image.")
+        return flat
+    return single(images, "images")
+
+
+class DartImageProcessorPil(PilBackend):
+    r"""
+    Constructs a DART image processor with the PIL/NumPy backend (no torchvision required).
+
+    The defaults reproduce the evaluation preprocessing of the released DART checkpoints (DeiT recipe at 448):
+    bicubic resize of the shorter side to 512, centre crop 448x448, rescale by 1/255, normalise with the ImageNet mean
+    `(0.485, 0.456, 0.406)` and std `(0.229, 0.224, 0.225)`.
+
+    Inputs: a PIL image, a numpy array or torch tensor (`(H, W)`, `(C, H, W)` or `(H, W, C)`, or a 4-D batch), a path
+    or URL, or a list of those. Grayscale (1 channel / mode `"L"`) and RGBA (4 channels, composited onto white) inputs
+    are converted to RGB when `do_convert_rgb=True` (the default). Integer arrays must hold values in [0, 255]. Float
+    arrays are taken to be on the same 0-255 scale as uint8 when `do_rescale=True`; pass `do_rescale=False` for float
+    images already in [0, 1]. Float images are resized in float precision (no round trip through uint8).
+
+    Args:
+        do_convert_rgb (`bool`, *optional*, defaults to `True`): Convert grayscale / RGBA / palette images to RGB.
+        do_resize (`bool`, *optional*, defaults to `True`): Whether to resize.
+        size (`dict[str, int]`, *optional*, defaults to `{"shortest_edge": 512}`): Resize target. An int means the
+            shorter side (aspect ratio kept); `{"height": h, "width": w}` resizes to exactly that.
+        resample (`PILImageResampling`, *optional*, defaults to `BICUBIC`): Resampling filter.
+        do_center_crop (`bool`, *optional*, defaults to `True`): Whether to centre-crop after resizing.
+        crop_size (`dict[str, int]`, *optional*, defaults to `{"height": 448, "width": 448}`): Crop size. Offsets
+            follow `torchvision.transforms.CenterCrop` (rounded); smaller images are zero-padded first.
+        do_rescale (`bool`, *optional*, defaults to `True`), rescale_factor (`float`, defaults to `1/255`).
+        do_normalize (`bool`, *optional*, defaults to `True`), image_mean / image_std (ImageNet defaults).
+
+    Returns (from `__call__`): a `BatchFeature` with `pixel_values`, of shape `(batch_size, 3, 448, 448)` and dtype
+    float32 with `return_tensors="pt"` (a list of `(3, H, W)` float32 arrays with `return_tensors=None`).
+    """
+
+    model_input_names = ["pixel_values"]
+
+    do_convert_rgb = True
+    do_resize = True
+    size = {"shortest_edge": DART_RESIZE_SHORTEST_EDGE}
+    default_to_square = False
+    resample = PILImageResampling.BICUBIC
+    do_center_crop = True
+    crop_size = {"height": DART_IMAGE_SIZE, "width": DART_IMAGE_SIZE}
+    do_rescale = True
+    rescale_factor = 1 / 255
+    do_normalize = True
+    image_mean = IMAGENET_DEFAULT_MEAN
+    image_std = IMAGENET_DEFAULT_STD
+
+    # ------------------------------------------------------------------ input preparation and validation
+
+    def _prepare_image_like_inputs(self, images, *args, expected_ndims: int = 3, **kwargs) -> list[np.ndarray]:
+        flat = _flatten_images(images, self.fetch_images)
+        single = not isinstance(images, (list, tuple)) and len(flat) == 1
+        prepared = []
+        for i, image in enumerate(flat):
+            try:
+                prepared.append(self.process_image(image, *args, **kwargs))
+            except (TypeError, ValueError) as err:
+                where = "images" if single else f"images[{i}]"
+                raise type(err)(f"`{where}` {err}") from err
+        return prepared
+
+    def process_image(
+        self,
+        image: Any,
+        do_convert_rgb: bool | None = None,
+        input_data_format: str | ChannelDimension | None = None,
+        do_rescale: bool | None = None,
+        rescale_factor: float | None = None,
+        **kwargs,
+    ) -> np.ndarray:
+        """Validate one image and convert it to a channels-first (3, H, W) numpy array (uint8 or float32)."""
+        if isinstance(image, PIL.Image.Image):
+            if image.width == 0 or image.height == 0:
+                raise ValueError(f"is an empty PIL image of size {image.size}; expected at least 1x1 pixels.")
+            if do_convert_rgb:
+                array = _pil_convert_to_rgb(image, return_numpy=True)
+            elif image.mode != "RGB":
+                raise ValueError(
+                    f"is a PIL image of mode {image.mode!r}; expected mode 'RGB' (pass do_convert_rgb=True to "
+                    "convert it)."
+                )
+            else:
+                array = np.asarray(image)
+            return np.ascontiguousarray(np.moveaxis(array, -1, 0))
+
+        if _is_torch_tensor(image):
+            import torch
+
+            tensor = image.detach().cpu()
+            if tensor.is_floating_point() and tensor.dtype != torch.float64:
+                tensor = tensor.float()  # half/bfloat16 have no numpy equivalent
+            image = tensor.numpy()
+        if not isinstance(image, np.ndarray):
+            raise TypeError(f"has type {_describe(image)}; expected {_ALLOWED_TYPES}.")
+
+        original_shape = tuple(image.shape)
+        image = self._validate_array_values(image, do_rescale)
+
+        # Channels-first layout.
+        if image.ndim == 2:
+            image = image[None]
+        else:
+            if input_data_format is None:
+                if image.shape[0] in (1, 3, 4):
+                    input_data_format = ChannelDimension.FIRST
+                elif image.shape[-1] in (1, 3, 4):
+                    input_data_format = ChannelDimension.LAST
+                else:
+                    raise ValueError(
+                        f"has shape {tuple(image.shape)} with no channel dimension: expected 1 "
+                        "(grayscale), 3 (RGB) or 4 (RGBA) channels in the first (C, H, W) or last (H, W, C) dimension."
+                    )
+            input_data_format = ChannelDimension(input_data_format)
+            if input_data_format == ChannelDimension.LAST:
+                image = np.moveaxis(image, -1, 0)
+            if image.shape[0] not in (1, 3, 4):
+                raise ValueError(
+                    f"has {image.shape[0]} channels (shape {tuple(image.shape)}, input_data_format="
+                    f"{input_data_format.value!r}); expected 1 (grayscale), 3 (RGB) or 4 (RGBA) channels."
+                )
+        if image.shape[1] == 0 or image.shape[2] == 0:
+            raise ValueError(f"is empty (shape {original_shape}); expected at least 1x1 pixels.")
+
+        num_channels = image.shape[0]
+        if num_channels != 3:
+            if not do_convert_rgb:
+                raise ValueError(
+                    f"has {num_channels} channel(s); expected 3 (RGB). Pass do_convert_rgb=True to convert "
+                    "grayscale / RGBA images."
+                )
+            if num_channels == 1:
+                image = np.repeat(image, 3, axis=0)
+            else:  # RGBA: composite onto a white background, on the image's own value scale
+                if image.dtype == np.uint8:
+                    white = 255.0
+                else:
+                    white = (1.0 / rescale_factor) if (do_rescale and rescale_factor) else 1.0
+                alpha = image[3:4].astype(np.float32) / np.float32(white)
+                if alpha.min() < 0 or alpha.max() > 1:
+                    raise ValueError(
+                        f"has alpha values in [{float(image[3].min())}, {float(image[3].max())}]; expected "
+                        f"[0, {white:g}] (the image's value scale)."
+                    )
+                rgb = alpha * image[:3].astype(np.float32) + (1.0 - alpha) * np.float32(white)
+                image = np.round(rgb).astype(np.uint8) if image.dtype == np.uint8 else rgb.astype(np.float32)
+        return np.ascontiguousarray(image)
+
+    @staticmethod
+    def _validate_array_values(image: np.ndarray, do_rescale: bool | None) -> np.ndarray:
+        """Check the dtype and values of an array image; returns uint8 or float32."""
+        dtype = image.dtype
+        if dtype == np.uint8:
+            return image
+        if dtype == np.bool_ or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+            raise TypeError(
+                f"has dtype {dtype}; expected uint8, another integer type with values in [0, 255], or float."
+            )
+        if image.size == 0:
+            return image.astype(np.float32)
+        if np.issubdtype(dtype, np.integer):
+            lo, hi = int(image.min()), int(image.max())
+            if lo < 0 or hi > 255:
+                raise ValueError(
+                    f"has integer values in [{lo}, {hi}]; expected values in [0, 255] (8-bit). Convert other bit "
+                    "depths to uint8, or to float and pass a matching rescale_factor."
+                )
+            return image.astype(np.uint8)
+        image = image.astype(np.float32, copy=False)
+        if not np.isfinite(image).all():
+            bad = int((~np.isfinite(image)).sum())
+            raise ValueError(f"contains {bad} NaN or infinite value(s); expected finite pixel values.")
+        if do_rescale and image.max() <= 1.0 and image.min() >= 0.0:
+            logger.warning_once(
+                "A float image with values in [0, 1] was passed with do_rescale=True, so it will be multiplied by "
+                "rescale_factor (1/255 by default) again. If the image is already scaled to [0, 1], pass "
+                "do_rescale=False."
+            )
+        return image
+
+    # ------------------------------------------------------------------ geometric operations
+
+    @staticmethod
+    def _output_size(height: int, width: int, size: SizeDict) -> tuple[int, int]:
+        """(height, width) after resizing, with the same rules as transformers' `PilBackend.resize`."""
+        if size.shortest_edge and size.longest_edge:
+            return tuple(get_size_with_aspect_ratio((height, width), size.shortest_edge, size.longest_edge))
+        if size.shortest_edge:
+            dummy = np.empty((1, height, width), dtype=np.uint8)
+            return tuple(
+                get_resize_output_image_size(
+                    dummy, size=size.shortest_edge, default_to_square=False, input_data_format=ChannelDimension.FIRST
+                )
+            )
+        if size.max_height and size.max_width:
+            return tuple(get_image_size_for_max_height_width((height, width), size.max_height, size.max_width))
+        if size.height and size.width:
+            return (size.height, size.width)
+        raise ValueError(
+            "`size` must contain 'height' and 'width', or 'max_height' and 'max_width', or 'shortest_edge' "
+            f"(optionally with 'longest_edge'); got {size}."
+        )
+
+    def resize(
+        self,
+        image: np.ndarray,
+        size: SizeDict,
+        resample: PILImageResampling | int | None = None,
+        reducing_gap: int | None = None,
+        **kwargs,
+    ) -> np.ndarray:
+        """Resize a (C, H, W) array with PIL. uint8 images go through PIL's 8-bit path (identical to resizing the PIL
+        image); float images are resized channel by channel in PIL's 32-bit float mode (no quantisation, no range
+        restriction)."""
+        if resample is None:
+            resample = PILImageResampling.BILINEAR
+        elif not isinstance(resample, (PILImageResampling, int)):
+            raise TypeError(f"`resample` must be a PILImageResampling filter or int; got {resample!r}.")
+        height, width = image.shape[-2:]
+        new_height, new_width = self._output_size(height, width, size)
+        if (new_height, new_width) == (height, width):
+            return image
+        if image.dtype == np.uint8:
+            pil = PIL.Image.fromarray(np.ascontiguousarray(np.moveaxis(image, 0, -1)))
+            out = np.asarray(pil.resize((new_width, new_height), resample=resample, reducing_gap=reducing_gap))
+            return np.ascontiguousarray(np.moveaxis(out, -1, 0))
+        channels = [
+            np.asarray(
+                PIL.Image.fromarray(np.ascontiguousarray(channel, dtype=np.float32)).resize(
+                    (new_width, new_height), resample=resample, reducing_gap=reducing_gap
+                )
+            )
+            for channel in image
+        ]
+        return np.stack(channels).astype(np.float32, copy=False)
+
+    def center_crop(self, image: np.ndarray, size: SizeDict, **kwargs) -> np.ndarray:
+        """Centre-crop a (C, H, W) array to `(size.height, size.width)` like `torchvision.transforms.CenterCrop`:
+        an image smaller than the crop is zero-padded (extra pixel at the bottom/right), and the crop offset is
+        `round((H - h) / 2)` (Python rounding), where transformers' numpy `center_crop` floors it."""
+        if size.height is None or size.width is None:
+            raise ValueError(f"`crop_size` must have keys 'height' and 'width'; got {dict(size)}.")
+        crop_h, crop_w = size.height, size.width
+        height, width = image.shape[-2:]
+        if crop_h > height or crop_w > width:
+            pad_top = (crop_h - height) // 2 if crop_h > height else 0
+            pad_bottom = (crop_h - height + 1) // 2 if crop_h > height else 0
+            pad_left = (crop_w - width) // 2 if crop_w > width else 0
+            pad_right = (crop_w - width + 1) // 2 if crop_w > width else 0
+            image = np.pad(image, ((0, 0), (pad_top, pad_bottom), (pad_left, pad_right)), mode="constant")
+            height, width = image.shape[-2:]
+        top = int(round((height - crop_h) / 2.0))
+        left = int(round((width - crop_w) / 2.0))
+        return image[:, top : top + crop_h, left : left + crop_w]
+
+    def _preprocess(self, images: list[np.ndarray], *args, return_tensors=None, **kwargs) -> BatchFeature:
+        # The backend leaves uint8 pixels as uint8 when both rescaling and normalisation are off; the model always
+        # wants float32, so cast before building the BatchFeature.
+        output = super()._preprocess(images, *args, return_tensors=None, **kwargs)
+        pixel_values = [np.asarray(value, dtype=np.float32) for value in output["pixel_values"]]
+        if return_tensors is not None and len({value.shape for value in pixel_values}) > 1:
+            shapes = sorted({value.shape for value in pixel_values})
+            raise ValueError(
+                f"cannot stack images of different shapes {shapes} into one tensor "
+                f"(return_tensors={return_tensors!r}); keep do_center_crop=True or use "
+                "size={'height': h, 'width': w}, or pass return_tensors=None."
+            )
+        return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)
+
+
+# The name users import. As in transformers 5 itself (e.g. `DeiTImageProcessor` resolves to `DeiTImageProcessorPil`
+# when torchvision is missing), the plain name is the PIL class: there is no torchvision backend to offer here.
+# An alias (not a subclass) keeps one class object, so `save_pretrained` writes `image_processor_type:
+# "DartImageProcessor"` (PilBackend strips the `Pil` suffix) and `AutoImageProcessor` / `from_pretrained` give back
+# this very class.
+DartImageProcessor = DartImageProcessorPil
+
+
+def register_image_processor(config_class: type, exist_ok: bool = True) -> None:
+    """Register [`DartImageProcessorPil`] with `AutoImageProcessor` for `config_class` (PIL backend).
+
+    `AutoImageProcessor.from_pretrained` then resolves a saved folder (whose `preprocessor_config.json` says
+    `"image_processor_type": "DartImageProcessor"`) to `DartImageProcessorPil`. Safe to call more than once.
+    """
+    from transformers import AutoImageProcessor
+
+    AutoImageProcessor.register(
+        config_class, image_processor_classes={"pil": DartImageProcessorPil}, exist_ok=exist_ok
+    )
+
+
+# ---------------------------------------------------------------------- training-time augmentation
+
+
+def _to_pil_rgb(image: Any) -> PIL.Image.Image:
+    if isinstance(image, PIL.Image.Image):
+        return image if image.mode == "RGB" else PIL.Image.fromarray(_pil_convert_to_rgb(image, return_numpy=True))
+    if _is_torch_tensor(image):
+        image = image.detach().cpu().numpy()
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise TypeError(f"`image` array has dtype {image.dtype}; expected uint8 (H, W) or (H, W, C).")
+        if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[-1] not in (1, 3, 4):
+            image = np.moveaxis(image, 0, -1)
+        if image.ndim == 3 and image.shape[-1] == 1:
+            image = image[..., 0]
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (3, 4)):
+            raise ValueError(f"`image` array has shape {image.shape}; expected (H, W), (H, W, 3) or (H, W, 4).")
+        pil = PIL.Image.fromarray(np.ascontiguousarray(image))
+        return pil if pil.mode == "RGB" else PIL.Image.fromarray(_pil_convert_to_rgb(pil, return_numpy=True))
+    raise TypeError(f"`image` has type {_describe(image)}; expected a PIL.Image.Image or a uint8 numpy array.")
+
+
+def _pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
+    if isinstance(size, (int, np.integer)):
+        size = (int(size), int(size))
+    elif isinstance(size, dict) and "height" in size and "width" in size:
+        size = (size["height"], size["width"])
+    if len(size) != 2 or min(size) <= 0:
+        raise ValueError(f"`{name}` must be a positive int or a (height, width) pair; got {size!r}.")
+    return int(size[0]), int(size[1])
+
+
+def random_resized_crop_and_flip(
+    image: Any,
+    size: int | Sequence[int] = DART_IMAGE_SIZE,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    hflip: float = 0.5,
+    rng: np.random.Generator | int | None = None,
+    resample: PILImageResampling | int = PILImageResampling.BICUBIC,
+) -> PIL.Image.Image:
+    """Inception-style random resized crop plus random horizontal flip, in PIL (the DeiT training geometry).
+
+    Samples a box covering a fraction `scale` of the image area with aspect ratio (log-uniform) in `ratio`, with the
+    sampling rule of `torchvision.transforms.RandomResizedCrop` (10 attempts, then a centre crop clamped to `ratio`),
+    resizes it to `size` with `resample`, and flips it left-right with probability `hflip`.
+
+    Args:
+        image: PIL image or uint8 array ((H, W), (H, W, C) or (C, H, W)); converted to RGB.
+        size: output size, an int (square) or (height, width).
+        rng: a `numpy.random.Generator`, an int seed, or None (fresh OS entropy on every call, which is safe in
+            DataLoader worker processes; a fixed Generator is copied into every forked worker).
+
+    Returns:
+        `PIL.Image.Image` (mode RGB) of size `size`. Feed it to the image processor with `do_resize=False,
+        do_center_crop=False` (see [`DartTrainTransform`]).
+    """
+    out_h, out_w = _pair(size, "size")
+    lo, hi = float(scale[0]), float(scale[1])
+    if not 0 < lo <= hi:
+        raise ValueError(f"`scale` must satisfy 0 < scale[0] <= scale[1]; got {scale!r}.")
+    if not 0 < ratio[0] <= ratio[1]:
+        raise ValueError(f"`ratio` must satisfy 0 < ratio[0] <= ratio[1]; got {ratio!r}.")
+    if not 0.0 <= hflip <= 1.0:
+        raise ValueError(f"`hflip` is a probability in [0, 1]; got {hflip!r}.")
+    rng = np.random.default_rng(rng)
+    pil = _to_pil_rgb(image)
+    width, height = pil.size
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+
+    box = None
+    for _ in range(10):
+        target_area = area * rng.uniform(lo, hi)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            box = (left, top, left + w, top + h)
+            break
+    if box is None:  # fallback: central crop with the aspect ratio clamped to `ratio`
+        in_ratio = width / height
+        if in_ratio < ratio[0]:
+            w, h = width, int(round(width / ratio[0]))
+        elif in_ratio > ratio[1]:
+            w, h = int(round(height * ratio[1])), height
+        else:
+            w, h = width, height
+        top, left = (height - h) // 2, (width - w) // 2
+        box = (left, top, left + w, top + h)
+
+    out = pil.crop(box).resize((out_w, out_h), resample=resample)
+    if rng.uniform() < hflip:
+        out = out.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
+    return out
+
+
+class DartTrainTransform:
+    """Training transform: [`random_resized_crop_and_flip`] to the processor's crop size, then the processor's
+    rescale + normalise (no resize / centre crop). Callable on one image or a list; returns a `BatchFeature`.
+
+    Example with `datasets`:
+        ```python
+        transform = DartTrainTransform(DartImageProcessor(), seed=None)
+        dataset.set_transform(lambda batch: {"pixel_values": transform(batch["image"])["pixel_values"],
+                                             "labels": batch["label"]})
+        ```
+    """
+
+    def __init__(
+        self,
+        image_processor: DartImageProcessorPil | None = None,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        hflip: float = 0.5,
+        seed: int | None = None,
+    ):
+        self.image_processor = image_processor if image_processor is not None else DartImageProcessorPil()
+        crop = self.image_processor.crop_size
+        self.size = (crop.height, crop.width) if crop is not None else (DART_IMAGE_SIZE, DART_IMAGE_SIZE)
+        self.scale, self.ratio, self.hflip = scale, ratio, hflip
+        # seed=None: fresh entropy per call (safe with DataLoader workers); an int: a reproducible sequence.
+        self.rng = np.random.default_rng(seed) if seed is not None else None
+
+    def __call__(self, images: Any, return_tensors: str | None = "pt") -> BatchFeature:
+        batch = images if isinstance(images, (list, tuple)) else [images]
+        if len(batch) == 0:
+            raise ValueError("`images` is an empty list; expected at least one image.")
+        crops = [
+            random_resized_crop_and_flip(
+                image,
+                self.size,
+                scale=self.scale,
+                ratio=self.ratio,
+                hflip=self.hflip,
+                rng=self.rng,
+                resample=self.image_processor.resample,
+            )
+            for image in batch
+        ]
+        return self.image_processor(crops, do_resize=False, do_center_crop=False, return_tensors=return_tensors)

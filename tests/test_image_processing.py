@@ -1,0 +1,422 @@
+"""Tests for the DART image processor (PIL backend) and the training augmentation helper."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from modeling_dart.configuration_dart import DartConfig
+from modeling_dart.image_processing_dart import (
+    DartImageProcessor,
+    DartImageProcessorPil,
+    DartTrainTransform,
+    random_resized_crop_and_flip,
+    register_image_processor,
+)
+
+
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def reference_eval_transform(image: PIL.Image.Image, short: int = 512, crop: int = 448) -> np.ndarray:
+    """The DeiT evaluation recipe written directly with PIL (as torchvision's Resize(512) + CenterCrop(448) +
+    ToTensor + Normalize do it on a PIL image). Returns (3, crop, crop) float32."""
+    image = image.convert("RGB")
+    width, height = image.size
+    if width <= height:
+        new_w, new_h = short, int(short * height / width)
+    else:
+        new_w, new_h = int(short * width / height), short
+    image = image.resize((new_w, new_h), PIL.Image.BICUBIC)
+    top, left = int(round((new_h - crop) / 2.0)), int(round((new_w - crop) / 2.0))
+    image = image.crop((left, top, left + crop, top + crop))
+    x = np.asarray(image, dtype=np.float32) / 255.0
+    return ((x - MEAN) / STD).transpose(2, 0, 1)
+
+
+def smooth_image(height: int, width: int, seed: int = 0, lo: int = 0, hi: int = 255) -> np.ndarray:
+    """A deterministic, moderately textured uint8 (H, W, 3) image."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    channels = []
+    for c in range(3):
+        fx, fy, phase = rng.uniform(0.01, 0.08), rng.uniform(0.01, 0.08), rng.uniform(0, 6.3)
+        channels.append(0.5 + 0.5 * np.sin(fx * xx + fy * yy + phase))
+    img = np.stack(channels, -1)
+    return np.round(lo + (hi - lo) * img).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return DartImageProcessor()
+
+
+@pytest.fixture(scope="module")
+def chelsea():
+    skimage_data = pytest.importorskip("skimage.data")
+    return skimage_data.chelsea()  # (300, 451, 3) uint8, a real photo
+
+
+# ---------------------------------------------------------------------------------------------- defaults / output
+
+
+def test_plain_name_is_the_pil_class(processor):
+    assert DartImageProcessor is DartImageProcessorPil
+    assert processor.backend == "pil"
+    assert processor.model_input_names == ["pixel_values"]
+    assert dict(processor.size) == {"shortest_edge": 512}
+    assert dict(processor.crop_size) == {"height": 448, "width": 448}
+    assert processor.resample == PIL.Image.BICUBIC
+    assert tuple(processor.image_mean) == (0.485, 0.456, 0.406)
+    assert tuple(processor.image_std) == (0.229, 0.224, 0.225)
+    assert processor.do_convert_rgb is True
+
+
+def test_output_shape_and_dtype(processor):
+    images = [PIL.Image.fromarray(smooth_image(300, 400, seed=s)) for s in range(3)]
+    out = processor(images, return_tensors="pt")
+    assert list(out.keys()) == ["pixel_values"]
+    assert out["pixel_values"].shape == (3, 3, 448, 448)
+    assert out["pixel_values"].dtype == torch.float32
+    # return_tensors=None: a list of float32 (3, 448, 448) arrays
+    listed = processor(images[0])["pixel_values"]
+    assert isinstance(listed, list) and listed[0].shape == (3, 448, 448) and listed[0].dtype == np.float32
+    # float32 even with rescale and normalise both off
+    raw = processor(images[0], do_rescale=False, do_normalize=False, return_tensors="pt")["pixel_values"]
+    assert raw.dtype == torch.float32 and raw.max() > 1
+
+
+# ---------------------------------------------------------------------------------------------- geometry
+
+
+@pytest.mark.parametrize("height,width", [(300, 400), (640, 333), (512, 512), (100, 90), (1000, 515)])
+def test_matches_independent_pil_recipe(processor, height, width):
+    image = PIL.Image.fromarray(smooth_image(height, width, seed=height + width))
+    out = processor(image, return_tensors="pt")["pixel_values"][0].numpy()
+    np.testing.assert_allclose(out, reference_eval_transform(image), atol=1e-5, rtol=0)
+
+
+def test_real_photo_chelsea(processor, chelsea):
+    out = processor(chelsea, return_tensors="pt")["pixel_values"]
+    assert out.shape == (1, 3, 448, 448)
+    np.testing.assert_allclose(out[0].numpy(), reference_eval_transform(PIL.Image.fromarray(chelsea)), atol=1e-5)
+    lo, hi = (0 - MEAN) / STD, (1 - MEAN) / STD
+    per_channel = out[0].reshape(3, -1).numpy()
+    assert (per_channel.min(1) >= lo - 1e-5).all() and (per_channel.max(1) <= hi + 1e-5).all()
+    # a real photo uses most of the range, and its channels differ
+    assert (per_channel.max(1) - per_channel.min(1) > 2.0).all()
+
+
+def test_center_crop_rounds_offsets_like_torchvision(processor):
+    # 512 x 515: no resize (shorter side is already 512); the horizontal margin is 67, torchvision's CenterCrop
+    # starts at round(33.5) = 34 where floor division would give 33.
+    ramp = np.tile((np.arange(515) % 256).astype(np.uint8)[None, :, None], (512, 1, 3))
+    out = processor(ramp, do_rescale=False, do_normalize=False, return_tensors="pt")["pixel_values"][0]
+    assert out.shape == (3, 448, 448)
+    assert out[0, 0, 0].item() == 34 and out[0, 0, -1].item() == (34 + 447) % 256
+    # 513 wide: margin 65, round(32.5) = 32 (Python rounds half to even, like torchvision)
+    out = processor(ramp[:, :513], do_rescale=False, do_normalize=False, return_tensors="pt")["pixel_values"][0]
+    assert out[0, 0, 0].item() == 32
+
+
+def test_small_image_crop_pads_with_zeros():
+    proc = DartImageProcessor(do_resize=False)
+    image = np.full((100, 201, 3), 255, np.uint8)
+    out = proc(image, do_normalize=False, return_tensors="pt")["pixel_values"][0]
+    assert out.shape == (3, 448, 448)
+    rows = (out[0] > 0).any(1).nonzero().flatten()
+    cols = (out[0] > 0).any(0).nonzero().flatten()
+    # torchvision pads (448 - 100) // 2 = 174 on top and (448 - 201) // 2 = 123 on the left
+    assert (rows[0].item(), rows[-1].item()) == (174, 273)
+    assert (cols[0].item(), cols[-1].item()) == (123, 323)
+
+
+def test_call_time_overrides(processor):
+    image = smooth_image(300, 400)
+    out = processor(image, size=256, crop_size=224, return_tensors="pt")["pixel_values"]
+    assert out.shape == (1, 3, 224, 224)
+    expected = reference_eval_transform(PIL.Image.fromarray(image), short=256, crop=224)
+    np.testing.assert_allclose(out[0].numpy(), expected, atol=1e-5)
+    out = processor(image, size={"height": 448, "width": 448}, do_center_crop=False, return_tensors="pt")
+    assert out["pixel_values"].shape == (1, 3, 448, 448)
+    kept = processor([image, image[:200]], do_center_crop=False)["pixel_values"]
+    assert [k.shape for k in kept] == [(3, 512, 682), (3, 512, 1024)]
+
+
+# ---------------------------------------------------------------------------------------------- input kinds
+
+
+def test_grayscale_inputs(processor):
+    gray = smooth_image(300, 400)[..., 0]
+    expected = reference_eval_transform(PIL.Image.fromarray(gray))
+    for image in (PIL.Image.fromarray(gray), gray, gray[None], gray[..., None], torch.from_numpy(gray)):
+        out = processor(image, return_tensors="pt")["pixel_values"]
+        assert out.shape == (1, 3, 448, 448)
+        np.testing.assert_allclose(out[0].numpy(), expected, atol=1e-5)
+    assert torch.equal(out[0, 0], out[0, 0])  # all three channels come from the same gray values
+    np.testing.assert_allclose(out[0, 0] * STD[0] + MEAN[0], out[0, 1] * STD[1] + MEAN[1], atol=1e-5)
+
+
+def test_rgba_inputs_composited_on_white(processor):
+    rgb = smooth_image(300, 400, seed=3)
+    alpha = np.zeros((300, 400), np.uint8)
+    alpha[:, 200:] = 255
+    alpha[:, 100:200] = 128
+    rgba = np.concatenate([rgb, alpha[..., None]], -1)
+    pil_rgba = PIL.Image.fromarray(rgba)
+    white = PIL.Image.new("RGBA", pil_rgba.size, (255, 255, 255, 255))
+    expected = reference_eval_transform(PIL.Image.alpha_composite(white, pil_rgba))
+    for image in (pil_rgba, rgba, rgba.transpose(2, 0, 1), torch.from_numpy(rgba.transpose(2, 0, 1))):
+        out = processor(image, return_tensors="pt")["pixel_values"][0].numpy()
+        # PIL's integer alpha compositing may differ from the float formula by one grey level
+        np.testing.assert_allclose(out, expected, atol=1.01 / 255 / STD.min())
+    # fully transparent left part is white
+    left = processor(pil_rgba, do_center_crop=False, return_tensors="pt")["pixel_values"][0, :, :, :100]
+    np.testing.assert_allclose(left.numpy(), ((1 - MEAN) / STD)[:, None, None] * np.ones_like(left.numpy()), atol=1e-5)
+
+
+def test_numpy_and_torch_layouts_agree(processor):
+    hwc = smooth_image(300, 400, seed=5)
+    expected = processor(PIL.Image.fromarray(hwc), return_tensors="pt")["pixel_values"]
+    chw = np.ascontiguousarray(hwc.transpose(2, 0, 1))
+    variants = {
+        "numpy HWC": hwc,
+        "numpy CHW": chw,
+        "torch CHW uint8": torch.from_numpy(chw),
+        "torch CHW int64": torch.from_numpy(chw).long(),
+        "numpy HWC int32": hwc.astype(np.int32),
+    }
+    for name, image in variants.items():
+        out = processor(image, return_tensors="pt")["pixel_values"]
+        assert torch.equal(out, expected), name
+
+
+def test_float_inputs(processor):
+    # mid-range values so that the uint8 path never clips the bicubic overshoot
+    hwc = smooth_image(300, 400, seed=6, lo=64, hi=192)
+    expected = processor(hwc, return_tensors="pt")["pixel_values"]
+    # PIL's 8-bit resize rounds to uint8 after each of its two passes, the float path does not
+    tol = 1.5 / 255 / STD.min()
+    variants = {
+        "float32 HWC 0..255": (hwc.astype(np.float32), {}),
+        "float64 CHW 0..255": (hwc.transpose(2, 0, 1).astype(np.float64), {}),
+        "float32 HWC 0..1, do_rescale=False": (hwc.astype(np.float32) / 255, {"do_rescale": False}),
+        "torch CHW 0..1, do_rescale=False": (torch.from_numpy(hwc).permute(2, 0, 1) / 255, {"do_rescale": False}),
+        "torch half": (torch.from_numpy(hwc).permute(2, 0, 1).half(), {}),
+        "torch requires_grad": (torch.from_numpy(hwc).permute(2, 0, 1).float().requires_grad_(), {}),
+    }
+    for name, (image, kwargs) in variants.items():
+        out = processor(image, return_tensors="pt", **kwargs)["pixel_values"]
+        assert out.dtype == torch.float32, name
+        assert (out - expected).abs().max().item() <= tol, name
+        assert (out - expected).abs().mean().item() <= 0.3 / 255 / STD.min(), name
+
+
+def test_float_input_in_unit_range_with_rescale_warns(processor, caplog):
+    import logging
+
+    logging.Logger.warning_once.cache_clear()  # transformers' warning_once is an lru_cache on Logger
+    image = np.full((64, 64, 3), 0.5, np.float32)
+    with caplog.at_level(logging.WARNING, logger="modeling_dart.image_processing_dart"):
+        processor(image)
+    assert any("pass do_rescale=False" in record.getMessage() for record in caplog.records)
+
+
+def test_batched_inputs(processor, chelsea):
+    batch4d = np.stack([smooth_image(300, 400, seed=s) for s in range(2)])
+    out = processor(batch4d, return_tensors="pt")["pixel_values"]
+    assert out.shape == (2, 3, 448, 448)
+    out_t = processor(torch.from_numpy(batch4d).permute(0, 3, 1, 2), return_tensors="pt")["pixel_values"]
+    assert torch.equal(out, out_t)
+    mixed = [PIL.Image.fromarray(chelsea), chelsea, torch.from_numpy(chelsea).permute(2, 0, 1), chelsea[..., 0]]
+    out = processor(mixed, return_tensors="pt")["pixel_values"]
+    assert out.shape == (4, 3, 448, 448)
+    assert torch.equal(out[0], out[1]) and torch.equal(out[0], out[2])
+    nested = processor([[chelsea, chelsea], [chelsea]], return_tensors="pt")["pixel_values"]
+    assert nested.shape == (3, 3, 448, 448)
+
+
+def test_path_input(processor, chelsea, tmp_path):
+    path = tmp_path / "chelsea.png"
+    PIL.Image.fromarray(chelsea).save(path)
+    out = processor(str(path), return_tensors="pt")["pixel_values"]
+    assert torch.equal(out, processor(chelsea, return_tensors="pt")["pixel_values"])
+
+
+def test_palette_and_16bit_pil_modes(processor, chelsea):
+    pil = PIL.Image.fromarray(chelsea)
+    for image in (pil.convert("P"), pil.convert("LA"), pil.convert("CMYK"), pil.convert("I")):
+        out = processor(image, return_tensors="pt")["pixel_values"]
+        assert out.shape == (1, 3, 448, 448) and torch.isfinite(out).all(), image.mode
+
+
+# ---------------------------------------------------------------------------------------------- bad inputs
+
+
+BAD_INPUTS = {
+    "int": (5, TypeError, ["`images`", "builtins.int", "PIL.Image.Image"]),
+    "None": (None, TypeError, ["`images` is None"]),
+    "empty list": ([], ValueError, ["`images` is an empty list"]),
+    "empty batch": (np.zeros((0, 3, 8, 8), np.uint8), ValueError, ["`images` is an empty batch"]),
+    "wrong type in list": ([np.zeros((8, 8, 3), np.uint8), 3.5], TypeError, ["`images[1]`", "float"]),
+    "2 channels": (np.zeros((32, 32, 2), np.uint8), ValueError, ["`images`", "(32, 32, 2)", "1 (grayscale), 3"]),
+    "5 channels CHW": (np.zeros((5, 32, 32), np.uint8), ValueError, ["`images`", "(5, 32, 32)", "channels"]),
+    "NaN": (np.full((32, 32, 3), np.nan, np.float32), ValueError, ["`images`", "NaN", "finite"]),
+    "inf in list": (
+        [np.zeros((8, 8, 3), np.float32), np.full((8, 8, 3), np.inf, np.float32)],
+        ValueError,
+        ["`images[1]`", "infinite"],
+    ),
+    "1-D": (np.zeros(10, np.uint8), ValueError, ["`images`", "1 dimensions", "(H, W)"]),
+    "5-D": (np.zeros((1, 1, 8, 8, 3), np.uint8), ValueError, ["`images`", "5 dimensions"]),
+    "empty image": (np.zeros((0, 32, 3), np.uint8), ValueError, ["`images` is empty", "(0, 32, 3)"]),
+    "bool dtype": (np.zeros((8, 8, 3), bool), TypeError, ["`images`", "dtype bool", "uint8"]),
+    "16-bit values": (np.full((8, 8, 3), 4095, np.uint16), ValueError, ["`images`", "[4095, 4095]", "[0, 255]"]),
+    "missing file": ("/nonexistent/cat.png", ValueError, ["`images`", "could not be loaded", "/nonexistent/cat.png"]),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_inputs_raise_helpful_errors(processor, name):
+    value, error, fragments = BAD_INPUTS[name]
+    with pytest.raises(error) as info:
+        processor(value, return_tensors="pt")
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def test_non_rgb_without_conversion_raises(processor):
+    gray = np.zeros((32, 32), np.uint8)
+    with pytest.raises(ValueError, match=r"`images` has 1 channel\(s\); expected 3 \(RGB\).*do_convert_rgb=True"):
+        processor(gray, do_convert_rgb=False)
+    with pytest.raises(ValueError, match=r"`images\[1\]` is a PIL image of mode 'RGBA'.*do_convert_rgb=True"):
+        processor([PIL.Image.new("RGB", (8, 8)), PIL.Image.new("RGBA", (8, 8))], do_convert_rgb=False)
+
+
+def test_unstackable_shapes_raise(processor):
+    image = smooth_image(300, 400)
+    with pytest.raises(ValueError, match="cannot stack images of different shapes"):
+        processor([image, image[:200]], do_center_crop=False, return_tensors="pt")
+
+
+# ---------------------------------------------------------------------------------------------- save / load / auto
+
+
+def test_save_and_load_round_trip(tmp_path, chelsea):
+    proc = DartImageProcessor(crop_size=224, size=256)
+    proc.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved["image_processor_type"] == "DartImageProcessor"  # PilBackend strips the "Pil" suffix
+    assert saved["size"] == {"shortest_edge": 256} and saved["crop_size"] == {"height": 224, "width": 224}
+    assert saved["image_mean"] == [0.485, 0.456, 0.406]
+    loaded = DartImageProcessor.from_pretrained(tmp_path)
+    assert type(loaded) is DartImageProcessorPil
+    assert loaded.to_dict() == proc.to_dict()
+    expected = proc(chelsea, return_tensors="pt")["pixel_values"]
+    assert torch.equal(loaded(chelsea, return_tensors="pt")["pixel_values"], expected)
+
+
+def test_auto_image_processor_resolution(tmp_path, chelsea):
+    from transformers import AutoConfig, AutoImageProcessor
+
+    register_image_processor(DartConfig)
+    register_image_processor(DartConfig)  # idempotent
+    DartConfig().save_pretrained(tmp_path)
+    DartImageProcessor().save_pretrained(tmp_path)
+    assert {"config.json", "preprocessor_config.json"} <= set(os.listdir(tmp_path))
+    auto = AutoImageProcessor.from_pretrained(tmp_path)
+    assert type(auto) is DartImageProcessorPil
+    expected = DartImageProcessor()(chelsea, return_tensors="pt")["pixel_values"]
+    assert torch.equal(auto(chelsea, return_tensors="pt")["pixel_values"], expected)
+
+    # Without image_processor_type, resolution goes through config.json's model_type ("dart").
+    AutoConfig.register("dart", DartConfig, exist_ok=True)
+    path = tmp_path / "preprocessor_config.json"
+    data = json.loads(path.read_text())
+    del data["image_processor_type"]
+    path.write_text(json.dumps(data))
+    assert type(AutoImageProcessor.from_pretrained(tmp_path)) is DartImageProcessorPil
+
+
+def test_remote_code_round_trip(tmp_path, monkeypatch):
+    """With register_for_auto_class, save_pretrained copies this module (it has no same-folder imports) and writes
+    an auto_map; a fresh process that cannot import modeling_dart loads it with AutoImageProcessor + remote code."""
+    folder = tmp_path / "hub"
+    monkeypatch.setattr(DartImageProcessorPil, "_auto_class", "AutoImageProcessor")
+    DartImageProcessor(crop_size=224).save_pretrained(folder)
+    assert sorted(os.listdir(folder)) == ["image_processing_dart.py", "preprocessor_config.json"]
+    saved = json.loads((folder / "preprocessor_config.json").read_text())
+    assert saved["auto_map"] == {"AutoImageProcessor": "image_processing_dart.DartImageProcessorPil"}
+    assert saved["image_processor_type"] == "DartImageProcessor"
+
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    load = textwrap.dedent(
+        f"""
+        import sys
+        import numpy as np
+        from transformers import AutoImageProcessor
+        p = AutoImageProcessor.from_pretrained({str(folder)!r}, trust_remote_code=True)
+        out = p(np.zeros((300, 400, 3), np.uint8), return_tensors="pt")["pixel_values"]
+        assert "modeling_dart" not in sys.modules
+        print(type(p).__name__, type(p).__module__.startswith("transformers_modules"), tuple(out.shape))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", load], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["DartImageProcessorPil", "True", "(1,", "3,", "224,", "224)"]
+
+
+# ---------------------------------------------------------------------------------------------- augmentation
+
+
+def test_random_resized_crop_is_deterministic(chelsea):
+    a = random_resized_crop_and_flip(chelsea, 448, rng=123)
+    b = random_resized_crop_and_flip(PIL.Image.fromarray(chelsea), 448, rng=np.random.default_rng(123))
+    assert a.size == (448, 448) and a.mode == "RGB"
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    others = [np.asarray(random_resized_crop_and_flip(chelsea, 448, rng=s)) for s in range(1, 4)]
+    assert not all(np.array_equal(np.asarray(a), o) for o in others)
+    assert random_resized_crop_and_flip(chelsea, (224, 160)).size == (160, 224)  # (height, width) -> PIL (w, h)
+
+
+def test_random_resized_crop_full_image_and_flip(chelsea):
+    pil = PIL.Image.fromarray(chelsea)
+    aspect = pil.width / pil.height
+    kwargs = dict(size=(300, 451), scale=(1.0, 1.0), ratio=(aspect, aspect))
+    kept = random_resized_crop_and_flip(pil, hflip=0.0, rng=0, **kwargs)
+    flipped = random_resized_crop_and_flip(pil, hflip=1.0, rng=0, **kwargs)
+    assert np.array_equal(np.asarray(kept), chelsea)
+    assert np.array_equal(np.asarray(flipped), chelsea[:, ::-1])
+
+
+def test_random_resized_crop_fallback_and_errors():
+    strip = np.zeros((10, 1000, 3), np.uint8)  # no box with aspect in [3/4, 4/3] covering >= 90% fits
+    out = random_resized_crop_and_flip(strip, 64, scale=(0.9, 1.0), rng=0)
+    assert out.size == (64, 64)
+    with pytest.raises(ValueError, match="`scale`"):
+        random_resized_crop_and_flip(strip, 64, scale=(0.5, 0.1))
+    with pytest.raises(ValueError, match="`hflip`"):
+        random_resized_crop_and_flip(strip, 64, hflip=2)
+    with pytest.raises(TypeError, match="`image`"):
+        random_resized_crop_and_flip("not an image", 64)
+
+
+def test_train_transform(chelsea):
+    images = [PIL.Image.fromarray(chelsea), chelsea[..., 0]]
+    first = DartTrainTransform(seed=7)(images)["pixel_values"]
+    second = DartTrainTransform(seed=7)(images)["pixel_values"]
+    assert first.shape == (2, 3, 448, 448) and first.dtype == torch.float32
+    assert torch.equal(first, second)
+    assert not torch.equal(first, DartTrainTransform(seed=8)(images)["pixel_values"])
+    small = DartTrainTransform(DartImageProcessor(crop_size=224), seed=None)(chelsea)["pixel_values"]
+    assert small.shape == (1, 3, 224, 224)
