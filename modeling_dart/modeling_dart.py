@@ -231,7 +231,20 @@ class DartPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["DartEmbeddings", "DartLayer", "DartMambaBlock"]
     _supports_sdpa = True
     _supports_attention_backend = True
-    _keys_to_ignore_on_load_unexpected = []
+    # Auto classes recorded in a saved folder's `auto_map` besides the saving class's own, so that the folder loads
+    # with `trust_remote_code=True` through any of them where this package is not installed.
+    _remote_auto_map = {
+        "AutoConfig": "configuration_dart.DartConfig",
+        "AutoModel": "modeling_dart.DartModel",
+        "AutoModelForImageClassification": "modeling_dart.DartForImageClassification",
+    }
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        auto_map = dict(getattr(self.config, "auto_map", None) or {})
+        for auto_class, reference in self._remote_auto_map.items():
+            auto_map.setdefault(auto_class, reference)
+        self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -322,7 +335,7 @@ class DartModel(DartPreTrainedModel):
         output_hidden_states = (
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
-        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         if score_normalization is not None and score_normalization not in ("image", "batch"):
             raise ValueError(f"`score_normalization` must be 'image' or 'batch', got {score_normalization!r}.")
         if isinstance(pixel_values, torch.Tensor) and pixel_values.is_floating_point():
@@ -396,7 +409,7 @@ class DartForImageClassification(DartPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> DartImageClassifierOutput | tuple:
-        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.dart(
             pixel_values,
             num_tokens=num_tokens,

@@ -1,0 +1,210 @@
+"""conversion/convert_dart_original.py: CLI behaviour, key accounting, checkpoint wrappers, safety, generality."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import re
+
+import pytest
+import torch
+
+from conversion import convert_dart_original as conv
+from tests.conftest import require_fixture
+
+DEIT_VARIANTS = ["darvit_tiny", "darvit_tiny_v2", "darvit_tiny_121p", "darvit_sm", "darvit_sm_144p", "darvit_sm_288p",
+                 "darvit_sm_392p"]
+VIM_VARIANTS = ["darvim_tiny", "darvim_tiny_2seq", "darvim_sm", "darvim_sm_2seq"]
+
+
+def tiny_checkpoint():
+    return require_fixture("darvit_tiny_depth2.pth") / "darvit_tiny_depth2.pth"
+
+
+def original_state_dict():
+    return torch.load(tiny_checkpoint(), map_location="cpu", weights_only=True)["model"]
+
+
+def run(argv, capsys):
+    code = conv.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_writes_a_complete_hub_folder(tmp_path, capsys):
+    out_dir = tmp_path / "dart-deit-ti"
+    code, out, err = run(["--variant", "darvit_tiny", "--checkpoint", tiny_checkpoint(), "--output_dir", out_dir,
+                          "--verify"], capsys)
+    assert code == 0, err
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "modeling_dart.py",
+                 "configuration_dart.py", "image_processing_dart.py"):
+        assert (out_dir / name).is_file(), name
+    config = json.loads((out_dir / "config.json").read_text())
+    assert config["id2label"]["0"] == "tench" and config["id2label"]["281"] == "tabby" and len(config["id2label"]) == 1000
+    assert config["num_hidden_layers"] == 2 and config["num_tokens"] == 196 and config["scorer_head"] == "v1"
+    card = (out_dir / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: image-classification\n")
+    assert "trust_remote_code=True" in card
+    assert "verified" in out
+    top5 = [line for line in out.splitlines() if re.match(r"^\s+[01]\.\d{4}\s+\S", line)]
+    assert len(top5) == 5
+
+
+def test_converted_folder_reloads_with_the_same_weights(tmp_path, capsys):
+    from transformers import AutoModelForImageClassification
+
+    import modeling_dart  # noqa: F401
+
+    out_dir = tmp_path / "out"
+    assert run(["--variant", "darvit_tiny", "--checkpoint", tiny_checkpoint(), "--output_dir", out_dir], capsys)[0] == 0
+    model = AutoModelForImageClassification.from_pretrained(out_dir)
+    state = model.state_dict()
+    for key, tensor in original_state_dict().items():
+        assert torch.equal(state[conv.convert_key(key)], tensor), key
+
+
+def test_refuses_to_overwrite_without_flag(tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "keep.txt").write_text("precious")
+    code, _, err = run(["--variant", "darvit_tiny", "--checkpoint", tiny_checkpoint(), "--output_dir", out_dir], capsys)
+    assert code == 2 and "--overwrite" in err
+    assert (out_dir / "keep.txt").read_text() == "precious"
+    code, _, err = run(["--variant", "darvit_tiny", "--checkpoint", tiny_checkpoint(), "--output_dir", out_dir,
+                        "--overwrite"], capsys)
+    assert code == 0, err
+    assert not (out_dir / "keep.txt").exists() and (out_dir / "model.safetensors").is_file()
+
+
+def _save(path, obj):
+    torch.save(obj, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "mutation,message",
+    [
+        ("drop", "missing key"),
+        ("extra", "unexpected key"),
+        ("reshape", "mis-shaped key"),
+        ("gap", "not contiguous"),
+    ],
+)
+def test_key_mismatches_are_errors(tmp_path, capsys, mutation, message):
+    state = dict(original_state_dict())
+    if mutation == "drop":
+        del state["blocks.1.mlp.fc2.bias"]
+    elif mutation == "extra":
+        state["dist_token"] = torch.zeros(1, 1, 192)
+    elif mutation == "reshape":
+        state["blocks.0.attn.qkv.weight"] = torch.zeros(576, 191)
+    elif mutation == "gap":
+        state = {k.replace("blocks.1.", "blocks.2."): v for k, v in state.items()}
+    path = _save(tmp_path / "bad.pth", {"model": state})
+    code, _, err = run(["--variant", "darvit_tiny", "--checkpoint", path, "--output_dir", tmp_path / "out"], capsys)
+    assert code == 2
+    assert message in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_wrong_variant_is_refused(tmp_path, capsys):
+    code, _, err = run(["--variant", "darvit_sm", "--checkpoint", tiny_checkpoint(), "--output_dir", tmp_path / "o"], capsys)
+    assert code == 2 and "mis-shaped" in err
+
+
+def test_training_checkpoint_with_args_and_ema(tmp_path):
+    state = original_state_dict()
+    ema = {k: (v + 1 if k == "head.bias" else v) for k, v in state.items()}
+    path = _save(tmp_path / "train.pth", {
+        "model": state, "model_ema": ema, "optimizer": {"state": {}, "param_groups": [{"lr": 1e-3}]},
+        "lr_scheduler": {"last_epoch": 3}, "epoch": 299, "scaler": {"scale": 65536.0},
+        "args": argparse.Namespace(model="darvit_tiny", input_size=448, lr=5e-4, data_path="/data"),
+    })
+    model, _, report = conv.convert("darvit_tiny", path, "model")
+    assert torch.equal(model.classifier.bias, state["head.bias"])
+    model_ema, _, report_ema = conv.convert("darvit_tiny", path, "model_ema")
+    assert torch.equal(model_ema.classifier.bias, ema["head.bias"]) and report_ema["weights"] == "model_ema"
+
+
+def test_other_wrappers(tmp_path):
+    state = original_state_dict()
+    for obj in (state, {"module": state}, {"model": {"module." + k: v for k, v in state.items()}}):
+        model, _, _ = conv.convert("darvit_tiny", _save(tmp_path / "w.pth", obj), "model")
+        assert torch.equal(model.classifier.weight, state["head.weight"])
+    with pytest.raises(conv.ConversionError, match="model_ema"):
+        conv.convert("darvit_tiny", _save(tmp_path / "noema.pth", {"model": state}), "model_ema")
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_untrusted_pickle_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as handle:
+        pickle.dump({"model": _Payload()}, handle)
+    with pytest.raises(conv.ConversionError, match="weights_only"):
+        conv.load_original_checkpoint(path)
+    with pytest.raises(conv.ConversionError, match="not found"):
+        conv.load_original_checkpoint(tmp_path / "missing.pth")
+
+
+def test_reduced_depth_is_inferred(tmp_path):
+    state = {k: v for k, v in original_state_dict().items() if not k.startswith("blocks.1.")}
+    model, _, report = conv.convert("darvit_tiny", _save(tmp_path / "d1.pth", {"model": state}), "model")
+    assert report["depth"] == 1 and model.config.num_hidden_layers == 1
+
+
+def _synthetic_from_manifest(variant):
+    manifest = json.loads((require_fixture(f"manifest_{variant}.json") / f"manifest_{variant}.json").read_text())
+    gen = torch.Generator().manual_seed(0)
+    state = {}
+    for entry in manifest["state_dict"]:
+        dtype = getattr(torch, entry["dtype"].replace("torch.", ""))
+        shape = entry["shape"]
+        if dtype.is_floating_point:
+            state[entry["key"]] = torch.randn(shape, generator=gen, dtype=dtype) * 0.02
+        else:
+            state[entry["key"]] = torch.randint(0, 100, shape, generator=gen, dtype=dtype)
+    if "running_var" in " ".join(state):
+        for key in state:
+            if key.endswith("running_var"):
+                state[key] = state[key].abs() + 1
+    return manifest, state
+
+
+@pytest.mark.parametrize("variant", DEIT_VARIANTS + VIM_VARIANTS)
+def test_every_released_variant_converts_at_full_size(tmp_path, variant):
+    """Full-size checkpoints built from the manifests of all 11 variants: every key maps, shapes and params match."""
+    manifest, state = _synthetic_from_manifest(variant)
+    model, _, report = conv.convert(variant, _save(tmp_path / "full.pth", {"model": state}), "model")
+    assert report["full_depth"] and report["num_keys"] == len(state)
+    assert sum(p.numel() for p in model.parameters()) == manifest["param_counts"]["total"]
+    converted = model.state_dict()
+    for key, tensor in state.items():
+        assert torch.equal(converted[conv.convert_key(key)], tensor), key
+    assert model.config.num_tokens == manifest["config"]["num_patches"]
+
+
+def test_push_to_hub_sends_every_file_in_one_commit(tmp_path, capsys, monkeypatch):
+    """The Hub is unreachable here: check the upload operations up to the HTTP boundary."""
+    from huggingface_hub import HfApi
+
+    calls = {}
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.setdefault("repo", (repo_id, kw)))
+
+    def fake_commit(self, repo_id, operations, commit_message, **kw):
+        calls["commit"] = (repo_id, [op.path_in_repo for op in operations], commit_message)
+
+    monkeypatch.setattr(HfApi, "create_commit", fake_commit)
+    out_dir = tmp_path / "out"
+    code, out, err = run(["--variant", "darvit_tiny", "--checkpoint", tiny_checkpoint(), "--output_dir", out_dir,
+                          "--push_to_hub", "my-org/dart-deit-ti"], capsys)
+    assert code == 0, err
+    assert calls["repo"][0] == "my-org/dart-deit-ti"
+    repo_id, files, _ = calls["commit"]
+    assert repo_id == "my-org/dart-deit-ti"
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "modeling_dart.py"} <= set(files)
+    assert sorted(files) == sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file())
