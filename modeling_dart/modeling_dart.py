@@ -205,10 +205,31 @@ class DartMambaEncoder(nn.Module):
         super().__init__()
         self.residual_in_fp32 = config.residual_in_fp32
         self.layers = nn.ModuleList(
-            [DartMambaBlock(config, layer_idx=i, drop_path=rate) for i, rate in enumerate(_drop_path_rates(config))]
+            [
+                DartMambaBlock(
+                    config.hidden_size,
+                    state_size=config.state_size,
+                    conv_kernel=config.conv_kernel,
+                    expand=config.expand,
+                    time_step_rank=config.time_step_rank,
+                    use_conv_bias=config.use_conv_bias,
+                    use_bias=config.use_bias,
+                    divide_out=config.bidirectional_divide_out,
+                    use_kernels=config.use_mamba_kernels,
+                    layer_norm_epsilon=config.layer_norm_epsilon,
+                    residual_in_fp32=config.residual_in_fp32,
+                    drop_path=rate,
+                    layer_idx=i,
+                )
+                for i, rate in enumerate(_drop_path_rates(config))
+            ]
         )
         self.norm_f = DartRMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self.gradient_checkpointing = False
+        for mixer in self.modules():  # the mixers initialise their own projections (Mamba's dt/A/D scheme)
+            if isinstance(mixer, DartBiMambaMixer):
+                for sub in mixer.modules():
+                    sub._dart_mamba = True
 
     def forward(self, hidden_states, output_attentions=False, output_hidden_states=False, **kwargs):
         all_hidden = (hidden_states,) if output_hidden_states else None
@@ -217,7 +238,8 @@ class DartMambaEncoder(nn.Module):
             hidden_states, residual = block(hidden_states, residual)
             if output_hidden_states:
                 all_hidden += ((hidden_states + residual).to(hidden_states.dtype),)
-        return add_and_norm(hidden_states, residual, self.norm_f, self.residual_in_fp32), all_hidden, None
+        normalized, _ = add_and_norm(hidden_states, residual, self.norm_f, self.residual_in_fp32)
+        return normalized, all_hidden, None
 
 
 # --------------------------------------------------------------------------------------------------- base model
@@ -250,7 +272,9 @@ class DartPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         std = self.config.initializer_range
         if isinstance(module, DartBiMambaMixer):
-            module.reset_mamba_parameters()
+            module._init_mamba_weights()
+        elif getattr(module, "_dart_mamba", False):
+            return
         elif isinstance(module, nn.Linear):
             init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
