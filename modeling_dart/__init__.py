@@ -4,7 +4,7 @@ Importing this package registers DART with `AutoConfig`, `AutoModel`, `AutoModel
 `AutoImageProcessor`, so that `from_pretrained` and `pipeline(...)` work on DART folders.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForVideoClassification
 
 from .configuration_dart import DartConfig
 from .image_processing_dart import (
@@ -21,6 +21,19 @@ from .modeling_dart import (
     DartModelOutput,
     DartPreTrainedModel,
 )
+from .modeling_video_dart import (
+    DartVideoClassifierOutput,
+    DartVideoMambaForVideoClassification,
+    DartVideoMambaModel,
+    DartVideoModelOutput,
+)
+from .video_processing_dart import (
+    DartVideoProcessor,
+    DartVideoProcessorPil,
+    load_video,
+    register_video_processor,
+    sample_frame_indices,
+)
 
 __version__ = "0.1.0"
 
@@ -28,6 +41,8 @@ AutoConfig.register("dart", DartConfig, exist_ok=True)
 AutoModel.register(DartConfig, DartModel, exist_ok=True)
 AutoModelForImageClassification.register(DartConfig, DartForImageClassification, exist_ok=True)
 register_image_processor(DartConfig)
+AutoModelForVideoClassification.register(DartConfig, DartVideoMambaForVideoClassification, exist_ok=True)
+register_video_processor(DartConfig)
 
 # Folders written by `save_pretrained` carry the modeling code and an `auto_map`, so that they also load with
 # `trust_remote_code=True` where this package is not installed.
@@ -35,6 +50,9 @@ DartConfig.register_for_auto_class()
 DartModel.register_for_auto_class("AutoModel")
 DartForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 DartImageProcessor.register_for_auto_class("AutoImageProcessor")
+DartVideoMambaModel.register_for_auto_class("AutoModel")
+DartVideoMambaForVideoClassification.register_for_auto_class("AutoModelForVideoClassification")
+DartVideoProcessor.register_for_auto_class("AutoImageProcessor")
 
 __all__ = [
     "DartConfig",
@@ -47,4 +65,12 @@ __all__ = [
     "DartPreTrainedModel",
     "DartModelOutput",
     "DartImageClassifierOutput",
+    "DartVideoMambaModel",
+    "DartVideoMambaForVideoClassification",
+    "DartVideoModelOutput",
+    "DartVideoClassifierOutput",
+    "DartVideoProcessor",
+    "DartVideoProcessorPil",
+    "load_video",
+    "sample_frame_indices",
 ]

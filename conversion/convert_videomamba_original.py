@@ -1,0 +1,420 @@
+#!/usr/bin/env python
+"""Convert OpenGVLab VideoMamba video checkpoints (videomamba_t16 / s16 / m16, Kinetics / SSv2 fine-tuned) into
+`DartVideoMambaForVideoClassification` folders.
+
+    # plain VideoMamba behaviour (constant scores: the standard 16x16 patch grid at 224 with 196 tokens per frame)
+    python conversion/convert_videomamba_original.py --checkpoint videomamba_t16_k400_f8_res224.pth \
+        --output_dir dart-videomamba-t16-k400 --uniform_scorer --labels_file kinetics400_labels.txt
+
+    # DART tokens: the scorer (weights and settings) taken from a converted DART folder, e.g. dart-vim-ti
+    python conversion/convert_videomamba_original.py --checkpoint videomamba_t16_k400_f8_res224.pth \
+        --output_dir dart-videomamba-t16-k400-dart --scorer_from dart-vim-ti [--num_tokens 98]
+
+Width, depth, frames, classes and the Mamba sizes are read from the checkpoint (t16: width 192, s16: 384, m16: 576;
+depth from `layers.N`; frames from `temporal_pos_embedding`; classes from `head`). The checkpoint is read with
+`torch.load(..., weights_only=True)`; like the original loader it takes the first of `--model_key` (default
+`model|module`) that is present, else the whole file, and strips the `backbone.` / `encoder.` (and `module.`) prefixes.
+Every key is accounted for: each tensor maps to exactly one parameter of the converted model, and each parameter
+outside the scorer is filled; any missing, unexpected or mis-shaped key is an error (exit code 2).
+
+Key mapping (original -> converted):
+    patch_embed.proj.weight (D, C, 1, P, P) Conv3d -> dart.embeddings.projection.weight (D, C, P, P) ([:, :, 0])
+    patch_embed.proj.bias                        -> dart.embeddings.projection.bias
+    cls_token / pos_embed (1, 1 + g*g, D)        -> dart.embeddings.cls_token / dart.embeddings.position_embeddings
+    temporal_pos_embedding (1, T, D)             -> dart.temporal_position_embeddings
+    layers.{i}.mixer.* / layers.{i}.norm.weight  -> dart.encoder.layers.{i}.mixer.* / .norm.weight
+    norm_f.weight                                -> dart.encoder.norm_f.weight
+    head.{weight,bias}                           -> classifier.{weight,bias}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # running from a clone without installing
+    sys.path.insert(0, str(REPO_ROOT))
+
+from conversion.convert_dart_original import ConversionError, push_folder  # noqa: E402
+from modeling_dart import DartConfig, DartVideoMambaForVideoClassification, DartVideoProcessor  # noqa: E402
+from modeling_dart.model_card import write_model_card  # noqa: E402
+
+ORIGINAL_REPO = "https://github.com/OpenGVLab/VideoMamba"
+SCORER_PREFIX = "dart.embeddings.scorer."
+# DartConfig fields that describe the scorer; copied from the DART folder given with --scorer_from
+SCORER_CONFIG_FIELDS = ("scorer_trunk", "scorer_head", "scorer_hidden_size", "score_normalization",
+                        "freeze_scorer_trunk")
+KNOWN_WIDTHS = {192: "videomamba_t16", 384: "videomamba_s16", 576: "videomamba_m16"}
+
+KEY_RULES: list[tuple[str, str]] = [
+    (r"patch_embed\.proj\.(weight|bias)$", r"dart.embeddings.projection.\1"),
+    (r"cls_token$", r"dart.embeddings.cls_token"),
+    (r"pos_embed$", r"dart.embeddings.position_embeddings"),
+    (r"temporal_pos_embedding$", r"dart.temporal_position_embeddings"),
+    (r"layers\.(\d+)\.mixer\.(.+)$", r"dart.encoder.layers.\1.mixer.\2"),
+    (r"layers\.(\d+)\.norm\.weight$", r"dart.encoder.layers.\1.norm.weight"),
+    (r"norm_f\.weight$", r"dart.encoder.norm_f.weight"),
+    (r"head\.(weight|bias)$", r"classifier.\1"),
+]
+_COMPILED_RULES = [(re.compile("^" + pattern), replacement) for pattern, replacement in KEY_RULES]
+
+
+def convert_key(key: str) -> str | None:
+    """The converted name of an original key, or None when no rule matches."""
+    for pattern, replacement in _COMPILED_RULES:
+        if pattern.match(key):
+            return pattern.sub(replacement, key)
+    return None
+
+
+# --------------------------------------------------------------------------------------------------- loading
+def load_original_checkpoint(path: str | Path, model_key: str = "model|module") -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a VideoMamba `.pth` safely; return `(state_dict, wrapper)` (the wrapper dict, `{}` for a bare state dict).
+
+    Like VideoMamba's `run_class_finetuning.py`: the first key of `model_key` (`|`-separated) holding a dict is the
+    state dict, otherwise the whole file; `backbone.` / `encoder.` prefixes are stripped (and DDP's `module.`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"checkpoint not found: {path}")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle errors, refused globals, truncated files
+        raise ConversionError(f"cannot read {path} as a PyTorch checkpoint with weights_only=True: {error}") from error
+    if not isinstance(checkpoint, dict):
+        raise ConversionError(f"{path} holds a {type(checkpoint).__name__}, expected a dict (state dict or wrapper).")
+    wrapper, state_dict = {}, None
+    for key in model_key.split("|"):
+        if key in checkpoint and isinstance(checkpoint[key], dict):
+            wrapper, state_dict = checkpoint, checkpoint[key]
+            break
+    if state_dict is None:
+        if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+            state_dict = checkpoint
+        else:
+            entries = ", ".join(sorted(map(str, checkpoint)))[:300]
+            raise ConversionError(f"{path} has no '{model_key}' state dict and is not a bare state dict "
+                                  f"(entries: {entries}).")
+    bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ConversionError(f"non-tensor entries in the state dict: {bad[:5]}")
+    cleaned = {}
+    for key, tensor in state_dict.items():
+        key = key.removeprefix("module.")
+        for prefix in ("backbone.", "encoder."):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+                break
+        if key in cleaned:
+            raise ConversionError(f"two checkpoint keys map to {key!r} after stripping prefixes")
+        cleaned[key] = tensor
+    return cleaned, wrapper
+
+
+def _require(state_dict: dict[str, torch.Tensor], key: str, ndim: int) -> torch.Tensor:
+    if key not in state_dict:
+        raise ConversionError(f"missing key {key!r}: not a VideoMamba video checkpoint.")
+    tensor = state_dict[key]
+    if tensor.dim() != ndim:
+        raise ConversionError(f"mis-shaped key {key!r}: expected {ndim} dimensions, got {tuple(tensor.shape)}.")
+    return tensor
+
+
+def infer_architecture(state_dict: dict[str, torch.Tensor]) -> dict:
+    """DartConfig keyword arguments describing the checkpoint's backbone (width, depth, frames, classes, sizes)."""
+    patch = _require(state_dict, "patch_embed.proj.weight", 5)  # Conv3d (D, C, t, P, P)
+    hidden, channels, tubelet, patch_h, patch_w = patch.shape
+    if tubelet != 1:
+        raise ConversionError(f"patch_embed.proj.weight has a temporal kernel of {tubelet}; only tubelet size 1 "
+                              "(kernel (1, P, P), all released VideoMamba models) is supported.")
+    if patch_h != patch_w:
+        raise ConversionError(f"non-square patches {patch_h}x{patch_w} are not supported.")
+    pos = _require(state_dict, "pos_embed", 3)
+    grid = math.isqrt(pos.shape[1] - 1)
+    if grid * grid != pos.shape[1] - 1:
+        raise ConversionError(f"pos_embed has {pos.shape[1]} rows; expected 1 + g*g (a cls row and a square grid).")
+    temporal = _require(state_dict, "temporal_pos_embedding", 3)
+    head = _require(state_dict, "head.weight", 2)
+    indices = {int(m.group(1)) for k in state_dict if (m := re.match(r"^layers\.(\d+)\.", k))}
+    if not indices:
+        raise ConversionError("no layers.N.* keys: not a VideoMamba checkpoint.")
+    depth = max(indices) + 1
+    if indices != set(range(depth)):
+        raise ConversionError(f"layer indices are not contiguous: {sorted(indices)}")
+    a_log = _require(state_dict, "layers.0.mixer.A_log", 2)
+    dt_proj = _require(state_dict, "layers.0.mixer.dt_proj.weight", 2)
+    conv = _require(state_dict, "layers.0.mixer.conv1d.weight", 3)
+    inner, state_size = a_log.shape
+    if inner % hidden:
+        raise ConversionError(f"mixer width {inner} is not a multiple of the model width {hidden}.")
+    return dict(
+        hidden_size=hidden,
+        num_channels=channels,
+        patch_size=patch_h,
+        score_grid_size=grid,
+        num_frames=temporal.shape[1],
+        num_hidden_layers=depth,
+        num_labels=head.shape[0],
+        state_size=state_size,
+        expand=inner // hidden,
+        time_step_rank=dt_proj.shape[1],
+        conv_kernel=conv.shape[-1],
+        use_conv_bias="layers.0.mixer.conv1d.bias" in state_dict,
+        use_bias="layers.0.mixer.in_proj.bias" in state_dict,
+    )
+
+
+def read_labels(labels_file: str | Path | None, wrapper: dict, num_labels: int) -> dict[int, str]:
+    """id2label from `--labels_file` (one label per line, or JSON: `{id: label}` or a list), else from the checkpoint
+    wrapper (`id2label`, `classes`, `class_names` or `labels`), else `LABEL_i`."""
+    labels = None
+    if labels_file is not None:
+        path = Path(labels_file)
+        if not path.is_file():
+            raise ConversionError(f"labels file not found: {path}")
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise ConversionError(f"{path} is not valid JSON: {error}") from error
+            if isinstance(data, dict) and isinstance(data.get("id2label"), dict):
+                data = data["id2label"]
+            if isinstance(data, dict):
+                try:
+                    labels = {int(k): str(v) for k, v in data.items()}
+                except ValueError as error:
+                    raise ConversionError(f"{path}: id2label keys must be integers ({error})") from error
+            elif isinstance(data, list):
+                labels = {i: str(v) for i, v in enumerate(data)}
+            else:
+                raise ConversionError(f"{path} must hold a JSON object {{id: label}} or a list of labels.")
+        else:
+            lines = [line.strip() for line in text.splitlines()]
+            while lines and not lines[-1]:
+                lines.pop()
+            if any(not line for line in lines):
+                raise ConversionError(f"{path} has empty lines; expected one label per line.")
+            labels = dict(enumerate(lines))
+        source = str(path)
+    else:
+        for key in ("id2label", "classes", "class_names", "labels"):
+            value = wrapper.get(key)
+            if isinstance(value, dict):
+                labels, source = {int(k): str(v) for k, v in value.items()}, f"checkpoint[{key!r}]"
+                break
+            if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+                labels, source = dict(enumerate(value)), f"checkpoint[{key!r}]"
+                break
+    if labels is None:
+        return {i: f"LABEL_{i}" for i in range(num_labels)}
+    if sorted(labels) != list(range(num_labels)):
+        raise ConversionError(f"{source} gives {len(labels)} labels (ids {min(labels)}..{max(labels)}) but the "
+                              f"checkpoint's head has {num_labels} classes.")
+    return labels
+
+
+def load_scorer(folder: str | Path) -> tuple[DartConfig, dict[str, torch.Tensor]]:
+    """The config and `dart.embeddings.scorer.*` tensors of a converted DART folder (e.g. dart-vim-ti)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ConversionError(f"--scorer_from {folder}: no config.json (expected a converted DART folder).")
+    config = DartConfig.from_pretrained(folder)
+    if config.scorer != "learned":
+        raise ConversionError(f"--scorer_from {folder}: its scorer is {config.scorer!r}, it has no scorer weights.")
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ConversionError(f"--scorer_from {folder}: no .safetensors weights.")
+    tensors = {}
+    for file in files:
+        tensors.update({k: v for k, v in load_file(file).items() if k.startswith(SCORER_PREFIX)})
+    if not tensors:
+        raise ConversionError(f"--scorer_from {folder}: no {SCORER_PREFIX}* tensors in its weights.")
+    return config, tensors
+
+
+# ------------------------------------------------------------------------------------------------ conversion
+def convert_state_dict(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Map every original key onto `model` (scorer excluded); raise on unmatched, missing or mis-shaped keys."""
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(SCORER_PREFIX)}
+    converted, unexpected, mismatched = {}, [], []
+    for key, tensor in state_dict.items():
+        new_key = convert_key(key)
+        if new_key is None or new_key not in expected:
+            unexpected.append(key)
+            continue
+        if key == "patch_embed.proj.weight" and tensor.dim() == 5:
+            tensor = tensor[:, :, 0]  # Conv3d kernel (1, P, P) -> Conv2d kernel (P, P)
+        if tuple(tensor.shape) != tuple(expected[new_key].shape):
+            mismatched.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(expected[new_key].shape)}")
+            continue
+        converted[new_key] = tensor.to(expected[new_key].dtype).contiguous()
+    missing = sorted(set(expected) - set(converted))
+    problems = []
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {unexpected[:8]}")
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {missing[:8]}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} mis-shaped key(s): {mismatched[:8]}")
+    if problems:
+        raise ConversionError("the checkpoint does not match a VideoMamba model: " + "; ".join(problems))
+    return converted
+
+
+def convert(
+    checkpoint: str | Path,
+    scorer_from: str | Path | None = None,
+    uniform_scorer: bool = False,
+    labels_file: str | Path | None = None,
+    model_key: str = "model|module",
+    num_tokens: int | None = None,
+    image_size: int | None = None,
+    video_score_pooling: str = "frame",
+):
+    """Return `(model, processor, report)` for a VideoMamba checkpoint."""
+    if uniform_scorer == (scorer_from is not None):
+        raise ConversionError("choose exactly one of --uniform_scorer and --scorer_from DIR.")
+    state_dict, wrapper = load_original_checkpoint(checkpoint, model_key)
+    arch = infer_architecture(state_dict)
+    base = arch["score_grid_size"] * arch["patch_size"]
+    kwargs = dict(arch, backbone="videomamba", image_size=image_size or base,
+                  num_tokens=num_tokens or arch["score_grid_size"] ** 2, video_score_pooling=video_score_pooling,
+                  residual_in_fp32=True, layer_norm_epsilon=1e-5, tubelet_size=1)
+    scorer_tensors = None
+    if uniform_scorer:
+        kwargs["scorer"] = "uniform"
+    else:
+        scorer_config, scorer_tensors = load_scorer(scorer_from)
+        for field in ("score_grid_size", "patch_size", "num_channels"):
+            if getattr(scorer_config, field) != kwargs[field]:
+                raise ConversionError(f"--scorer_from {scorer_from}: {field}={getattr(scorer_config, field)} but the "
+                                      f"VideoMamba checkpoint has {field}={kwargs[field]}.")
+        kwargs["scorer"] = "learned"
+        kwargs.update({field: getattr(scorer_config, field) for field in SCORER_CONFIG_FIELDS})
+    id2label = read_labels(labels_file, wrapper, kwargs.pop("num_labels"))
+    try:
+        config = DartConfig(**kwargs, id2label=id2label, label2id={v: k for k, v in id2label.items()})
+    except ValueError as error:
+        raise ConversionError(str(error)) from error
+
+    model = DartVideoMambaForVideoClassification(config).eval()
+    converted = convert_state_dict(state_dict, model)
+    if scorer_tensors is not None:
+        expected = {k: v for k, v in model.state_dict().items() if k.startswith(SCORER_PREFIX)}
+        missing = sorted(set(expected) - set(scorer_tensors))
+        unexpected = sorted(set(scorer_tensors) - set(expected))
+        mismatched = [k for k in set(expected) & set(scorer_tensors) if expected[k].shape != scorer_tensors[k].shape]
+        if missing or unexpected or mismatched:
+            raise ConversionError(f"--scorer_from {scorer_from}: scorer weights do not match its config (missing "
+                                  f"{missing[:5]}, unexpected {unexpected[:5]}, mis-shaped {mismatched[:5]}).")
+        converted.update({k: v.to(expected[k].dtype) for k, v in scorer_tensors.items()})
+    model.load_state_dict(converted, strict=True)
+
+    crop = config.image_size
+    processor = DartVideoProcessor(num_frames=config.num_frames, size={"shortest_edge": crop},
+                                   crop_size={"height": crop, "width": crop})
+    report = {
+        "checkpoint": str(checkpoint),
+        "architecture": KNOWN_WIDTHS.get(config.hidden_size, f"width {config.hidden_size}"),
+        "hidden_size": config.hidden_size,
+        "depth": config.num_hidden_layers,
+        "num_frames": config.num_frames,
+        "num_labels": config.num_labels,
+        "image_size": config.image_size,
+        "num_tokens": config.num_tokens,
+        "scorer": "uniform" if uniform_scorer else f"from {scorer_from}",
+        "num_keys": len(converted),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+    }
+    return model, processor, report
+
+
+def verify_folder(output_dir: Path, model, converted: dict[str, torch.Tensor]) -> None:
+    """Reload the saved folder and check every tensor and one forward pass against the in-memory model."""
+    reloaded = DartVideoMambaForVideoClassification.from_pretrained(output_dir).eval()
+    saved = reloaded.state_dict()
+    for key, tensor in converted.items():
+        if not torch.equal(saved[key], tensor):
+            raise ConversionError(f"saved tensor {key} differs from the converted one")
+    config = model.config
+    pixels = torch.randn(1, config.num_frames, config.num_channels, config.image_size, config.image_size,
+                         generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        if not torch.equal(model(pixels).logits, reloaded(pixels).logits):
+            raise ConversionError("the reloaded model does not reproduce the converted model's logits")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="original VideoMamba .pth file")
+    parser.add_argument("--output_dir", required=True)
+    scorer = parser.add_mutually_exclusive_group(required=True)
+    scorer.add_argument("--scorer_from", metavar="DIR", help="converted DART folder to take the scorer from")
+    scorer.add_argument("--uniform_scorer", action="store_true",
+                        help="constant scores: plain VideoMamba at image_size 224 and 196 tokens per frame")
+    parser.add_argument("--labels_file", help="one label per line, or JSON ({id: label} or a list)")
+    parser.add_argument("--model_key", default="model|module",
+                        help="'|'-separated entries holding the state dict (default: model|module, as the original)")
+    parser.add_argument("--num_tokens", type=int, help="default tokens per frame (default: the base grid, 196)")
+    parser.add_argument("--image_size", type=int,
+                        help="input resolution of the processor (default: the base grid, 224; 448 = high_res)")
+    parser.add_argument("--video_score_pooling", choices=["frame", "clip"], default="frame",
+                        help="score each frame (default) or the clip's mean frame once")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--verify", action="store_true", help="reload the folder and compare tensors and logits")
+    parser.add_argument("--push_to_hub", metavar="REPO", default=None, help="upload the folder to this Hub repo")
+    parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    args = parser.parse_args(argv)
+
+    output_dir = Path(args.output_dir)
+    try:
+        if output_dir.exists() and any(output_dir.iterdir()) and not args.overwrite:
+            raise ConversionError(f"{output_dir} exists and is not empty; pass --overwrite to replace it")
+        model, processor, report = convert(
+            args.checkpoint, scorer_from=args.scorer_from, uniform_scorer=args.uniform_scorer,
+            labels_file=args.labels_file, model_key=args.model_key, num_tokens=args.num_tokens,
+            image_size=args.image_size, video_score_pooling=args.video_score_pooling,
+        )
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        model.save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
+        scorer_text = ("a uniform scorer (the standard patch grid: plain VideoMamba at 224x224 with 196 tokens per "
+                       "frame)" if args.uniform_scorer else f"the DART scorer of `{args.scorer_from}`")
+        write_model_card(
+            output_dir,
+            model.config,
+            title=f"DART {report['architecture']} (VideoMamba, {model.config.num_frames} frames)",
+            source=f"Converted from an original [VideoMamba]({ORIGINAL_REPO}) checkpoint "
+            f"(`{Path(args.checkpoint).name}`) with `conversion/convert_videomamba_original.py`, with {scorer_text}.",
+            task="video-classification",
+            extra_facts={"frames": model.config.num_frames, "depth": report["depth"],
+                         "parameters": f"{report['num_parameters']:,}"},
+        )
+        print(json.dumps(report, indent=1))
+        if args.verify:
+            verify_folder(output_dir, model, model.state_dict())
+            print(f"verified: {report['num_keys']} tensors equal after reload; logits reproduced")
+        if args.push_to_hub:
+            push_folder(output_dir, args.push_to_hub, private=args.private)
+            print(f"pushed {output_dir} to https://huggingface.co/{args.push_to_hub}")
+    except ConversionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
