@@ -109,19 +109,30 @@ KEY_RULES: list[tuple[str, str]] = [
     (r"norm_f\.weight$", r"dart.encoder.norm_f.weight"),
     (r"head\.(weight|bias)$", r"classifier.\1"),
 ]
-_COMPILED_RULES = [(re.compile("^" + pattern), replacement) for pattern, replacement in KEY_RULES]
 
 
-def convert_key(key: str) -> str | None:
-    """The HF name of an original key, or None when no rule matches."""
-    for pattern, replacement in _COMPILED_RULES:
+def compile_rules(rules: list[tuple[str, str]]) -> list[tuple[re.Pattern, str]]:
+    return [(re.compile("^" + pattern), replacement) for pattern, replacement in rules]
+
+
+def rename_key(key: str, compiled_rules: list[tuple[re.Pattern, str]]) -> str | None:
+    """The new name of `key` under the first matching rule, or None when no rule matches."""
+    for pattern, replacement in compiled_rules:
         if pattern.match(key):
             return pattern.sub(replacement, key)
     return None
 
 
-def load_original_checkpoint(path: str | Path, weights: str = "model") -> dict[str, torch.Tensor]:
-    """Read an original `.pth` safely and return the chosen state dict (`model` or `model_ema`)."""
+_COMPILED_RULES = compile_rules(KEY_RULES)
+
+
+def convert_key(key: str) -> str | None:
+    """The HF name of an original key, or None when no rule matches."""
+    return rename_key(key, _COMPILED_RULES)
+
+
+def safe_torch_load(path: str | Path) -> dict:
+    """`torch.load(weights_only=True)` allowing only `argparse.Namespace` (the `args` of training checkpoints)."""
     path = Path(path)
     if not path.is_file():
         raise ConversionError(f"checkpoint not found: {path}")
@@ -132,6 +143,12 @@ def load_original_checkpoint(path: str | Path, weights: str = "model") -> dict[s
         raise ConversionError(f"cannot read {path} as a PyTorch checkpoint with weights_only=True: {error}") from error
     if not isinstance(checkpoint, dict):
         raise ConversionError(f"{path} holds a {type(checkpoint).__name__}, expected a dict (state dict or wrapper).")
+    return checkpoint
+
+
+def load_original_checkpoint(path: str | Path, weights: str = "model") -> dict[str, torch.Tensor]:
+    """Read an original `.pth` safely and return the chosen state dict (`model` or `model_ema`)."""
+    checkpoint = safe_torch_load(path)
     if weights in checkpoint and isinstance(checkpoint[weights], dict):
         state_dict = checkpoint[weights]
     elif weights == "model" and "module" in checkpoint and isinstance(checkpoint["module"], dict):

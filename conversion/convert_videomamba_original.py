@@ -43,7 +43,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # running from a clone without installing
     sys.path.insert(0, str(REPO_ROOT))
 
-from conversion.convert_dart_original import ConversionError, push_folder  # noqa: E402
+from conversion.convert_dart_original import (  # noqa: E402
+    ConversionError,
+    compile_rules,
+    push_folder,
+    rename_key,
+    safe_torch_load,
+)
 from modeling_dart import DartConfig, DartVideoMambaForVideoClassification, DartVideoProcessor  # noqa: E402
 from modeling_dart.model_card import write_model_card  # noqa: E402
 
@@ -64,15 +70,12 @@ KEY_RULES: list[tuple[str, str]] = [
     (r"norm_f\.weight$", r"dart.encoder.norm_f.weight"),
     (r"head\.(weight|bias)$", r"classifier.\1"),
 ]
-_COMPILED_RULES = [(re.compile("^" + pattern), replacement) for pattern, replacement in KEY_RULES]
+_COMPILED_RULES = compile_rules(KEY_RULES)
 
 
 def convert_key(key: str) -> str | None:
     """The converted name of an original key, or None when no rule matches."""
-    for pattern, replacement in _COMPILED_RULES:
-        if pattern.match(key):
-            return pattern.sub(replacement, key)
-    return None
+    return rename_key(key, _COMPILED_RULES)
 
 
 # --------------------------------------------------------------------------------------------------- loading
@@ -82,16 +85,7 @@ def load_original_checkpoint(path: str | Path, model_key: str = "model|module") 
     Like VideoMamba's `run_class_finetuning.py`: the first key of `model_key` (`|`-separated) holding a dict is the
     state dict, otherwise the whole file; `backbone.` / `encoder.` prefixes are stripped (and DDP's `module.`).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConversionError(f"checkpoint not found: {path}")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle errors, refused globals, truncated files
-        raise ConversionError(f"cannot read {path} as a PyTorch checkpoint with weights_only=True: {error}") from error
-    if not isinstance(checkpoint, dict):
-        raise ConversionError(f"{path} holds a {type(checkpoint).__name__}, expected a dict (state dict or wrapper).")
+    checkpoint = safe_torch_load(path)
     wrapper, state_dict = {}, None
     for key in model_key.split("|"):
         if key in checkpoint and isinstance(checkpoint[key], dict):

@@ -16,7 +16,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_dart import DartConfig
-from .embeddings_dart import DartEmbeddings, DartEmbeddingsOutput, DartScorer, MobileNetV3Trunk
+from .embeddings_dart import DartEmbeddings, DartEmbeddingsOutput, DartScorer
 from .mamba_dart import DartBiMambaMixer, DartMambaBlock, DartRMSNorm, add_and_norm
 
 
