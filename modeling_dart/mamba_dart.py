@@ -31,6 +31,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -136,6 +137,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         u, delta, A, B, C, D, z, chunk_states, pre_gate = ctx.saved_tensors
         chunk_size = ctx.chunk_size
@@ -250,6 +252,35 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         return grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D, grad_z, None, None
 
 
+def _is_tracing() -> bool:
+    """True under torch.export / torch.compile / torch.jit.trace, which cannot capture the in-place, `out=` buffer code
+    of the autograd functions above; a plain functional formulation runs there instead."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+def _selective_scan_functional(u, delta, A, B, C, D, z):
+    """Same contract as `_ChunkedSelectiveScan` (time-major shapes), written with out-of-place operations only (for
+    tracing and export): all decays at once, then a loop over time that stacks the states."""
+    length, batch_size, channels = u.shape
+    groups, state_size = B.shape[2], B.shape[3]
+    group_channels = channels // groups
+    A_t = A.view(groups, group_channels, state_size).transpose(1, 2)  # (G, N, Eg)
+    delta5 = delta.view(length, batch_size, groups, 1, group_channels)
+    decay = torch.exp(delta5 * A_t)  # (L, b, G, N, Eg)
+    inputs = (u * delta).view(length, batch_size, groups, 1, group_channels) * B.unsqueeze(-1)
+    state = torch.zeros_like(inputs[0])
+    states = []
+    for decay_t, input_t in zip(decay.unbind(0), inputs.unbind(0)):
+        state = decay_t * state + input_t
+        states.append(state)
+    y = (torch.stack(states) * C.unsqueeze(-1)).sum(-2).reshape(length, batch_size, channels)
+    if D is not None:
+        y = y + u * D
+    if z is not None:
+        y = y * F.silu(z)
+    return y
+
+
 def _default_chunk_size(batch_size: int, channels: int, state_size: int, element_size: int) -> int:
     """Time steps per chunk such that one `(chunk, batch, channels, state)` buffer is about `_CHUNK_BYTES`."""
     step_bytes = max(1, batch_size * channels * state_size * element_size)
@@ -287,6 +318,8 @@ def _selective_scan_time_major(
     keep_for_backward = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z)
     )
+    if _is_tracing():
+        return _selective_scan_functional(u, delta, A, B, C, D, z).to(input_dtype)
     out = _ChunkedSelectiveScan.apply(u, delta, A, B, C, D, z, chunk_size, keep_for_backward)
     return out.to(input_dtype)
 
@@ -385,6 +418,7 @@ class _CausalConv1dSiLU(torch.autograd.Function):
         return F.silu(pre)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         x, weight, pre = ctx.saved_tensors
         length, width = x.shape[0], weight.shape[1]
@@ -407,8 +441,13 @@ def causal_conv1d_silu_time_major(x: torch.Tensor, weight: torch.Tensor, bias: t
     precision)."""
     input_dtype = x.dtype
     compute_dtype = torch.float64 if input_dtype == torch.float64 else torch.float32
+    x, weight = x.to(compute_dtype), weight.to(compute_dtype)
     bias = None if bias is None else bias.to(compute_dtype)
-    out = _CausalConv1dSiLU.apply(x.to(compute_dtype).contiguous(), weight.to(compute_dtype), bias)
+    if _is_tracing():
+        length, width = x.shape[0], weight.shape[1]
+        out = F.conv1d(x.permute(1, 2, 0), weight[:, None], bias, padding=width - 1, groups=x.shape[-1])
+        return F.silu(out[..., :length]).permute(2, 0, 1).to(input_dtype)
+    out = _CausalConv1dSiLU.apply(x.contiguous(), weight, bias)
     return out.to(input_dtype)
 
 
