@@ -631,11 +631,14 @@ class DartBiMambaMixer(nn.Module):
             Bs.append(B)
             Cs.append(C)
         A, D, delta_bias = self._ssm_parameters(x.dtype)
-        # Both time-step projections as one block-diagonal matmul (2E, 2R). In float32/64 the bias is added by the same
-        # call; in half precision the scan adds it in float32, as the kernel does.
-        dt_weight = torch.block_diag(self.dt_proj.weight, self.dt_proj_b.weight)
+        # The two time-step projections side by side (L, b, 2E). In float32/64 the bias is added here; in half
+        # precision the scan adds it in float32, as the kernel does.
         fuse_bias = x.dtype in (torch.float32, torch.float64)
-        delta = F.linear(torch.cat(dts, dim=-1), dt_weight, delta_bias if fuse_bias else None)  # (L, b, 2E)
+        biases = delta_bias.chunk(2) if fuse_bias else (None, None)
+        delta = torch.cat(
+            [F.linear(dts[0], self.dt_proj.weight, biases[0]), F.linear(dts[1], self.dt_proj_b.weight, biases[1])],
+            dim=-1,
+        )
         y = _selective_scan_time_major(
             x,
             delta,
