@@ -1,0 +1,216 @@
+"""The fine-tuning example: a few Trainer steps on the bundled data (one process, then two with `accelerate launch`),
+the saved folder (weights, label maps, processor, model card), reloading it with `pipeline`, and the script's
+helpers (presets, config overrides, freezing the scorer trunk, the offline accuracy metric)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO_ROOT / "examples"
+SCRIPT = EXAMPLES / "run_image_classification.py"
+DATA = EXAMPLES / "data" / "sparse_fashion"
+CLASSES = sorted(p.name for p in (DATA / "train").iterdir() if p.is_dir())
+TINY_RUN = ["--preset", "quickstart", "--max_train_samples", "40", "--max_eval_samples", "20",
+            "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "20", "--logging_steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def offline_env(tmp_path_factory) -> dict[str, str]:
+    home = tmp_path_factory.mktemp("hf_home")
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HOME": str(home),
+        "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+@pytest.fixture(scope="module")
+def runner(offline_env, monkeypatch_module):
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME"):
+        monkeypatch_module.setenv(key, offline_env[key])
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        yield importlib.import_module("run_image_classification")
+    finally:
+        sys.path.remove(str(EXAMPLES))
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    patch = pytest.MonkeyPatch()
+    yield patch
+    patch.undo()
+
+
+def _run(command: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(command)}\n--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-6000:]}"
+    return result
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _check_saved_folder(folder: Path) -> dict:
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "all_results.json"):
+        assert (folder / name).is_file(), f"{name} missing from {sorted(p.name for p in folder.iterdir())}"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "dart"
+    assert config["id2label"] == {str(i): name for i, name in enumerate(CLASSES)}
+    assert config["label2id"] == {name: i for i, name in enumerate(CLASSES)}
+    processor = json.loads((folder / "preprocessor_config.json").read_text())
+    assert processor["image_processor_type"] == "DartImageProcessor"
+    assert processor["crop_size"] == {"height": config["image_size"], "width": config["image_size"]}
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\n")
+    metadata = card.split("---\n")[1]
+    assert "library_name: transformers" in metadata and "pipeline_tag: image-classification" in metadata
+    assert "eval_accuracy" in card
+    return config
+
+
+@pytest.fixture(scope="module")
+def trained_folder(tmp_path_factory, offline_env) -> Path:
+    output = tmp_path_factory.mktemp("run") / "dart-tiny"
+    result = _run([sys.executable, str(SCRIPT), *TINY_RUN, "--max_steps", "3", "--output_dir", str(output)], offline_env)
+    assert "eval_accuracy" in result.stdout
+    return output
+
+
+def test_single_process_run_saves_a_complete_folder(trained_folder):
+    config = _check_saved_folder(trained_folder)
+    assert config["freeze_scorer_trunk"] is False and config["num_tokens"] == 64 and config["image_size"] == 96
+    results = json.loads((trained_folder / "all_results.json").read_text())
+    assert results["world_size"] == 1
+    assert 0.0 <= results["eval_accuracy"] <= 1.0 and results["eval_samples"] == 20 and results["train_samples"] == 40
+    state = json.loads((trained_folder / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+
+
+def test_saved_folder_loads_in_a_pipeline(trained_folder):
+    from PIL import Image
+    from transformers import pipeline
+
+    import modeling_dart  # noqa: F401
+
+    classifier = pipeline("image-classification", model=str(trained_folder), trust_remote_code=False)
+    images = [Image.open(next((DATA / "validation" / name).glob("*.png"))) for name in CLASSES[:2]]
+    predictions = classifier(images, top_k=3)
+    assert len(predictions) == 2
+    for prediction in predictions:
+        assert len(prediction) == 3 and all(p["label"] in CLASSES for p in prediction)
+        assert sum(p["score"] for p in prediction) <= 1.0 + 1e-6
+
+
+def test_finetune_saved_folder_with_frozen_trunk_and_new_head(trained_folder, tmp_path, offline_env):
+    """Start from the saved folder with fewer classes (new head) and the scorer trunk frozen."""
+    data = tmp_path / "three_classes"
+    for split in ("train", "validation"):
+        for name in CLASSES[:3]:
+            target = data / split / name
+            target.mkdir(parents=True)
+            for path in sorted((DATA / split / name).glob("*.png"))[:6]:
+                shutil.copy(path, target / path.name)
+    output = tmp_path / "finetuned"
+    _run([sys.executable, str(SCRIPT), "--model_name_or_path", str(trained_folder), "--train_dir", str(data / "train"),
+          "--validation_dir", str(data / "validation"), "--ignore_mismatched_sizes", "true",
+          "--freeze_scorer_trunk", "true", "--num_tokens", "25", "--output_dir", str(output), "--do_train", "--do_eval",
+          "--max_steps", "2", "--per_device_train_batch_size", "6", "--learning_rate", "1e-3", "--report_to", "none",
+          "--save_strategy", "no"], offline_env)
+    config = json.loads((output / "config.json").read_text())
+    assert config["freeze_scorer_trunk"] is True and config["num_tokens"] == 25
+    assert config["id2label"] == {str(i): name for i, name in enumerate(CLASSES[:3])}
+    before, after = load_file(trained_folder / "model.safetensors"), load_file(output / "model.safetensors")
+    trunk = [k for k in before if ".scorer.features." in k and "num_batches_tracked" not in k]
+    assert trunk and all(torch.equal(before[k], after[k]) for k in trunk)  # frozen: weights and BN statistics kept
+    moved = [k for k in before if k.startswith("dart.encoder.") and not torch.equal(before[k], after[k])]
+    assert moved  # the backbone did train
+    assert after["classifier.weight"].shape[0] == 3
+
+
+def test_accelerate_launch_two_processes_on_cpu(tmp_path, offline_env):
+    output = tmp_path / "ddp"
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    if accelerate is None:
+        pytest.skip("accelerate CLI not found")
+    result = _run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+                   str(SCRIPT), *TINY_RUN, "--per_device_train_batch_size", "4", "--max_steps", "2",
+                   "--ddp_find_unused_parameters", "false", "--output_dir", str(output)], offline_env, timeout=400)
+    assert "world_size: 2" in result.stdout + result.stderr
+    _check_saved_folder(output)
+    results = json.loads((output / "all_results.json").read_text())
+    assert results["world_size"] == 2
+    state = json.loads((output / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    assert state["train_batch_size"] == 4  # per device; the two processes each took their own share of the data
+
+
+# --------------------------------------------------------------------------------------------- script helpers
+def test_preset_comes_first_so_explicit_arguments_win(runner):
+    argv = runner.build_argv(["--preset", "quickstart", "--num_train_epochs", "2"])
+    assert argv.index("--num_train_epochs") < len(argv) - 2  # the preset's value is there, and ours after it
+    model_args, data_args, training_args = runner.parse_args(
+        ["--preset", "quickstart", "--num_train_epochs", "2", "--output_dir", "elsewhere"]
+    )
+    assert training_args.num_train_epochs == 2 and training_args.output_dir == "elsewhere"
+    assert data_args.train_dir.endswith("train") and training_args.remove_unused_columns in (True, False)
+    if not torch.cuda.is_available():
+        assert training_args.use_cpu
+    with pytest.raises(SystemExit):
+        runner.build_argv(["--preset", "nope"])
+
+
+def test_config_overrides_and_derived_fields(runner, tmp_path):
+    overrides = runner.parse_config_overrides("hidden_size=64,freeze_scorer_trunk=false,scorer=uniform,drop_path_rate=0.1")
+    assert overrides == {"hidden_size": 64, "freeze_scorer_trunk": False, "scorer": "uniform", "drop_path_rate": 0.1}
+    with pytest.raises(ValueError):
+        runner.parse_config_overrides("hidden_size")
+    from modeling_dart import DartConfig
+
+    DartConfig(hidden_size=192, num_attention_heads=4, image_size=96, patch_size=8, score_grid_size=6, num_tokens=36).save_pretrained(tmp_path)
+    config = runner.build_config_from_scratch(str(tmp_path), {"hidden_size": 64}, num_labels=4)
+    assert config.hidden_size == 64 and config.intermediate_size == 256 and config.time_step_rank == 4
+    assert config.image_size == 96 and config.num_labels == 4
+
+
+def test_set_scorer_trunk_frozen(runner):
+    from modeling_dart import DartConfig, DartForImageClassification
+
+    model = DartForImageClassification(DartConfig(image_size=64, patch_size=8, score_grid_size=4, num_tokens=16,
+                                                  hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                                  freeze_scorer_trunk=True))
+    scorer = model.dart.embeddings.scorer
+    assert not any(p.requires_grad for p in scorer.features.parameters())
+    runner.set_scorer_trunk_frozen(model, False)
+    model.train()
+    assert all(p.requires_grad for p in scorer.features.parameters()) and scorer.features.training
+    assert model.config.freeze_scorer_trunk is False
+    runner.set_scorer_trunk_frozen(model, True)
+    model.train()
+    assert not any(p.requires_grad for p in scorer.features.parameters()) and not scorer.features.training
+
+
+def test_accuracy_metric_falls_back_to_the_local_module(runner):
+    metric = runner.load_accuracy_metric()  # HF_HUB_OFFLINE=1: the local module folder
+    assert metric.compute(predictions=[0, 1, 2, 2], references=[0, 1, 1, 2]) == {"accuracy": 0.75}
