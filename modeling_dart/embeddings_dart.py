@@ -229,7 +229,7 @@ class DartScorer(nn.Module):
             raw = torch.einsum("bchw,bc->bhw", features, gates).unsqueeze(1)
         if raw.shape[-2:] != (self.grid_size, self.grid_size):
             raw = F.interpolate(raw, size=(self.grid_size, self.grid_size), mode="bilinear", align_corners=False)
-        raw = standardize(raw[:, 0], normalization)
+        raw = standardize(raw[:, 0].float(), normalization)  # float32: the 1e-8 guard vanishes in half precision
         if self.version == "v1":
             return torch.sigmoid(raw) + 0.1
         return torch.sigmoid(2.0 * raw)

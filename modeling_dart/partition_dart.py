@@ -167,10 +167,13 @@ def sample_regions(
     """
     _, _, height, width = pixel_values.shape
     num_rows = row_starts.shape[1]
-    grid = row_strip_grid(row_starts, row_heights, patch_size, height, width).to(pixel_values.dtype)
-    strip = F.grid_sample(pixel_values, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    grid = patch_grid(edges, patch_size, num_rows * width).to(pixel_values.dtype)
-    return F.grid_sample(strip, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    # sample in at least float32: half-precision coordinates along a strip thousands of pixels long are off by pixels
+    dtype = torch.promote_types(pixel_values.dtype, torch.float32)
+    grid = row_strip_grid(row_starts, row_heights, patch_size, height, width).to(dtype)
+    strip = F.grid_sample(pixel_values.to(dtype), grid, mode="bilinear", padding_mode="border", align_corners=True)
+    grid = patch_grid(edges, patch_size, num_rows * width).to(dtype)
+    patches = F.grid_sample(strip, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return patches.to(pixel_values.dtype)
 
 
 def token_boxes(row_edges: torch.Tensor, edges: torch.Tensor, width: int) -> torch.Tensor:

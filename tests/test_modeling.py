@@ -141,13 +141,31 @@ def test_deterministic_and_batch_independent(backbone):
     torch.testing.assert_close(alone, first, atol=1e-5, rtol=1e-5)
 
 
-def test_bfloat16_forward_is_close_to_float32():
-    model = make_model("vit")
+KNOWN_HALF_BUG = pytest.mark.xfail(
+    strict=True, reason="open bug: Vim logits in half precision drift far from float32 once the scorer carries content"
+)
+
+
+@pytest.mark.parametrize("backbone", ["vit", pytest.param("vim", marks=KNOWN_HALF_BUG)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_on_cpu_is_close_to_float32(backbone, dtype):
+    model = make_model(backbone)
+    # random BatchNorm statistics make the trunk's activations vanish (~1e-8, zero in half precision): re-estimate
+    # them on a few images first, as the fixtures' authors did, so that the score map carries content
+    trunk = model.dart.embeddings.scorer.features
+    for norm in trunk.modules():
+        if isinstance(norm, torch.nn.BatchNorm2d):
+            norm.reset_running_stats()
+            norm.momentum = None
+    trunk.train()
+    with torch.no_grad():
+        trunk(pixels(batch=8, seed=1))
+    trunk.eval()
     x = pixels()
     with torch.no_grad():
         reference = model(x).logits
-        low = model.to(torch.bfloat16)(x.to(torch.bfloat16)).logits
-    assert low.dtype == torch.bfloat16
+        low = model.to(dtype)(x.to(dtype)).logits
+    assert low.dtype == dtype and torch.isfinite(low).all()
     assert (low.float() - reference).abs().max() < 0.1 * reference.abs().max() + 0.05
 
 
