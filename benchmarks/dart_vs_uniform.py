@@ -26,7 +26,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "examples"))
 
-import run_image_classification as runner  # noqa: E402
+import run_image_classification as runner
 
 ARMS = {"dart": "learned", "uniform": "uniform"}
 

@@ -24,7 +24,7 @@ from pathlib import Path
 EXAMPLES_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(EXAMPLES_DIR))
 
-import run_image_classification as runner  # noqa: E402  (also makes `modeling_dart` importable from a checkout)
+import run_image_classification as runner
 
 
 def pick_validation_images(validation_dir: Path, count: int) -> list[tuple[Path, str]]:

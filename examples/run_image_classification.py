@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 EXAMPLES_DIR = Path(__file__).resolve().parent
 try:  # the package installed (`pip install -e .`), or this repository's checkout
-    import modeling_dart  # noqa: F401  (registers DART with the Auto classes)
+    import modeling_dart
 except ImportError:  # pragma: no cover - running from a checkout without installing
     sys.path.insert(0, str(EXAMPLES_DIR.parent))
     import modeling_dart  # noqa: F401
@@ -277,7 +276,7 @@ def load_accuracy_metric(cache_dir: str | None = None):
     if not offline:
         try:
             return evaluate.load("accuracy", cache_dir=cache_dir)
-        except Exception as err:  # no network, Hub down, ...
+        except Exception as err:  # noqa: BLE001  (no network, Hub down, ...: any failure means the fallback)
             logger.warning(f"evaluate.load('accuracy') failed ({type(err).__name__}); using {LOCAL_ACCURACY_METRIC}.")
     return evaluate.load(str(LOCAL_ACCURACY_METRIC), cache_dir=cache_dir)
 
@@ -292,7 +291,9 @@ def collate_fn(examples: list[dict]) -> dict[str, torch.Tensor]:
 class DartTrainer(Trainer):
     """A Trainer whose model cards (written on `push_to_hub` and at the end of training) are DART model cards."""
 
-    card_kwargs: dict[str, Any] = {}
+    def __init__(self, *args, card_kwargs: dict[str, Any] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.card_kwargs = dict(card_kwargs or {})
 
     def create_model_card(self, model_name: str | None = None, finetuned_from: str | None = None, dataset=None,
                           metrics: dict[str, float] | None = None, **kwargs) -> None:
@@ -411,11 +412,16 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         dataset["train"], dataset["validation"] = split["train"], split["test"]
 
     label_feature = dataset[reference_split].features[data_args.label_column_name]
-    if hasattr(label_feature, "names"):
+    if hasattr(label_feature, "names"):  # a ClassLabel column holds ids already
         labels = list(label_feature.names)
-    else:
+    else:  # plain values (strings, ints): number them in sorted order
         labels = sorted({str(v) for v in dataset[reference_split][data_args.label_column_name]})
     label2id = {label: i for i, label in enumerate(labels)}
+    has_class_label = hasattr(label_feature, "names")
+
+    def label_ids(values):
+        return list(values) if has_class_label else [label2id[str(v)] for v in values]
+
     id2label = {i: label for i, label in enumerate(labels)}
     label_kwargs = {"num_labels": len(labels), "label2id": label2id, "id2label": id2label}
 
@@ -467,7 +473,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     else:
         size = model.config.image_size
         image_processor = DartImageProcessor(
-            size={"shortest_edge": int(round(size / model_args.crop_pct))},
+            size={"shortest_edge": round(size / model_args.crop_pct)},
             crop_size={"height": size, "width": size},
         )
     train_transform = DartTrainTransform(
@@ -477,11 +483,11 @@ def main(args: list[str] | None = None) -> dict[str, float]:
 
     def train_transforms(batch):
         pixel_values = train_transform([image.convert("RGB") for image in batch[image_column]], return_tensors="pt")
-        return {"pixel_values": list(pixel_values["pixel_values"]), "labels": batch[label_column]}
+        return {"pixel_values": list(pixel_values["pixel_values"]), "labels": label_ids(batch[label_column])}
 
     def eval_transforms(batch):
         pixel_values = image_processor([image.convert("RGB") for image in batch[image_column]], return_tensors="pt")
-        return {"pixel_values": list(pixel_values["pixel_values"]), "labels": batch[label_column]}
+        return {"pixel_values": list(pixel_values["pixel_values"]), "labels": label_ids(batch[label_column])}
 
     train_dataset = eval_dataset = None
     if training_args.do_train:
@@ -521,7 +527,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         if data_args.train_dir and Path(data_args.train_dir).resolve().parent == BUNDLED_DATA.resolve()
         else f"imagefolder {data_args.train_dir or data_args.validation_dir}"
     )
-    DartTrainer.card_kwargs = {
+    card_kwargs = {
         "base_model": model_args.model_name_or_path,
         "datasets": [data_args.dataset_name] if data_args.dataset_name else None,
         "source": (
@@ -538,6 +544,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         compute_metrics=compute_metrics,
         processing_class=image_processor,
         data_collator=collate_fn,
+        card_kwargs=card_kwargs,
     )
 
     all_metrics: dict[str, float] = {"world_size": training_args.world_size}

@@ -40,7 +40,7 @@ import torch
 
 from .partition_dart import token_pieces
 
-__all__ = ["draw_token_regions", "render_token_regions", "make_grid", "token_geometry", "main"]
+__all__ = ["draw_token_regions", "main", "make_grid", "render_token_regions", "token_geometry"]
 
 # Colour ramp for token outlines, from the smallest tokens (warm) to the largest (cool).
 _SIZE_RAMP = ((255, 40, 40), (255, 200, 0), (80, 255, 80), (0, 200, 255), (60, 90, 255))
@@ -87,8 +87,8 @@ def token_geometry(outputs: Any, index: int = 0) -> dict[str, Any]:
         num_rows = row_edges.shape[1] - 1
         height = float(row_edges[0, -1])
         width = float(token_edges[0, -1]) / num_rows  # the strip is `num_rows` rows of `width` pixels
-        pieces = token_pieces(row_edges, token_edges, int(round(width)))[0]
-        return {"pieces": pieces, "input_size": (int(round(height)), int(round(width))),
+        pieces = token_pieces(row_edges, token_edges, round(width))[0]
+        return {"pieces": pieces, "input_size": (round(height), round(width)),
                 "num_tokens": token_edges.shape[1] - 1, "exact": True, "score_map": score}
     regions = _get(outputs, "regions")
     if regions is None:
@@ -100,7 +100,7 @@ def token_geometry(outputs: Any, index: int = 0) -> dict[str, Any]:
     pieces = [(n, *map(float, box)) for n, box in enumerate(boxes)]
     height = float(boxes[:, 3].max()) if len(boxes) else 0.0
     width = float(boxes[:, 2].max()) if len(boxes) else 0.0
-    return {"pieces": pieces, "input_size": (int(round(height)), int(round(width))), "num_tokens": len(boxes),
+    return {"pieces": pieces, "input_size": (round(height), round(width)), "num_tokens": len(boxes),
             "exact": False, "score_map": score}
 
 
@@ -122,6 +122,8 @@ def draw_token_regions(
     line_color: tuple[int, int, int] | None = None,
     display_size: int | None = None,
     title: str | None = None,
+    pixel_values: torch.Tensor | None = None,
+    num_tokens: int | None = None,
 ) -> PIL.Image.Image:
     """Draw every token's region over `image`.
 
@@ -129,7 +131,8 @@ def draw_token_regions(
         image (`PIL.Image.Image` or uint8 `(H, W, 3)` array): the picture to draw on: the input the model saw (after
             resizing and cropping), at any display resolution. Token pieces are scaled from input pixels to it.
         outputs: output of `DartModel` / `model.dart(...)` (exact pieces from `row_edges` and `token_edges`), or any
-            object/dict with those fields (see [`token_geometry`]).
+            object/dict with those fields (see [`token_geometry`]); or a DART model, which is then run on
+            `pixel_values` (to start from a PIL image and an image processor, use [`render_token_regions`]).
         index (`int`): image of the batch to draw.
         input_size (`(height, width)`, *optional*): size of the model input; inferred from the outputs when omitted.
         show_scores (`bool`): blend the score map (the scorer's belief about where the content is) over the image.
@@ -139,10 +142,24 @@ def draw_token_regions(
             area: red/yellow for the smallest, blue for the largest.
         display_size (`int`, *optional*): resize the picture so that its longer side has this many pixels.
         title (`str`, *optional*): a caption drawn in a band above the picture.
+        pixel_values (`torch.Tensor` of shape `(batch, 3, height, width)`, *optional*): model input, when `outputs` is
+            a model.
+        num_tokens (`int`, *optional*): tokens for that call, when `outputs` is a model.
 
     Returns:
         `PIL.Image.Image` (RGB).
     """
+    if isinstance(outputs, torch.nn.Module):
+        if pixel_values is None:
+            raise ValueError(
+                "`outputs` is a model: pass the `pixel_values` it should run on, or use `render_token_regions(model, "
+                "image_processor, image)`."
+            )
+        base = getattr(outputs, "base_model", outputs)
+        parameter = next(base.parameters())
+        with torch.no_grad():
+            outputs = base(pixel_values.to(device=parameter.device, dtype=parameter.dtype), num_tokens=num_tokens,
+                           return_dict=True)
     if isinstance(image, np.ndarray):
         image = PIL.Image.fromarray(np.asarray(image, dtype=np.uint8))
     canvas = image.convert("RGB")
@@ -201,7 +218,7 @@ def _displayed_input(image_processor, image: PIL.Image.Image, pixel_values: torc
             array = np.moveaxis(array, 0, -1)
         if array.shape[:2] == tuple(pixel_values.shape[-2:]):
             return PIL.Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8).squeeze())
-    except Exception:  # any processor that does not take these flags: undo the normalisation instead
+    except (TypeError, ValueError, KeyError):  # a processor without these flags: undo the normalisation instead
         pass
     mean = np.asarray(getattr(image_processor, "image_mean", None) or [0.0, 0.0, 0.0], dtype=np.float32)
     std = np.asarray(getattr(image_processor, "image_std", None) or [1.0, 1.0, 1.0], dtype=np.float32)
@@ -299,7 +316,7 @@ def load_model_and_processor(model_path: str, trust_remote_code: bool = False):
     """A DART classifier (or bare model) and its image processor from a saved folder or Hub id."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
-    from . import DartImageProcessor  # noqa: F401  (importing the package registers DART with the Auto classes)
+    from . import DartImageProcessor
 
     config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     architectures = getattr(config, "architectures", None) or []

@@ -60,7 +60,7 @@ def monkeypatch_module():
 
 
 def _run(command: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(command, check=False, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(command)}\n--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-6000:]}"
     return result
 
@@ -170,7 +170,7 @@ def test_accelerate_launch_two_processes_on_cpu(tmp_path, offline_env):
 def test_preset_comes_first_so_explicit_arguments_win(runner):
     argv = runner.build_argv(["--preset", "quickstart", "--num_train_epochs", "2"])
     assert argv.index("--num_train_epochs") < len(argv) - 2  # the preset's value is there, and ours after it
-    model_args, data_args, training_args = runner.parse_args(
+    _, data_args, training_args = runner.parse_args(
         ["--preset", "quickstart", "--num_train_epochs", "2", "--output_dir", "elsewhere"]
     )
     assert training_args.num_train_epochs == 2 and training_args.output_dir == "elsewhere"
