@@ -183,6 +183,9 @@ def standardize(scores: torch.Tensor, mode: str) -> torch.Tensor:
     return (scores - mean) / (std + STANDARDIZE_EPS)
 
 
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
 class DartScorer(nn.Module):
     """Predicts a strictly positive score map `(batch, grid, grid)` from the full-resolution input.
 
@@ -203,6 +206,23 @@ class DartScorer(nn.Module):
         self.head = DartScoreHead(channels, config.scorer_hidden_size, out)
         if self.freeze_trunk:
             self.features.requires_grad_(False)
+
+    def _apply(self, fn, recurse=True):
+        """Casting to float16/bfloat16 leaves the scorer in float32 (devices still move).
+
+        A half-precision rounding of the scorer's weights moves the scores by ~1%, which moves the token regions by
+        whole pixels and so changes every token's content: a `model.to(torch.bfloat16)` would then no longer be a
+        lower-precision copy of the float32 model but a different tokenizer. The scorer is ~2% of the compute, so it
+        stays in float32, like `_keep_in_fp32_modules_strict` does for `from_pretrained(dtype=...)`.
+        """
+
+        def keep_float32(tensor):
+            cast = fn(tensor)
+            if tensor.dtype == torch.float32 and cast.dtype in _HALF_DTYPES:
+                return tensor.to(device=cast.device)
+            return cast
+
+        return super()._apply(keep_float32, recurse)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -334,7 +354,14 @@ class DartEmbeddings(nn.Module):
         normalization = normalization or self.config.score_normalization
         if self.scorer is None:
             return pixel_values.new_ones(pixel_values.shape[0], self.grid_size, self.grid_size)
-        return self.scorer(pixel_values, normalization)
+        if not any(p.dtype in _HALF_DTYPES for p in self.scorer.parameters()) and pixel_values.dtype not in _HALF_DTYPES:
+            return self.scorer(pixel_values, normalization)
+        # the regions move by whole pixels when the scores move by a half-precision rounding step (and with them
+        # every token's content), so scoring always runs in float32 (see `DartScorer._apply`); should the scorer's
+        # weights have been made half precision by hand, they are upcast on the fly (gradients flow through the cast)
+        upcast = {name: tensor.float() if tensor.is_floating_point() else tensor
+                  for name, tensor in (*self.scorer.named_parameters(), *self.scorer.named_buffers())}
+        return torch.func.functional_call(self.scorer, upcast, (pixel_values.float(), normalization))
 
     def _exact_grid_stride(self, height: int, width: int, num_tokens: int) -> tuple[int, int] | None:
         """Pixel strides of the standard grid when uniform tokens land exactly on it, else None."""

@@ -253,6 +253,8 @@ class DartPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["DartEmbeddings", "DartLayer", "DartMambaBlock"]
     _supports_sdpa = True
     _supports_attention_backend = True
+    # the scorer stays float32 in a half-precision model: its rounding would move the token regions (DartScorer._apply)
+    _keep_in_fp32_modules_strict = ["embeddings.scorer"]
     # Auto classes recorded in a saved folder's `auto_map` besides the saving class's own, so that the folder loads
     # with `trust_remote_code=True` through any of them where this package is not installed.
     _remote_auto_map = {
