@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=24, help="backbone depth (default 24, VideoMamba-Ti)")
     parser.add_argument("--frames", type=int, default=8, help="frames per clip (default 8)")
     parser.add_argument("--flush_denormal", action="store_true",
-                        help="torch.set_flush_denormal(True) (the scan's decays underflow to denormals otherwise)")
+                        help="torch.set_flush_denormal(True) globally (not needed since the scan flushes subnormal "
+                             "decays itself; kept to compare)")
     args = parser.parse_args(argv)
     setup_torch(args.threads, args.seed)
     if args.flush_denormal:

@@ -171,6 +171,30 @@ def test_selective_scan_strong_decay_is_stable():
     assert_relative_close(actual, expected, 1e-5)
 
 
+def test_decays_that_would_be_subnormal_are_flushed_to_zero():
+    """Subnormal decays slow every multiply-add of the CPU recurrence; they must become exact zeros, nothing else."""
+    exponents = torch.tensor([-148.5, -140.0, -127.0, -126.0, -125.9, -60.0, -1.0, 0.0])
+    flushed = mamba_dart._exp2_flush_subnormal_(exponents.clone())
+    tiny = torch.finfo(torch.float32).tiny
+    assert not ((flushed != 0) & (flushed.abs() < tiny)).any()
+    assert (flushed[:4] == 0).all()
+    torch.testing.assert_close(flushed[4:], torch.exp2(exponents[4:]), atol=0, rtol=1e-6)
+    # a scan whose decays all fall in float32's subnormal band still matches the float64 reference
+    inputs = random_scan_inputs(1, 4, 60, 3, seed=12)
+    inputs["A"] = torch.full((4, 3), -16.0)
+    inputs["delta"] = torch.full((1, 4, 60), 6.0)  # exp(-96) ~ 2**-138.5
+    ours = {name: tensor.clone().requires_grad_(True) for name, tensor in inputs.items()}
+    ref = {name: tensor.double().requires_grad_(True) for name, tensor in inputs.items()}
+    grad_out = torch.randn(1, 4, 60, generator=torch.Generator().manual_seed(1))
+    actual = selective_scan(**ours, chunk_size=16)
+    expected = reference_selective_scan(**ref)
+    assert_relative_close(actual, expected, 1e-5)
+    (actual * grad_out).sum().backward()
+    (expected * grad_out.double()).sum().backward()
+    for name in ("u", "B", "C", "D", "z"):
+        assert_relative_close(ours[name].grad, ref[name].grad, 1e-4)
+
+
 def test_selective_scan_gradcheck():
     inputs = random_scan_inputs(2, 4, 11, 3, groups=2, dtype=torch.float64, seed=7)
     names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
