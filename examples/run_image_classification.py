@@ -63,8 +63,6 @@ from modeling_dart.model_card import write_model_card
 
 logger = logging.getLogger(__name__)
 
-# Evaluation only needs the logits: the Trainer need not gather the token regions and score maps.
-IGNORE_AT_INFERENCE = ["hidden_states", "attentions", "regions", "score_map"]
 LOCAL_ACCURACY_METRIC = EXAMPLES_DIR / "metrics" / "accuracy"
 BUNDLED_DATA = EXAMPLES_DIR / "data" / "sparse_fashion"
 
@@ -549,7 +547,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
 
     all_metrics: dict[str, float] = {"world_size": training_args.world_size}
     if training_args.do_train:
-        train_result = trainer.train(resume_from_checkpoint=checkpoint, ignore_keys_for_eval=IGNORE_AT_INFERENCE)
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()  # model.safetensors + config.json + preprocessor_config.json (+ modeling code)
         train_metrics = dict(train_result.metrics)
         train_metrics["train_samples"] = len(train_dataset)
@@ -559,7 +557,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         trainer.save_state()
         all_metrics.update(train_metrics)
     if training_args.do_eval:
-        eval_metrics = trainer.evaluate(ignore_keys=IGNORE_AT_INFERENCE)
+        eval_metrics = trainer.evaluate()  # DartConfig.keys_to_ignore_at_inference: only logits are gathered
         eval_metrics["eval_samples"] = len(eval_dataset)
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)

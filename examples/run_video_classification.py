@@ -65,8 +65,6 @@ from modeling_dart.video_processing_dart import sample_frame_indices
 logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
-# Evaluation only needs the logits: the Trainer need not gather the token regions and score maps.
-IGNORE_AT_INFERENCE = ["hidden_states", "regions", "score_map"]
 
 # A tiny from-scratch model: 4 frames of 64x64, 16 tokens per frame on a 4x4 score grid, width 32, 2 Mamba layers.
 # (64 pixels keeps the scorer's stride-32 feature map at 2x2: a 1x1 map would give a constant score map.)
@@ -397,14 +395,14 @@ def main(args: list[str] | None = None) -> dict[str, float]:
 
     all_metrics: dict[str, float] = {}
     if training_args.do_train:
-        result = trainer.train(ignore_keys_for_eval=IGNORE_AT_INFERENCE)
+        result = trainer.train()
         trainer.save_model()  # model.safetensors, config.json, preprocessor_config.json and the modeling code
         metrics = dict(result.metrics, train_samples=len(train_dataset))
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         all_metrics.update(metrics)
     if training_args.do_eval:
-        metrics = trainer.evaluate(ignore_keys=IGNORE_AT_INFERENCE)
+        metrics = trainer.evaluate()  # DartConfig.keys_to_ignore_at_inference: only logits are gathered
         metrics["eval_samples"] = len(eval_dataset)
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)

@@ -110,6 +110,9 @@ class DartConfig(PreTrainedConfig):
     """
 
     model_type = "dart"
+    # what `Trainer.evaluate/predict` leaves out of the gathered predictions: metrics need only the logits, and the
+    # hidden states, maps and token geometry would be gathered across processes for nothing
+    keys_to_ignore_at_inference = ["hidden_states", "attentions", "regions", "score_map", "token_edges", "row_edges"]
 
     def __init__(
         self,

@@ -70,8 +70,8 @@ class DartImageClassifierOutput(ModelOutput):
         logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
             Classification scores (before softmax).
         hidden_states, attentions: as in [`DartModelOutput`].
-        regions (`torch.FloatTensor` of shape `(batch_size, num_tokens, 4)`): token boxes in input pixels.
-        score_map (`torch.FloatTensor` of shape `(batch_size, score_grid_size, score_grid_size)`): the score map.
+        regions, score_map, token_edges, row_edges: the tokenizer's geometry, as in [`DartModelOutput`] (the
+            visualiser draws from them).
     """
 
     loss: torch.FloatTensor | None = None
@@ -80,6 +80,8 @@ class DartImageClassifierOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
     regions: torch.FloatTensor | None = None
     score_map: torch.FloatTensor | None = None
+    token_edges: torch.FloatTensor | None = None
+    row_edges: torch.FloatTensor | None = None
 
 
 # ----------------------------------------------------------------------------------------------------- ViT parts
@@ -410,6 +412,16 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: Dart
     raise ValueError(f"Unknown `problem_type` {config.problem_type!r}.")
 
 
+def classify(model: nn.Module, outputs: ModelOutput, labels, output_class: type[ModelOutput], return_dict: bool):
+    """Shared tail of the image and video classifiers: logits from the pooled cls token, the loss, and every field of
+    the base model's output that `output_class` declares (hidden states, regions, score map, edges)."""
+    logits = model.classifier(outputs.pooler_output)
+    loss = classification_loss(logits, labels, model.config) if labels is not None else None
+    carried = {name: outputs.get(name) for name in output_class.__dataclass_fields__ if name not in ("loss", "logits")}
+    output = output_class(loss=loss, logits=logits, **carried)
+    return output if return_dict else output.to_tuple()
+
+
 class DartForImageClassification(DartPreTrainedModel):
     """DART with a linear classifier on the final cls token (DeiT / Vim style).""" + DART_INPUTS_DOCSTRING + r"""
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
@@ -445,18 +457,8 @@ class DartForImageClassification(DartPreTrainedModel):
             return_dict=True,
             **kwargs,
         )
-        logits = self.classifier(outputs.pooler_output)
-        loss = classification_loss(logits, labels, self.config) if labels is not None else None
-        output = DartImageClassifierOutput(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            regions=outputs.regions,
-            score_map=outputs.score_map,
-        )
-        return output if return_dict else output.to_tuple()
+        return classify(self, outputs, labels, DartImageClassifierOutput, return_dict)
 
 
 __all__ = ["DartPreTrainedModel", "DartModel", "DartForImageClassification", "DartModelOutput",
-           "DartImageClassifierOutput"]
+           "DartImageClassifierOutput", "classify"]

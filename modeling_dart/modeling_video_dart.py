@@ -24,7 +24,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_dart import DartConfig
 from .embeddings_dart import DartEmbeddings, DartEmbeddingsOutput
-from .modeling_dart import DartMambaEncoder, DartPreTrainedModel, _mark_trunk, classification_loss
+from .modeling_dart import DartMambaEncoder, DartPreTrainedModel, _mark_trunk, classify
 
 
 # ------------------------------------------------------------------------------------------------------- outputs
@@ -73,6 +73,7 @@ class DartVideoClassifierOutput(ModelOutput):
         hidden_states: as in [`DartVideoModelOutput`].
         regions (`torch.FloatTensor` of shape `(batch_size, num_frames, num_tokens, 4)`): token boxes in input pixels.
         score_map (`torch.FloatTensor` of shape `(batch_size, num_frames, score_grid_size, score_grid_size)`).
+        token_edges, row_edges: per frame, as in [`DartVideoModelOutput`].
     """
 
     loss: torch.FloatTensor | None = None
@@ -80,6 +81,8 @@ class DartVideoClassifierOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     regions: torch.FloatTensor | None = None
     score_map: torch.FloatTensor | None = None
+    token_edges: torch.FloatTensor | None = None
+    row_edges: torch.FloatTensor | None = None
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -283,16 +286,7 @@ class DartVideoMambaForVideoClassification(DartVideoMambaPreTrainedModel):
             return_dict=True,
             **kwargs,
         )
-        logits = self.classifier(outputs.pooler_output)
-        loss = classification_loss(logits, labels, self.config) if labels is not None else None
-        output = DartVideoClassifierOutput(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            regions=outputs.regions,
-            score_map=outputs.score_map,
-        )
-        return output if return_dict else output.to_tuple()
+        return classify(self, outputs, labels, DartVideoClassifierOutput, return_dict)
 
 
 __all__ = [

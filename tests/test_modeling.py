@@ -278,3 +278,28 @@ def test_remote_code_loads_without_the_package(tmp_path, backbone):
     assert report["processor"].startswith("DartImageProcessor")
     with torch.no_grad():
         torch.testing.assert_close(torch.tensor(report["logits"]), model(x).logits, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_classifier_output_carries_the_token_geometry(backbone):
+    model = make_model(backbone)
+    with torch.no_grad():
+        out = model(pixels(), num_tokens=9)
+        base = model.dart(pixels(), num_tokens=9)
+    for name in ("regions", "score_map", "token_edges", "row_edges"):
+        torch.testing.assert_close(out[name], base[name], atol=0, rtol=0, msg=name)
+    assert out.token_edges.shape == (2, 10) and out.row_edges.shape == (2, 4)
+
+
+def test_trainer_predict_gathers_only_the_logits(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    model = make_model("vit")
+    data = [{"pixel_values": x, "labels": i % 5} for i, x in enumerate(pixels(batch=6))]
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=4, report_to="none", use_cpu=True)
+    result = Trainer(model=model, args=args).predict(data)
+    # without `DartConfig.keys_to_ignore_at_inference` the predictions would be a tuple with regions, score maps, ...
+    assert result.predictions.shape == (6, 5)
+    with torch.no_grad():
+        expected = model(torch.stack([d["pixel_values"] for d in data])).logits
+    torch.testing.assert_close(torch.as_tensor(result.predictions), expected, atol=1e-5, rtol=1e-5)
