@@ -69,7 +69,7 @@ def token_geometry(outputs: Any, index: int = 0) -> dict[str, Any]:
     Args:
         outputs: a `DartModelOutput` (or the output of `DartEmbeddings`, or a dict) holding `row_edges`
             `(batch, num_rows + 1)` and `token_edges` `(batch, num_tokens + 1)`; `score_map` is used when present.
-            A classifier output that only has `regions` `(batch, num_tokens, 4)` falls back to one box per token
+            An output that only has `regions` `(batch, num_tokens, 4)` falls back to one box per token
             (the widest piece of a token that straddles two rows).
         index: which image of the batch.
 

@@ -117,7 +117,9 @@ def test_image_normalization_is_batch_independent(variant):
         reordered = model(pixels.flip(0)).logits.flip(0)
         pair = model(pixels[1:3]).logits
     close(batched, golden["logits_single"], "logits")
-    torch.testing.assert_close(reordered, batched, atol=1e-5, rtol=0)
-    torch.testing.assert_close(pair, batched[1:3], atol=1e-5, rtol=0)
+    # float32 rounding only: matmul blocking depends on the batch size, and the Vim scan carries a last-ulp change
+    # in the scores along the sequence (measured up to 2e-5); "batch" mode differs by far more (checked below)
+    torch.testing.assert_close(reordered, batched, atol=1e-4, rtol=0)
+    torch.testing.assert_close(pair, batched[1:3], atol=1e-4, rtol=0)
     # and the original batch behaviour really differs, so this test can tell the modes apart
-    assert (golden["logits_batch"] - golden["logits_single"]).abs().max() > 100 * ATOL["logits"] / 10
+    assert (golden["logits_batch"] - golden["logits_single"]).abs().max() > 100 * ATOL["logits"] / 10  # > 5e-3

@@ -140,13 +140,18 @@ def test_render_helper_maps_boxes_onto_the_crop(model_and_processor, astronaut):
     assert np.abs(array[photo] - expected[photo]).max() <= 1.0
 
 
-def test_classifier_output_falls_back_to_boxes(model_and_processor, astronaut):
+def test_classifier_output_is_exact_and_boxes_alone_fall_back(model_and_processor, astronaut):
     model, processor = model_and_processor
     pixel_values = processor(astronaut, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         output = model(pixel_values)
-    geometry = token_geometry(output)
+        base = model.dart(pixel_values)
+    geometry = token_geometry(output)  # the classifier output carries the edges too
+    assert geometry["exact"] and geometry["pieces"] == token_geometry(base)["pieces"]
+    boxes_only = {"regions": output.regions, "score_map": output.score_map}
+    geometry = token_geometry(boxes_only)
     assert not geometry["exact"] and len(geometry["pieces"]) == 16
+    assert draw_token_regions(astronaut.resize((64, 64)), boxes_only).size == (64, 64)
     assert draw_token_regions(astronaut.resize((64, 64)), output).size == (64, 64)
     with pytest.raises(ValueError, match="row_edges"):
         token_geometry({"score_map": output.score_map})
