@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    parser.add_argument("--num_tokens", type=int, default=None, help="token budget of both arms (preset: 36)")
+    parser.add_argument("--num_tokens", type=int, default=None,
+                        help=f"token budget of both arms (preset: {runner.QUICKSTART_CONFIG['num_tokens']})")
     parser.add_argument("--num_train_epochs", type=float, default=None, help="training budget (preset's by default)")
     parser.add_argument("--max_train_samples", type=int, default=None)
     parser.add_argument("--output_dir", default=None, help="keep the trained folders here (default: a temp dir)")

@@ -254,13 +254,18 @@ def top5(model, processor, image_path: Path) -> list[tuple[str, float]]:
 
 
 def verify_folder(output_dir: Path, model, state_dict_converted: dict[str, torch.Tensor]) -> None:
-    """Reload the saved folder and check every tensor and one forward pass against the in-memory model."""
-    reloaded = DartForImageClassification.from_pretrained(output_dir).eval()
+    """Reload the saved folder (image or video model) and check every tensor and one forward pass against the
+    in-memory model."""
+    reloaded = type(model).from_pretrained(output_dir).eval()
     saved = reloaded.state_dict()
     for key, tensor in state_dict_converted.items():
         if not torch.equal(saved[key], tensor):
-            raise ConversionError(f"saved tensor {key} differs from the checkpoint")
-    pixels = torch.randn(1, 3, 448, 448, generator=torch.Generator().manual_seed(0))
+            raise ConversionError(f"saved tensor {key} differs from the converted one")
+    config = model.config
+    shape = (1, config.num_channels, config.image_size, config.image_size)
+    if config.backbone == "videomamba":
+        shape = (1, config.num_frames, *shape[1:])
+    pixels = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         if not torch.equal(model(pixels).logits, reloaded(pixels).logits):
             raise ConversionError("the reloaded model does not reproduce the converted model's logits")
@@ -278,6 +283,23 @@ def push_folder(output_dir: Path, repo_id: str, private: bool = False) -> None:
         if path.is_file()
     ]
     api.create_commit(repo_id, operations=operations, commit_message="Upload DART model converted from the original release")
+
+
+def write_verify_and_push(output_dir: Path, model, processor, report: dict, card: dict, args) -> None:
+    """The shared tail of the converters: (re)write the folder (weights, config, processor, model card), print the
+    report, then `--verify` (reload and compare every tensor) and `--push_to_hub` as asked in `args`."""
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    write_model_card(output_dir, model.config, **card)
+    print(json.dumps(report, indent=1))
+    if args.verify:
+        verify_folder(output_dir, model, model.state_dict())
+        print(f"verified: {report['num_keys']} tensors equal after reload; logits reproduced")
+    if args.push_to_hub:
+        push_folder(output_dir, args.push_to_hub, private=args.private)
+        print(f"pushed {output_dir} to https://huggingface.co/{args.push_to_hub}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,15 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         if output_dir.exists() and any(output_dir.iterdir()) and not args.overwrite:
             raise ConversionError(f"{output_dir} exists and is not empty; pass --overwrite to replace it")
         model, processor, report = convert(args.variant, args.checkpoint, args.weights)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        model.save_pretrained(output_dir)
-        processor.save_pretrained(output_dir)
-        variant = VARIANTS[args.variant]
-        write_model_card(
-            output_dir,
-            model.config,
-            title=f"DART {variant.hub_name}",
+        card = dict(
+            title=f"DART {VARIANTS[args.variant].hub_name}",
             base_model=None,
             source=f"Converted from the original `{args.variant}` checkpoint of [DART]({ORIGINAL_REPO}) "
             f"(`{args.weights}` weights) with `conversion/convert_dart_original.py`.",
@@ -315,15 +330,10 @@ def main(argv: list[str] | None = None) -> int:
             extra_facts={"original variant": args.variant, "converted weights": args.weights,
                          "depth": report["depth"], "parameters": f"{report['num_parameters']:,}"},
         )
-        print(json.dumps(report, indent=1))
+        write_verify_and_push(output_dir, model, processor, report, card, args)
         if args.verify:
-            verify_folder(output_dir, model, model.state_dict())
-            print(f"verified: {report['num_keys']} tensors equal after reload; logits reproduced")
             for label, prob in top5(model, processor, ASSETS / "chelsea.jpg"):
                 print(f"  {prob:7.4f}  {label}")
-        if args.push_to_hub:
-            push_folder(output_dir, args.push_to_hub, private=args.private)
-            print(f"pushed {output_dir} to https://huggingface.co/{args.push_to_hub}")
     except ConversionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

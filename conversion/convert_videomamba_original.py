@@ -33,7 +33,6 @@ import argparse
 import json
 import math
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -46,12 +45,11 @@ if str(REPO_ROOT) not in sys.path:  # running from a clone without installing
 from conversion.convert_dart_original import (  # noqa: E402
     ConversionError,
     compile_rules,
-    push_folder,
     rename_key,
     safe_torch_load,
+    write_verify_and_push,
 )
 from modeling_dart import DartConfig, DartVideoMambaForVideoClassification, DartVideoProcessor  # noqa: E402
-from modeling_dart.model_card import write_model_card  # noqa: E402
 
 ORIGINAL_REPO = "https://github.com/OpenGVLab/VideoMamba"
 SCORER_PREFIX = "dart.embeddings.scorer."
@@ -335,21 +333,6 @@ def convert(
     return model, processor, report
 
 
-def verify_folder(output_dir: Path, model, converted: dict[str, torch.Tensor]) -> None:
-    """Reload the saved folder and check every tensor and one forward pass against the in-memory model."""
-    reloaded = DartVideoMambaForVideoClassification.from_pretrained(output_dir).eval()
-    saved = reloaded.state_dict()
-    for key, tensor in converted.items():
-        if not torch.equal(saved[key], tensor):
-            raise ConversionError(f"saved tensor {key} differs from the converted one")
-    config = model.config
-    pixels = torch.randn(1, config.num_frames, config.num_channels, config.image_size, config.image_size,
-                         generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        if not torch.equal(model(pixels).logits, reloaded(pixels).logits):
-            raise ConversionError("the reloaded model does not reproduce the converted model's logits")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="original VideoMamba .pth file")
@@ -381,15 +364,9 @@ def main(argv: list[str] | None = None) -> int:
             labels_file=args.labels_file, model_key=args.model_key, num_tokens=args.num_tokens,
             image_size=args.image_size, video_score_pooling=args.video_score_pooling,
         )
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        model.save_pretrained(output_dir)
-        processor.save_pretrained(output_dir)
         scorer_text = ("a uniform scorer (the standard patch grid: plain VideoMamba at 224x224 with 196 tokens per "
                        "frame)" if args.uniform_scorer else f"the DART scorer of `{args.scorer_from}`")
-        write_model_card(
-            output_dir,
-            model.config,
+        card = dict(
             title=f"DART {report['architecture']} (VideoMamba, {model.config.num_frames} frames)",
             source=f"Converted from an original [VideoMamba]({ORIGINAL_REPO}) checkpoint "
             f"(`{Path(args.checkpoint).name}`) with `conversion/convert_videomamba_original.py`, with {scorer_text}.",
@@ -397,13 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             extra_facts={"frames": model.config.num_frames, "depth": report["depth"],
                          "parameters": f"{report['num_parameters']:,}"},
         )
-        print(json.dumps(report, indent=1))
-        if args.verify:
-            verify_folder(output_dir, model, model.state_dict())
-            print(f"verified: {report['num_keys']} tensors equal after reload; logits reproduced")
-        if args.push_to_hub:
-            push_folder(output_dir, args.push_to_hub, private=args.private)
-            print(f"pushed {output_dir} to https://huggingface.co/{args.push_to_hub}")
+        write_verify_and_push(output_dir, model, processor, report, card, args)
     except ConversionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -58,9 +58,8 @@ def main(argv: list[str] | None = None) -> dict:
     from modeling_dart.visualize import make_grid, render_token_regions
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    # `modeling_dart` is imported, so the local classes serve the folder: `trust_remote_code=False` keeps the
-    # pipeline from offering (and prompting for) the copy of the code saved in the folder.
-    classifier = pipeline("image-classification", model=str(output_dir), device="cpu", trust_remote_code=False)
+    # `modeling_dart` is imported, so its registered classes serve the folder (no remote code, no prompt)
+    classifier = pipeline("image-classification", model=str(output_dir), device="cpu")
     samples = pick_validation_images(Path(data_args.validation_dir), 6)
     images = [Image.open(path).convert("RGB") for path, _ in samples]
     predictions = classifier(images, top_k=1)

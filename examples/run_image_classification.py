@@ -78,6 +78,8 @@ QUICKSTART_CONFIG = {
     "num_attention_heads": 4,
     "scorer_trunk": "mobilenet_v3_small",
     "scorer_head": "v1",
+    # 96-pixel images: the original depth (stride 32) would give a 3x3 score map; 4 entries (stride 8) give 12x12
+    "scorer_trunk_depth": 4,
     "freeze_scorer_trunk": False,
 }
 

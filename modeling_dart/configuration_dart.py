@@ -9,6 +9,8 @@ from transformers import PreTrainedConfig
 _BACKBONES = ("vit", "vim", "videomamba")
 _TRUNKS = ("mobilenet_v3_small", "mobilenet_v3_large")
 _HEADS = ("v1", "v2")
+# `features` entries of each trunk (first conv + inverted residual blocks + last 1x1 conv), as in torchvision
+_TRUNK_ENTRIES = {"mobilenet_v3_small": 13, "mobilenet_v3_large": 17}
 _NORMALIZATIONS = ("image", "batch")
 _CLS_POSITIONS = ("head", "middle")
 _VIDEO_POOLING = ("frame", "clip")
@@ -51,6 +53,11 @@ class DartConfig(PreTrainedConfig):
             `"v1"` (per-position MLP, `sigmoid(s) + 0.1`) or `"v2"` (channel gating, `sigmoid(2 s)`).
         scorer_hidden_size (`int`, *optional*):
             Hidden width of the head's MLP. Defaults to the trunk width for v1 and 96 for v2.
+        scorer_trunk_depth (`int`, *optional*):
+            How many of the trunk's `features` entries the scorer keeps (the first convolution counts as one). Defaults
+            to the original's: 11 (Small) / 15 (Large) for head v1 and 13 / 17 for v2, all at output stride 32, so
+            the score map of a 448 input is 14x14. Small inputs get a coarse map at stride 32 (3x3 for 96 pixels);
+            a shallower trunk gives a finer one (4 entries of MobileNetV3-Small: stride 8, 12x12 for 96 pixels).
         score_normalization (`str`, *optional*, defaults to `"image"`):
             `"image"` standardises each image's score map on its own (predictions never depend on batching);
             `"batch"` uses statistics over the whole batch, as the original code does.
@@ -126,6 +133,7 @@ class DartConfig(PreTrainedConfig):
         scorer_trunk: str = "mobilenet_v3_small",
         scorer_head: str = "v1",
         scorer_hidden_size: int | None = None,
+        scorer_trunk_depth: int | None = None,
         score_normalization: str = "image",
         freeze_scorer_trunk: bool = True,
         hidden_size: int = 192,
@@ -167,6 +175,7 @@ class DartConfig(PreTrainedConfig):
         if scorer_hidden_size is None and scorer_trunk in _TRUNKS and scorer_head in _HEADS:
             scorer_hidden_size = 96 if scorer_head == "v2" else (96 if scorer_trunk == "mobilenet_v3_small" else 160)
         self.scorer_hidden_size = scorer_hidden_size
+        self.scorer_trunk_depth = scorer_trunk_depth
         self.score_normalization = score_normalization
         self.freeze_scorer_trunk = freeze_scorer_trunk
         self.hidden_size = hidden_size
@@ -264,6 +273,14 @@ class DartConfig(PreTrainedConfig):
             rate(name)
         for name in ("initializer_range", "layer_norm_eps", "layer_norm_epsilon"):
             positive_float(name)
+        depth = self.scorer_trunk_depth
+        if depth is not None:
+            most = _TRUNK_ENTRIES[self.scorer_trunk]
+            if isinstance(depth, bool) or not isinstance(depth, int) or not 2 <= depth <= most:
+                raise ValueError(
+                    f"DartConfig: `scorer_trunk_depth` must be None or an integer in [2, {most}] (the `features` "
+                    f"entries of {self.scorer_trunk}), got {depth!r}."
+                )
         if self.backbone == "vit" and self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"DartConfig: `hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "

@@ -232,7 +232,8 @@ class DartScorer(nn.Module):
         self.version = config.scorer_head
         self.grid_size = config.score_grid_size
         self.freeze_trunk = config.freeze_scorer_trunk
-        trunk = MobileNetV3Trunk(config.scorer_trunk, keep[self.version], config.num_channels)
+        depth = keep[self.version] if config.scorer_trunk_depth is None else config.scorer_trunk_depth
+        trunk = MobileNetV3Trunk(config.scorer_trunk, depth, config.num_channels)
         self.features = trunk.features
         self.widest_activation_bytes_per_pixel = trunk.widest_activation_bytes_per_pixel
         channels = trunk.out_channels

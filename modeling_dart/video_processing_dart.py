@@ -343,3 +343,12 @@ def register_video_processor(config_class: type, exist_ok: bool = True) -> None:
     AutoImageProcessor.register(
         config_class, image_processor_classes={"video": DartVideoProcessorPil}, exist_ok=exist_ok
     )
+    # `pipeline()` probes `AutoVideoProcessor` for every task; without a local registration it finds the folder's
+    # `auto_map` (remote code) and, with `trust_remote_code` unset, asks on the terminal (15 s) even for images
+    # (`AutoVideoProcessor.register` itself demands torchvision, so the mapping it fills is filled directly)
+    try:
+        from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING
+    except ImportError:  # pragma: no cover - other Transformers layouts: the probe may prompt, nothing else changes
+        return
+    if config_class not in VIDEO_PROCESSOR_MAPPING._extra_content:
+        VIDEO_PROCESSOR_MAPPING.register(config_class, {"pil": DartVideoProcessorPil}, exist_ok=True)

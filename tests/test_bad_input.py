@@ -82,6 +82,9 @@ def test_bad_score_normalization_argument(model):
         ("time_step_rank", "big"),
         ("tubelet_size", 2),
         ("num_frames", 0),
+        ("scorer_trunk_depth", 1),
+        ("scorer_trunk_depth", 14),  # MobileNetV3-Small has 13 `features` entries
+        ("scorer_trunk_depth", 4.0),
     ],
 )
 def test_invalid_config_values(field, value):

@@ -303,3 +303,19 @@ def test_trainer_predict_gathers_only_the_logits(tmp_path):
     with torch.no_grad():
         expected = model(torch.stack([d["pixel_values"] for d in data])).logits
     torch.testing.assert_close(torch.as_tensor(result.predictions), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_pipeline_does_not_ask_about_remote_code(tmp_path, photo, monkeypatch):
+    """`pipeline()` probes `AutoVideoProcessor` for every task; with the package imported it must find DART locally
+    instead of offering the folder's remote code on the terminal (a 15 s prompt)."""
+    import builtins
+
+    from transformers import pipeline
+
+    prompts = []
+    monkeypatch.setattr(builtins, "input", lambda *args: prompts.append(args) or "n")
+    make_model("vit", id2label={i: f"class_{i}" for i in range(5)}).save_pretrained(tmp_path)
+    DartImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}).save_pretrained(tmp_path)
+    classifier = pipeline("image-classification", model=str(tmp_path))
+    assert len(classifier(photo, top_k=2)) == 2
+    assert prompts == []

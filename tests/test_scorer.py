@@ -104,3 +104,29 @@ def test_chunked_batches_give_the_whole_batch_result(trunk, monkeypatch):
     with torch.no_grad():
         scorer.extract_features(x)
     assert calls == [5]
+
+
+@pytest.mark.parametrize("depth,stride,channels", [(None, 32, 96), (4, 8, 24), (7, 16, 40), (13, 32, 576)])
+def test_scorer_trunk_depth_sets_the_feature_stride(depth, stride, channels):
+    # MobileNetV3-Small: entries 0-3 end at stride 8 with 24 channels, 4-8 at 16 (40 channels after entry 4-6),
+    # 9-11 at 32 (96), entry 12 is the last 1x1 conv (576); the original v1 head keeps 11 entries
+    config = tiny_config(image_size=96, patch_size=8, score_grid_size=8, num_tokens=64, scorer_trunk_depth=depth)
+    scorer = DartScorer(config).eval()
+    with torch.no_grad():
+        features = scorer.extract_features(pixels(batch=2, height=96, width=96))
+        scores = scorer(pixels(batch=2, height=96, width=96))
+    assert features.shape == (2, channels, 96 // stride, 96 // stride)
+    assert scorer.head.fc1.in_features == channels
+    assert scores.shape == (2, 8, 8)
+    assert len(scorer.features) == (11 if depth is None else depth)
+
+
+def test_scorer_trunk_depth_round_trips(tmp_path):
+    from modeling_dart import DartConfig, DartForImageClassification
+
+    config = tiny_config(scorer_trunk_depth=4)
+    model = DartForImageClassification(config)
+    model.save_pretrained(tmp_path)
+    assert DartConfig.from_pretrained(tmp_path).scorer_trunk_depth == 4
+    reloaded = DartForImageClassification.from_pretrained(tmp_path)
+    assert len(reloaded.dart.embeddings.scorer.features) == 4
