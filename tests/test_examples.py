@@ -214,3 +214,33 @@ def test_set_scorer_trunk_frozen(runner):
 def test_accuracy_metric_falls_back_to_the_local_module(runner):
     metric = runner.load_accuracy_metric()  # HF_HUB_OFFLINE=1: the local module folder
     assert metric.compute(predictions=[0, 1, 2, 2], references=[0, 1, 1, 2]) == {"accuracy": 0.75}
+
+
+def test_push_to_hub_uploads_the_trained_folder_in_one_commit(runner, tmp_path, monkeypatch):
+    """The Hub is unreachable here: the Trainer's push is checked up to the HTTP boundary (`create_repo`, the model
+    card's YAML check and `create_commit` record what they would send; `upload_folder` runs for real and builds the
+    operations)."""
+    from huggingface_hub import HfApi, RepoUrl
+
+    calls = {}
+
+    def fake_create_repo(self, repo_id, **kwargs):
+        calls["repo"] = repo_id
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def fake_create_commit(self, repo_id, operations, commit_message, **kwargs):
+        calls.setdefault("commits", []).append((repo_id, sorted(op.path_in_repo for op in operations)))
+
+    monkeypatch.setattr(HfApi, "create_repo", fake_create_repo)
+    monkeypatch.setattr(HfApi, "create_commit", fake_create_commit)
+    monkeypatch.setattr(HfApi, "_validate_yaml", lambda self, content, **kw: calls.setdefault("card", content))
+    # with hf_xet installed `upload_folder` streams through its own pipeline of requests; take the single-commit path
+    monkeypatch.setattr("huggingface_hub.hf_api.is_xet_available", lambda: False)
+    output = tmp_path / "pushed"
+    runner.main([*TINY_RUN, "--max_steps", "1", "--output_dir", str(output), "--push_to_hub", "true",
+                 "--hub_model_id", "my-org/dart-sparse-fashion", "--hub_token", "hf_not_a_real_token"])
+    assert calls["repo"] == "my-org/dart-sparse-fashion"
+    repo_id, files = calls["commits"][-1]
+    assert repo_id == "my-org/dart-sparse-fashion"
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= set(files)
+    assert "library_name: transformers" in calls["card"] and "pipeline_tag: image-classification" in calls["card"]
