@@ -455,6 +455,13 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         config = build_config_from_scratch(model_args.config_name, overrides, **label_kwargs)
         config.finetuning_task = "image-classification"
         model = DartForImageClassification(config)
+        if config.scorer == "learned" and config.freeze_scorer_trunk:
+            logger.warning(
+                "Training from scratch with a frozen scorer trunk: its weights are random and stay so, and its "
+                "features shrink towards zero through the untrained BatchNorms, so the score map carries little "
+                "but rounding noise. Pass `--freeze_scorer_trunk false` (as the quickstart preset does) or start "
+                "from a converted DART folder (`--model_name_or_path`)."
+            )
     if "freeze_scorer_trunk" in overrides:
         set_scorer_trunk_frozen(model, bool(overrides["freeze_scorer_trunk"]))
 
@@ -476,8 +483,9 @@ def main(args: list[str] | None = None) -> dict[str, float]:
             size={"shortest_edge": round(size / model_args.crop_pct)},
             crop_size={"height": size, "width": size},
         )
-    train_transform = DartTrainTransform(
-        image_processor, scale=(data_args.min_crop_scale, 1.0), hflip=data_args.hflip_probability
+    train_transform = DartTrainTransform(  # seeded: the same command gives the same run
+        image_processor, scale=(data_args.min_crop_scale, 1.0), hflip=data_args.hflip_probability,
+        seed=training_args.seed + training_args.process_index,
     )
     image_column, label_column = data_args.image_column_name, data_args.label_column_name
 

@@ -203,9 +203,22 @@ def random_segment_indices(num_available: int, num_frames: int, rng: np.random.G
 class VideoFolderDataset(torch.utils.data.Dataset):
     """Decodes a video per item with PyAV, samples `num_frames` frames and runs the video processor on them."""
 
-    def __init__(self, items, label2id, processor, num_frames: int, train: bool, hflip: float = 0.5):
+    def __init__(self, items, label2id, processor, num_frames: int, train: bool, hflip: float = 0.5,
+                 seed: int | None = None):
         self.items, self.label2id, self.processor = items, label2id, processor
         self.num_frames, self.train, self.hflip = num_frames, train, hflip
+        self.seed, self._generators = seed, {}
+
+    def rng(self) -> np.random.Generator:
+        """Fresh entropy without a seed; with one, a reproducible generator per DataLoader worker (each worker gets
+        a copy of the dataset, so one shared seeded generator would repeat the same draws in every worker)."""
+        if self.seed is None:
+            return np.random.default_rng()
+        info = torch.utils.data.get_worker_info()
+        worker = -1 if info is None else info.id
+        if worker not in self._generators:
+            self._generators[worker] = np.random.default_rng([self.seed, worker + 1])
+        return self._generators[worker]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -214,7 +227,7 @@ class VideoFolderDataset(torch.utils.data.Dataset):
         path, label = self.items[index]
         video = load_video(path)  # (T, H, W, 3) uint8; a clear ValueError for unreadable files
         if self.train:
-            rng = np.random.default_rng()  # fresh entropy: safe with DataLoader workers
+            rng = self.rng()
             video = video[random_segment_indices(len(video), self.num_frames, rng)]
             if rng.uniform() < self.hflip:
                 video = video[:, :, ::-1]
@@ -363,7 +376,8 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     def dataset(split: str, train: bool, limit: int | None):
         items = splits[split][: limit] if limit else splits[split]
         return VideoFolderDataset(items, label2id, processor, config.num_frames, train=train,
-                                  hflip=data_args.hflip_probability)
+                                  hflip=data_args.hflip_probability,
+                                  seed=training_args.seed + training_args.process_index)
 
     train_dataset = eval_dataset = None
     if training_args.do_train:

@@ -526,8 +526,24 @@ class DartTrainTransform:
         crop = self.image_processor.crop_size
         self.size = (crop.height, crop.width) if crop is not None else (DART_IMAGE_SIZE, DART_IMAGE_SIZE)
         self.scale, self.ratio, self.hflip = scale, ratio, hflip
-        # seed=None: fresh entropy per call (safe with DataLoader workers); an int: a reproducible sequence.
-        self.rng = np.random.default_rng(seed) if seed is not None else None
+        # seed=None: fresh entropy per call; an int: a reproducible sequence per DataLoader worker (see `rng`)
+        self.seed = seed
+        self._generators: dict[int, np.random.Generator] = {}
+
+    @property
+    def rng(self) -> np.random.Generator | None:
+        """The generator of the calling DataLoader worker (the main process is worker -1): seeded from
+        `(seed, worker)`, so that runs repeat exactly and workers, which each get a copy of this object, do not all
+        draw the same crops."""
+        if self.seed is None:
+            return None
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        worker = -1 if info is None else info.id
+        if worker not in self._generators:
+            self._generators[worker] = np.random.default_rng([self.seed, worker + 1])
+        return self._generators[worker]
 
     def __call__(self, images: Any, return_tensors: str | None = "pt") -> BatchFeature:
         batch = images if isinstance(images, (list, tuple)) else [images]

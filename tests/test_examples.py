@@ -244,3 +244,13 @@ def test_push_to_hub_uploads_the_trained_folder_in_one_commit(runner, tmp_path, 
     assert repo_id == "my-org/dart-sparse-fashion"
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= set(files)
     assert "library_name: transformers" in calls["card"] and "pipeline_tag: image-classification" in calls["card"]
+
+
+def test_same_seed_same_run(runner, tmp_path):
+    """Augmentation draws from the run's seed: repeating a command repeats the training exactly."""
+    metrics = [runner.main([*TINY_RUN, "--max_steps", "2", "--output_dir", str(tmp_path / f"run{i}"), "--seed", "5"])
+               for i in range(2)]
+    assert metrics[0]["train_loss"] == metrics[1]["train_loss"]
+    assert metrics[0]["eval_accuracy"] == metrics[1]["eval_accuracy"]
+    first, second = (load_file(tmp_path / f"run{i}" / "model.safetensors") for i in range(2))
+    assert all(torch.equal(first[key], second[key]) for key in first)

@@ -420,3 +420,20 @@ def test_train_transform(chelsea):
     assert not torch.equal(first, DartTrainTransform(seed=8)(images)["pixel_values"])
     small = DartTrainTransform(DartImageProcessor(crop_size=224), seed=None)(chelsea)["pixel_values"]
     assert small.shape == (1, 3, 224, 224)
+
+
+def test_seeded_train_transform_differs_between_dataloader_workers(chelsea, monkeypatch):
+    """Every DataLoader worker holds a copy of the transform: seeded, each must still draw its own crops, and the
+    same worker must repeat its crops from run to run."""
+    import torch.utils.data
+
+    image = PIL.Image.fromarray(chelsea)
+    crops = {}
+    for worker in (None, 0, 1):
+        info = None if worker is None else type("WorkerInfo", (), {"id": worker})()
+        monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda info=info: info)
+        runs = [DartTrainTransform(DartImageProcessor(crop_size=64), seed=3)([image] * 4)["pixel_values"]
+                for _ in range(2)]
+        assert torch.equal(runs[0], runs[1])
+        crops[worker] = runs[0]
+    assert not torch.equal(crops[0], crops[1]) and not torch.equal(crops[None], crops[0])
