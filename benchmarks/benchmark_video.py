@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
          "x plain (min)"],
         rows,
     ))
-    print(f"\nspread (max-min)/median of the end-to-end rounds: "
+    print("\nspread (max-min)/median of the end-to-end rounds: "
           + ", ".join(f"{name}: {t.spread:.2f}" for name, t in end_to_end.items()))
 
 

@@ -59,3 +59,17 @@ def photo():
     from PIL import Image
 
     return Image.open(REPO_ROOT / "conversion" / "assets" / "chelsea.jpg").convert("RGB")
+
+
+class _PicklePayload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def write_untrusted_checkpoint(path):
+    """A `.pth` whose unpickling would call a function: `weights_only` loading must refuse it."""
+    import pickle
+
+    with open(path, "wb") as handle:
+        pickle.dump({"model": _PicklePayload()}, handle)
+    return path

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import re
 
 import pytest
 import torch
 
 from conversion import convert_dart_original as conv
-from tests.conftest import require_fixture
+from tests.conftest import require_fixture, write_untrusted_checkpoint
 
 DEIT_VARIANTS = ["darvit_tiny", "darvit_tiny_v2", "darvit_tiny_121p", "darvit_sm", "darvit_sm_144p", "darvit_sm_288p",
                  "darvit_sm_392p"]
@@ -136,15 +135,8 @@ def test_other_wrappers(tmp_path):
         conv.convert("darvit_tiny", _save(tmp_path / "noema.pth", {"model": state}), "model_ema")
 
 
-class _Payload:
-    def __reduce__(self):
-        return (print, ("this must never run",))
-
-
 def test_untrusted_pickle_is_refused(tmp_path):
-    path = tmp_path / "evil.pth"
-    with open(path, "wb") as handle:
-        pickle.dump({"model": _Payload()}, handle)
+    path = write_untrusted_checkpoint(tmp_path / "evil.pth")
     with pytest.raises(conv.ConversionError, match="weights_only"):
         conv.load_original_checkpoint(path)
     with pytest.raises(conv.ConversionError, match="not found"):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from modeling_dart import DartConfig, DartForImageClassification, DartImageProcessor, DartModel
-from tests.conftest import REPO_ROOT, tiny_config
+from tests.conftest import tiny_config
 
 BACKBONES = ["vit", "vim"]
 

