@@ -138,9 +138,10 @@ class SqueezeExcitation(nn.Module):
         self.fc2 = nn.Conv2d(squeeze_channels, channels, 1)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        scale = F.adaptive_avg_pool2d(hidden_states, 1)
-        scale = self.fc2(F.relu(self.fc1(scale)))
-        return hidden_states * F.hardsigmoid(scale)
+        scale = F.hardsigmoid(self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(hidden_states, 1)))))
+        if not torch.is_grad_enabled():  # inference: scale the block's own intermediate in place (no new buffer)
+            return hidden_states.mul_(scale)
+        return hidden_states * scale
 
 
 class InvertedResidual(nn.Module):
@@ -160,7 +161,11 @@ class InvertedResidual(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         out = self.block(hidden_states)
-        return out + hidden_states if self.use_residual else out
+        if not self.use_residual:
+            return out
+        if not torch.is_grad_enabled():  # inference: `out` is this block's fresh output, add in place
+            return out.add_(hidden_states)
+        return out + hidden_states
 
 
 class MobileNetV3Trunk(nn.Module):
@@ -267,8 +272,10 @@ class DartScorer(nn.Module):
 
     def extract_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Trunk features `(batch, channels, height / 32, width / 32)`."""
-        if pixel_values.device.type == "cpu":  # depthwise convolutions are much faster channels-last on CPU
-            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+        if pixel_values.device.type == "cpu" and not pixel_values.is_contiguous(memory_format=torch.channels_last):
+            # depthwise convolutions are much faster channels-last on CPU; for 3 channels an explicit NHWC copy is
+            # ~4x faster than `.contiguous(memory_format=torch.channels_last)` (15 -> 4 ms for 8 images at 448)
+            pixel_values = pixel_values.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
         if self.freeze_trunk:
             with torch.no_grad():
                 return self._run_trunk(pixel_values)

@@ -32,12 +32,13 @@ def scorer_with_statistics(trunk: str, freeze: bool = True) -> DartScorer:
 
 
 def plain_features(scorer: DartScorer, pixels: torch.Tensor) -> torch.Tensor:
-    """The trunk as plain modules: conv -> BatchNorm (running statistics) -> activation, contiguous layout, one batch."""
+    """The trunk as plain modules: conv -> BatchNorm (running statistics) -> activation, contiguous layout, one batch,
+    with gradients enabled so that the squeeze-excite and residual steps take their out-of-place path."""
     original = ConvBnAct.forward
     ConvBnAct.forward = nn.Sequential.forward
     try:
-        with torch.no_grad():
-            return scorer.features(pixels.contiguous())
+        with torch.enable_grad():
+            return scorer.features(pixels.contiguous()).detach()
     finally:
         ConvBnAct.forward = original
 
