@@ -176,15 +176,15 @@ class MobileNetV3Trunk(nn.Module):
         blocks, _ = TRUNK_SPECS[variant]
         features = [ConvBnAct(in_channels, 16, 3, stride=2, activation="hardswish")]
         channels, scale = 16, 2
-        # float32 bytes per input pixel of the widest activation (an expansion before its strided depthwise conv)
-        self.widest_activation_bytes_per_pixel = 4 * 16 / scale**2
-        for kernel, expanded, out, use_se, act, stride in blocks[: num_features - 1]:
+        # float32 bytes per input pixel of the widest activation among the kept entries (an expansion before its
+        # strided depthwise convolution): sizes the CPU chunks of `DartScorer`
+        widest = 4 * 16 / scale**2
+        for index, (kernel, expanded, out, use_se, act, stride) in enumerate(blocks, start=1):
             features.append(InvertedResidual(channels, kernel, expanded, out, use_se, act, stride))
-            self.widest_activation_bytes_per_pixel = max(self.widest_activation_bytes_per_pixel, 4 * expanded / scale**2)
+            if index < num_features:
+                widest = max(widest, 4 * expanded / scale**2)
             channels, scale = out, scale * stride
-        for kernel, expanded, out, use_se, act, stride in blocks[num_features - 1 :]:
-            features.append(InvertedResidual(channels, kernel, expanded, out, use_se, act, stride))
-            channels = out
+        self.widest_activation_bytes_per_pixel = widest
         features.append(ConvBnAct(channels, 6 * channels, 1, activation="hardswish"))
         self.features = nn.Sequential(*features[:num_features])
         self.out_channels = 6 * channels if num_features == len(features) else blocks[num_features - 2][2]
@@ -253,7 +253,8 @@ class DartScorer(nn.Module):
         A half-precision rounding of the scorer's weights moves the scores by ~1%, which moves the token regions by
         whole pixels and so changes every token's content: a `model.to(torch.bfloat16)` would then no longer be a
         lower-precision copy of the float32 model but a different tokenizer. The scorer is a small part of the
-        compute (the trunk is ~14% of DART-DeiT-S's multiply-adds), so it stays in float32, like `_keep_in_fp32_modules_strict` does for `from_pretrained(dtype=...)`.
+        compute (the trunk is ~14% of DART-DeiT-S's multiply-adds), so it stays in float32, as
+        `_keep_in_fp32_modules_strict` keeps it for `from_pretrained(dtype=...)`.
         """
 
         def keep_float32(tensor):
@@ -283,9 +284,9 @@ class DartScorer(nn.Module):
 
     def _run_trunk(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # On CPU an inference-mode trunk runs a few images at a time: for a whole batch its widest activations (64
-        # channels at half the input resolution in MobileNetV3-Large: ~100 MB for 8 images at 448) are fresh memory-mapped buffers on
-        # every call, and their page faults cost more than the convolutions (measured ~1.3x faster in chunks of 2).
-        # Same result: with fixed BatchNorm statistics every image is processed on its own anyway.
+        # channels at half the input resolution in MobileNetV3-Large: ~100 MB for 8 images at 448) are fresh
+        # memory-mapped buffers on every call, and their page faults cost more than the convolutions (measured ~1.3x
+        # faster in chunks of 2). Same result: with fixed BatchNorm statistics every image is processed on its own.
         if pixel_values.device.type != "cpu" or self.features.training:
             return self.features(pixel_values)
         image_bytes = self.widest_activation_bytes_per_pixel * pixel_values.shape[-2] * pixel_values.shape[-1]
