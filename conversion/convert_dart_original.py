@@ -192,21 +192,25 @@ def build_config(variant: Variant, state_dict: dict[str, torch.Tensor]) -> DartC
     return DartConfig(**kwargs, id2label=id2label, label2id={v: k for k, v in id2label.items()})
 
 
-def convert_state_dict(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Map every original key onto `model`; raise on unmatched, missing or mis-shaped keys."""
-    expected = model.state_dict()
+def account_keys(state_dict: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], rename, what: str,
+                 adapt=None) -> dict[str, torch.Tensor]:
+    """Map every original key onto `expected` (converted name -> tensor of the target model) with `rename` (original
+    name -> converted name or None); `adapt(key, tensor)` may reshape a tensor first. Raise a `ConversionError` naming
+    `what` on unmatched, missing, mis-shaped or doubly mapped keys: no key is dropped, none left uninitialised."""
     converted, unexpected, mismatched = {}, [], []
     for key, tensor in state_dict.items():
-        new_key = convert_key(key)
+        new_key = rename(key)
         if new_key is None or new_key not in expected:
             unexpected.append(key)
             continue
         if new_key in converted:
             raise ConversionError(f"two original keys map to {new_key}")
+        if adapt is not None:
+            tensor = adapt(key, tensor)
         if tuple(tensor.shape) != tuple(expected[new_key].shape):
             mismatched.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(expected[new_key].shape)}")
             continue
-        converted[new_key] = tensor.to(expected[new_key].dtype)
+        converted[new_key] = tensor.to(expected[new_key].dtype).contiguous()
     missing = sorted(set(expected) - set(converted))
     problems = []
     if unexpected:
@@ -216,8 +220,13 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], model: torch.nn.Modu
     if mismatched:
         problems.append(f"{len(mismatched)} mis-shaped key(s): {mismatched[:8]}")
     if problems:
-        raise ConversionError("the checkpoint does not match the variant: " + "; ".join(problems))
+        raise ConversionError(f"the checkpoint does not match {what}: " + "; ".join(problems))
     return converted
+
+
+def convert_state_dict(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Map every original key onto `model`; raise on unmatched, missing or mis-shaped keys."""
+    return account_keys(state_dict, model.state_dict(), convert_key, "the variant")
 
 
 def convert(variant_name: str, checkpoint: str | Path, weights: str = "model"):

@@ -44,6 +44,7 @@ if str(REPO_ROOT) not in sys.path:  # running from a clone without installing
 
 from conversion.convert_dart_original import (  # noqa: E402
     ConversionError,
+    account_keys,
     compile_rules,
     rename_key,
     safe_torch_load,
@@ -240,29 +241,13 @@ def load_scorer(folder: str | Path) -> tuple[DartConfig, dict[str, torch.Tensor]
 def convert_state_dict(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Map every original key onto `model` (scorer excluded); raise on unmatched, missing or mis-shaped keys."""
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith(SCORER_PREFIX)}
-    converted, unexpected, mismatched = {}, [], []
-    for key, tensor in state_dict.items():
-        new_key = convert_key(key)
-        if new_key is None or new_key not in expected:
-            unexpected.append(key)
-            continue
+
+    def adapt(key: str, tensor: torch.Tensor) -> torch.Tensor:
         if key == "patch_embed.proj.weight" and tensor.dim() == 5:
-            tensor = tensor[:, :, 0]  # Conv3d kernel (1, P, P) -> Conv2d kernel (P, P)
-        if tuple(tensor.shape) != tuple(expected[new_key].shape):
-            mismatched.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(expected[new_key].shape)}")
-            continue
-        converted[new_key] = tensor.to(expected[new_key].dtype).contiguous()
-    missing = sorted(set(expected) - set(converted))
-    problems = []
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {unexpected[:8]}")
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {missing[:8]}")
-    if mismatched:
-        problems.append(f"{len(mismatched)} mis-shaped key(s): {mismatched[:8]}")
-    if problems:
-        raise ConversionError("the checkpoint does not match a VideoMamba model: " + "; ".join(problems))
-    return converted
+            return tensor[:, :, 0]  # Conv3d kernel (1, P, P) -> Conv2d kernel (P, P)
+        return tensor
+
+    return account_keys(state_dict, expected, convert_key, "a VideoMamba model", adapt)
 
 
 def convert(

@@ -497,32 +497,33 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         pixel_values = image_processor([image.convert("RGB") for image in batch[image_column]], return_tensors="pt")
         return {"pixel_values": list(pixel_values["pixel_values"]), "labels": label_ids(batch[label_column])}
 
+    def prepare_split(split: str, max_samples: int | None, transform, missing: str):
+        if split not in dataset:
+            raise ValueError(missing)
+        subset = dataset[split]
+        if max_samples is not None:
+            subset = subset.shuffle(seed=training_args.seed).select(range(min(max_samples, len(subset))))
+        subset.set_transform(transform)
+        return subset
+
     train_dataset = eval_dataset = None
     if training_args.do_train:
-        if "train" not in dataset:
-            raise ValueError("--do_train needs a training split (--train_dir or a dataset with a `train` split).")
-        train_dataset = dataset["train"]
-        if data_args.max_train_samples is not None:
-            train_dataset = train_dataset.shuffle(seed=training_args.seed).select(
-                range(min(data_args.max_train_samples, len(train_dataset)))
-            )
-        train_dataset.set_transform(train_transforms)
+        train_dataset = prepare_split(
+            "train", data_args.max_train_samples, train_transforms,
+            "--do_train needs a training split (--train_dir or a dataset with a `train` split).",
+        )
     if training_args.do_eval:
-        if "validation" not in dataset:
-            raise ValueError("--do_eval needs a validation split (--validation_dir or --train_val_split).")
-        eval_dataset = dataset["validation"]
-        if data_args.max_eval_samples is not None:
-            eval_dataset = eval_dataset.shuffle(seed=training_args.seed).select(
-                range(min(data_args.max_eval_samples, len(eval_dataset)))
-            )
-        eval_dataset.set_transform(eval_transforms)
+        eval_dataset = prepare_split(
+            "validation", data_args.max_eval_samples, eval_transforms,
+            "--do_eval needs a validation split (--validation_dir or --train_val_split).",
+        )
 
     # ------------------------------------------------------------------------------------------------ metric
     metric = load_accuracy_metric(model_args.cache_dir)
 
     def compute_metrics(eval_prediction):
         predictions = eval_prediction.predictions
-        if isinstance(predictions, tuple):  # logits first; regions / score maps follow
+        if isinstance(predictions, tuple):  # logits first (folders whose config predates keys_to_ignore_at_inference)
             predictions = predictions[0]
         return metric.compute(predictions=np.argmax(predictions, axis=1), references=eval_prediction.label_ids)
 

@@ -60,6 +60,7 @@ except ImportError:  # pragma: no cover - running from a checkout without instal
 
 from modeling_dart import DartConfig, DartVideoMambaForVideoClassification, DartVideoProcessor, load_video
 from modeling_dart.model_card import write_model_card
+from modeling_dart.image_processing_dart import PerWorkerGenerator
 from modeling_dart.video_processing_dart import sample_frame_indices
 
 logger = logging.getLogger(__name__)
@@ -207,18 +208,7 @@ class VideoFolderDataset(torch.utils.data.Dataset):
                  seed: int | None = None):
         self.items, self.label2id, self.processor = items, label2id, processor
         self.num_frames, self.train, self.hflip = num_frames, train, hflip
-        self.seed, self._generators = seed, {}
-
-    def rng(self) -> np.random.Generator:
-        """Fresh entropy without a seed; with one, a reproducible generator per DataLoader worker (each worker gets
-        a copy of the dataset, so one shared seeded generator would repeat the same draws in every worker)."""
-        if self.seed is None:
-            return np.random.default_rng()
-        info = torch.utils.data.get_worker_info()
-        worker = -1 if info is None else info.id
-        if worker not in self._generators:
-            self._generators[worker] = np.random.default_rng([self.seed, worker + 1])
-        return self._generators[worker]
+        self.rng = PerWorkerGenerator(seed)  # fresh entropy without a seed; reproducible per worker with one
 
     def __len__(self) -> int:
         return len(self.items)
@@ -391,7 +381,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
 
     def compute_metrics(eval_prediction):
         predictions = eval_prediction.predictions
-        if isinstance(predictions, tuple):  # logits first
+        if isinstance(predictions, tuple):  # logits first (folders whose config predates keys_to_ignore_at_inference)
             predictions = predictions[0]
         return {"accuracy": float((np.argmax(predictions, axis=1) == eval_prediction.label_ids).mean())}
 

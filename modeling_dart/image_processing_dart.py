@@ -38,6 +38,7 @@ __all__ = [
     "DartImageProcessor",
     "DartImageProcessorPil",
     "DartTrainTransform",
+    "PerWorkerGenerator",
     "random_resized_crop_and_flip",
     "register_image_processor",
 ]
@@ -502,6 +503,30 @@ def random_resized_crop_and_flip(
     return out
 
 
+class PerWorkerGenerator:
+    """numpy random generators for data augmentation, one per DataLoader worker.
+
+    Calling it returns the generator of the calling worker (the main process counts as worker -1), seeded from
+    `(seed, worker)`: runs repeat exactly, and workers, which each get a copy of the object holding it, do not all draw
+    the same numbers. With `seed=None` every call returns a generator on fresh OS entropy.
+    """
+
+    def __init__(self, seed: int | None = None):
+        self.seed = seed
+        self._generators: dict[int, np.random.Generator] = {}
+
+    def __call__(self) -> np.random.Generator:
+        if self.seed is None:
+            return np.random.default_rng()
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        worker = -1 if info is None else info.id
+        if worker not in self._generators:
+            self._generators[worker] = np.random.default_rng([self.seed, worker + 1])
+        return self._generators[worker]
+
+
 class DartTrainTransform:
     """Training transform: [`random_resized_crop_and_flip`] to the processor's crop size, then the processor's
     rescale + normalise (no resize / centre crop). Callable on one image or a list; returns a `BatchFeature`.
@@ -526,29 +551,13 @@ class DartTrainTransform:
         crop = self.image_processor.crop_size
         self.size = (crop.height, crop.width) if crop is not None else (DART_IMAGE_SIZE, DART_IMAGE_SIZE)
         self.scale, self.ratio, self.hflip = scale, ratio, hflip
-        # seed=None: fresh entropy per call; an int: a reproducible sequence per DataLoader worker (see `rng`)
-        self.seed = seed
-        self._generators: dict[int, np.random.Generator] = {}
-
-    @property
-    def rng(self) -> np.random.Generator | None:
-        """The generator of the calling DataLoader worker (the main process is worker -1): seeded from
-        `(seed, worker)`, so that runs repeat exactly and workers, which each get a copy of this object, do not all
-        draw the same crops."""
-        if self.seed is None:
-            return None
-        from torch.utils.data import get_worker_info
-
-        info = get_worker_info()
-        worker = -1 if info is None else info.id
-        if worker not in self._generators:
-            self._generators[worker] = np.random.default_rng([self.seed, worker + 1])
-        return self._generators[worker]
+        self.generators = PerWorkerGenerator(seed)  # seed=None: fresh entropy; an int: a reproducible sequence
 
     def __call__(self, images: Any, return_tensors: str | None = "pt") -> BatchFeature:
         batch = images if isinstance(images, (list, tuple)) else [images]
         if len(batch) == 0:
             raise ValueError("`images` is an empty list; expected at least one image.")
+        rng = self.generators()
         crops = [
             random_resized_crop_and_flip(
                 image,
@@ -556,7 +565,7 @@ class DartTrainTransform:
                 scale=self.scale,
                 ratio=self.ratio,
                 hflip=self.hflip,
-                rng=self.rng,
+                rng=rng,
                 resample=self.image_processor.resample,
             )
             for image in batch

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from modeling_dart import DartConfig, DartForImageClassification, DartImageProcessor, DartModel
-from tests.conftest import tiny_config
+from tests.conftest import estimate_batchnorm_statistics, tiny_config
 
 BACKBONES = ["vit", "vim"]
 
@@ -143,17 +143,8 @@ def test_deterministic_and_batch_independent(backbone):
 
 
 def estimate_trunk_statistics(model):
-    """Random BatchNorm statistics make the trunk's activations vanish (~1e-8): re-estimate them on a few images,
-    as the fixtures' authors did, so that the score map carries content and small errors would move the regions."""
-    trunk = model.dart.embeddings.scorer.features
-    for norm in trunk.modules():
-        if isinstance(norm, torch.nn.BatchNorm2d):
-            norm.reset_running_stats()
-            norm.momentum = None
-    trunk.train()
-    with torch.no_grad():
-        trunk(pixels(batch=8, seed=1))
-    trunk.eval()
+    """Score maps with content (see `estimate_batchnorm_statistics`), so that small errors would move the regions."""
+    estimate_batchnorm_statistics(model.dart.embeddings.scorer.features, pixels(batch=8, seed=1))
     return model
 
 

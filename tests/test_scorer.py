@@ -9,7 +9,7 @@ from torch import nn
 
 from modeling_dart import embeddings_dart
 from modeling_dart.embeddings_dart import ConvBnAct, DartScorer
-from tests.conftest import tiny_config
+from tests.conftest import estimate_batchnorm_statistics, tiny_config
 
 TRUNKS = ["mobilenet_v3_small", "mobilenet_v3_large"]
 
@@ -21,13 +21,9 @@ def scorer_with_statistics(trunk: str, freeze: bool = True) -> DartScorer:
     scorer = DartScorer(tiny_config(scorer_trunk=trunk, freeze_scorer_trunk=freeze))
     for module in scorer.features.modules():
         if isinstance(module, nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None
             nn.init.uniform_(module.weight, 0.5, 1.5)
             nn.init.uniform_(module.bias, -0.2, 0.2)
-    scorer.features.train()
-    with torch.no_grad():
-        scorer.features(torch.randn(6, 3, 96, 96, generator=torch.Generator().manual_seed(1)))
+    estimate_batchnorm_statistics(scorer.features, torch.randn(6, 3, 96, 96, generator=torch.Generator().manual_seed(1)))
     return scorer.eval()
 
 
