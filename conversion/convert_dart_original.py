@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -27,15 +26,21 @@ if str(REPO_ROOT) not in sys.path:  # running from a clone without installing
     sys.path.insert(0, str(REPO_ROOT))
 
 from modeling_dart import DartConfig, DartForImageClassification, DartImageProcessor  # noqa: E402
+from modeling_dart.conversion_utils import (  # noqa: E402,F401  (shared with the other converters; re-exported)
+    VIM_KEY_RULES,
+    ConversionError,
+    account_keys,
+    compile_rules,
+    infer_depth,
+    load_original_checkpoint,
+    rename_key,
+    safe_torch_load,
+)
 from modeling_dart.model_card import write_model_card  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 LABELS_FILE = REPO_ROOT / "modeling_dart" / "data" / "imagenet1k_id2label.json"
 ORIGINAL_REPO = "https://github.com/HCPLab-SYSU/DART"
-
-
-class ConversionError(Exception):
-    """A checkpoint that cannot be converted faithfully."""
 
 
 @dataclass(frozen=True)
@@ -94,33 +99,15 @@ KEY_RULES: list[tuple[str, str]] = [
     (_SCORER + r"features\.(.+)$", r"dart.embeddings.scorer.features.\1"),
     (_SCORER + r"mlp\.net\.0\.(weight|bias)$", r"dart.embeddings.scorer.head.fc1.\1"),
     (_SCORER + r"mlp\.net\.2\.(weight|bias)$", r"dart.embeddings.scorer.head.fc2.\1"),
-    (r"patch_embed\.proj\.(weight|bias)$", r"dart.embeddings.projection.\1"),
-    (r"cls_token$", r"dart.embeddings.cls_token"),
-    (r"pos_embed$", r"dart.embeddings.position_embeddings"),
     # DeiT blocks
     (r"blocks\.(\d+)\.norm1\.(weight|bias)$", r"dart.encoder.layer.\1.layernorm_before.\2"),
     (r"blocks\.(\d+)\.norm2\.(weight|bias)$", r"dart.encoder.layer.\1.layernorm_after.\2"),
     (r"blocks\.(\d+)\.attn\.(qkv|proj)\.(weight|bias)$", r"dart.encoder.layer.\1.attention.\2.\3"),
     (r"blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)$", r"dart.encoder.layer.\1.mlp.\2.\3"),
     (r"norm\.(weight|bias)$", r"dart.encoder.layernorm.\1"),
-    # Vim blocks
-    (r"layers\.(\d+)\.mixer\.(.+)$", r"dart.encoder.layers.\1.mixer.\2"),
-    (r"layers\.(\d+)\.norm\.weight$", r"dart.encoder.layers.\1.norm.weight"),
-    (r"norm_f\.weight$", r"dart.encoder.norm_f.weight"),
-    (r"head\.(weight|bias)$", r"classifier.\1"),
+    # patch projection, cls token, position table, Vim blocks, head (the Vim release's keys, shared with DeiT)
+    *VIM_KEY_RULES,
 ]
-
-
-def compile_rules(rules: list[tuple[str, str]]) -> list[tuple[re.Pattern, str]]:
-    return [(re.compile("^" + pattern), replacement) for pattern, replacement in rules]
-
-
-def rename_key(key: str, compiled_rules: list[tuple[re.Pattern, str]]) -> str | None:
-    """The new name of `key` under the first matching rule, or None when no rule matches."""
-    for pattern, replacement in compiled_rules:
-        if pattern.match(key):
-            return pattern.sub(replacement, key)
-    return None
 
 
 _COMPILED_RULES = compile_rules(KEY_RULES)
@@ -129,52 +116,6 @@ _COMPILED_RULES = compile_rules(KEY_RULES)
 def convert_key(key: str) -> str | None:
     """The HF name of an original key, or None when no rule matches."""
     return rename_key(key, _COMPILED_RULES)
-
-
-def safe_torch_load(path: str | Path) -> dict:
-    """`torch.load(weights_only=True)` allowing only `argparse.Namespace` (the `args` of training checkpoints)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConversionError(f"checkpoint not found: {path}")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle errors, refused globals, truncated files
-        raise ConversionError(f"cannot read {path} as a PyTorch checkpoint with weights_only=True: {error}") from error
-    if not isinstance(checkpoint, dict):
-        raise ConversionError(f"{path} holds a {type(checkpoint).__name__}, expected a dict (state dict or wrapper).")
-    return checkpoint
-
-
-def load_original_checkpoint(path: str | Path, weights: str = "model") -> dict[str, torch.Tensor]:
-    """Read an original `.pth` safely and return the chosen state dict (`model` or `model_ema`)."""
-    checkpoint = safe_torch_load(path)
-    if weights in checkpoint and isinstance(checkpoint[weights], dict):
-        state_dict = checkpoint[weights]
-    elif weights == "model" and "module" in checkpoint and isinstance(checkpoint["module"], dict):
-        state_dict = checkpoint["module"]
-    elif weights == "model" and checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        state_dict = checkpoint  # a bare state dict
-    else:
-        entries = ", ".join(sorted(map(str, checkpoint)))[:300]
-        raise ConversionError(f"{path} has no '{weights}' state dict (entries: {entries}).")
-    bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise ConversionError(f"non-tensor entries in the state dict: {bad[:5]}")
-    if any(k.startswith("module.") for k in state_dict):
-        state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
-    return dict(state_dict)
-
-
-def infer_depth(state_dict: dict[str, torch.Tensor], backbone: str) -> int:
-    prefix = r"^blocks\.(\d+)\." if backbone == "vit" else r"^layers\.(\d+)\."
-    indices = {int(m.group(1)) for k in state_dict if (m := re.match(prefix, k))}
-    if not indices:
-        raise ConversionError(f"no {'blocks' if backbone == 'vit' else 'layers'}.N.* keys: not a {backbone} checkpoint.")
-    depth = max(indices) + 1
-    if indices != set(range(depth)):
-        raise ConversionError(f"block indices are not contiguous: {sorted(indices)}")
-    return depth
 
 
 def build_config(variant: Variant, state_dict: dict[str, torch.Tensor]) -> DartConfig:
@@ -190,38 +131,6 @@ def build_config(variant: Variant, state_dict: dict[str, torch.Tensor]) -> DartC
     kwargs = variant.config_kwargs()
     kwargs["num_hidden_layers"] = depth
     return DartConfig(**kwargs, id2label=id2label, label2id={v: k for k, v in id2label.items()})
-
-
-def account_keys(state_dict: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], rename, what: str,
-                 adapt=None) -> dict[str, torch.Tensor]:
-    """Map every original key onto `expected` (converted name -> tensor of the target model) with `rename` (original
-    name -> converted name or None); `adapt(key, tensor)` may reshape a tensor first. Raise a `ConversionError` naming
-    `what` on unmatched, missing, mis-shaped or doubly mapped keys: no key is dropped, none left uninitialised."""
-    converted, unexpected, mismatched = {}, [], []
-    for key, tensor in state_dict.items():
-        new_key = rename(key)
-        if new_key is None or new_key not in expected:
-            unexpected.append(key)
-            continue
-        if new_key in converted:
-            raise ConversionError(f"two original keys map to {new_key}")
-        if adapt is not None:
-            tensor = adapt(key, tensor)
-        if tuple(tensor.shape) != tuple(expected[new_key].shape):
-            mismatched.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(expected[new_key].shape)}")
-            continue
-        converted[new_key] = tensor.to(expected[new_key].dtype).contiguous()
-    missing = sorted(set(expected) - set(converted))
-    problems = []
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {unexpected[:8]}")
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {missing[:8]}")
-    if mismatched:
-        problems.append(f"{len(mismatched)} mis-shaped key(s): {mismatched[:8]}")
-    if problems:
-        raise ConversionError(f"the checkpoint does not match {what}: " + "; ".join(problems))
-    return converted
 
 
 def convert_state_dict(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -276,8 +185,12 @@ def verify_folder(output_dir: Path, model, state_dict_converted: dict[str, torch
         shape = (1, config.num_frames, *shape[1:])
     pixels = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        if not torch.equal(model(pixels).logits, reloaded(pixels).logits):
-            raise ConversionError("the reloaded model does not reproduce the converted model's logits")
+        expected, actual = model(pixels).logits, reloaded(pixels).logits
+    # the tensors are equal (checked above), the logits to float32 rounding: the reloaded tensors sit at other memory
+    # alignments (safetensors offsets), and CPU BLAS kernels round differently by alignment (2.4e-7 seen in a Linear)
+    if not torch.allclose(actual, expected, rtol=0, atol=1e-5 * max(1.0, float(expected.abs().max()))):
+        raise ConversionError("the reloaded model does not reproduce the converted model's logits "
+                              f"(max difference {float((actual - expected).abs().max()):.3g})")
 
 
 def push_folder(output_dir: Path, repo_id: str, private: bool = False) -> None:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 from pathlib import Path
 
@@ -42,13 +41,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # running from a clone without installing
     sys.path.insert(0, str(REPO_ROOT))
 
-from conversion.convert_dart_original import (  # noqa: E402
+from conversion.convert_dart_original import write_verify_and_push  # noqa: E402
+from modeling_dart.conversion_utils import (  # noqa: E402
     ConversionError,
     account_keys,
     compile_rules,
+    infer_mamba_sizes,
     rename_key,
+    require_tensor,
     safe_torch_load,
-    write_verify_and_push,
 )
 from modeling_dart import DartConfig, DartVideoMambaForVideoClassification, DartVideoProcessor  # noqa: E402
 
@@ -114,12 +115,7 @@ def load_original_checkpoint(path: str | Path, model_key: str = "model|module") 
 
 
 def _require(state_dict: dict[str, torch.Tensor], key: str, ndim: int) -> torch.Tensor:
-    if key not in state_dict:
-        raise ConversionError(f"missing key {key!r}: not a VideoMamba video checkpoint.")
-    tensor = state_dict[key]
-    if tensor.dim() != ndim:
-        raise ConversionError(f"mis-shaped key {key!r}: expected {ndim} dimensions, got {tuple(tensor.shape)}.")
-    return tensor
+    return require_tensor(state_dict, key, ndim, "a VideoMamba video checkpoint")
 
 
 def infer_architecture(state_dict: dict[str, torch.Tensor]) -> dict:
@@ -137,32 +133,14 @@ def infer_architecture(state_dict: dict[str, torch.Tensor]) -> dict:
         raise ConversionError(f"pos_embed has {pos.shape[1]} rows; expected 1 + g*g (a cls row and a square grid).")
     temporal = _require(state_dict, "temporal_pos_embedding", 3)
     head = _require(state_dict, "head.weight", 2)
-    indices = {int(m.group(1)) for k in state_dict if (m := re.match(r"^layers\.(\d+)\.", k))}
-    if not indices:
-        raise ConversionError("no layers.N.* keys: not a VideoMamba checkpoint.")
-    depth = max(indices) + 1
-    if indices != set(range(depth)):
-        raise ConversionError(f"layer indices are not contiguous: {sorted(indices)}")
-    a_log = _require(state_dict, "layers.0.mixer.A_log", 2)
-    dt_proj = _require(state_dict, "layers.0.mixer.dt_proj.weight", 2)
-    conv = _require(state_dict, "layers.0.mixer.conv1d.weight", 3)
-    inner, state_size = a_log.shape
-    if inner % hidden:
-        raise ConversionError(f"mixer width {inner} is not a multiple of the model width {hidden}.")
     return dict(
         hidden_size=hidden,
         num_channels=channels,
         patch_size=patch_h,
         score_grid_size=grid,
         num_frames=temporal.shape[1],
-        num_hidden_layers=depth,
         num_labels=head.shape[0],
-        state_size=state_size,
-        expand=inner // hidden,
-        time_step_rank=dt_proj.shape[1],
-        conv_kernel=conv.shape[-1],
-        use_conv_bias="layers.0.mixer.conv1d.bias" in state_dict,
-        use_bias="layers.0.mixer.in_proj.bias" in state_dict,
+        **infer_mamba_sizes(state_dict, hidden, "a VideoMamba video checkpoint"),
     )
 
 
