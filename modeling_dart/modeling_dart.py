@@ -460,5 +460,25 @@ class DartForImageClassification(DartPreTrainedModel):
         return classify(self, outputs, labels, DartImageClassifierOutput, return_dict)
 
 
+def _from_pretrained_backbone(cls, source, **options) -> DartForImageClassification:
+    """Wrap a pretrained backbone in DART: a Transformers `ViTForImageClassification`, `DeiTForImageClassification`
+    or `DeiTForImageClassificationWithTeacher` (folder, Hub id or loaded model), or an original Vim release `.pth`.
+
+    Options (all keyword): `scorer` (`"uniform"` or `"learned"`), `scorer_trunk`, `scorer_head`, `scorer_trunk_depth`,
+    `freeze_scorer_trunk`, `scorer_trunk_weights`, `image_size`, `score_grid_size`, `num_tokens`,
+    `distillation_head` (`"average"` or `"cls"`), `weights` (`"model"` / `"model_ema"` of a `.pth`), and the Hub's
+    `revision` / `token` / `cache_dir`. See `modeling_dart.from_backbone` for what maps where; the conversion report
+    is in `model.conversion_report`. Needs the `modeling_dart` package (not available from remote code alone).
+    """
+    try:  # absolute import inside try: a folder's remote code neither copies nor requires this module
+        from modeling_dart.from_backbone import wrap_pretrained_backbone
+    except ImportError as error:
+        raise ImportError("`from_pretrained_backbone` needs the `modeling_dart` package installed.") from error
+    return wrap_pretrained_backbone(source, **options)
+
+
+DartForImageClassification.from_pretrained_backbone = classmethod(_from_pretrained_backbone)
+
+
 __all__ = ["DartPreTrainedModel", "DartModel", "DartForImageClassification", "DartModelOutput",
            "DartImageClassifierOutput", "classify"]
