@@ -324,14 +324,14 @@ def _selective_scan_time_major(
         delta = F.softplus(delta)  # threshold 20, as in the kernel
     tensors = [u, delta, A, B, C, D, z]
     u, delta, A, B, C, D, z = (None if t is None else t.to(compute_dtype) for t in tensors)
+    if _is_tracing():  # before the chunk size, which depends on the batch size (a guard on a dynamic batch)
+        return _selective_scan_functional(u, delta, A, B, C, D, z).to(input_dtype)
     if chunk_size is None:
         chunk_size = _default_chunk_size(batch_size, channels, state_size, torch.finfo(compute_dtype).bits // 8)
     chunk_size = max(1, min(int(chunk_size), length))
     keep_for_backward = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z)
     )
-    if _is_tracing():
-        return _selective_scan_functional(u, delta, A, B, C, D, z).to(input_dtype)
     out = _ChunkedSelectiveScan.apply(u, delta, A, B, C, D, z, chunk_size, keep_for_backward)
     return out.to(input_dtype)
 
