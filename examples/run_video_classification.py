@@ -43,7 +43,6 @@ import torch
 import transformers
 from transformers import (
     AutoConfig,
-    AutoImageProcessor,
     AutoModelForVideoClassification,
     HfArgumentParser,
     Trainer,
@@ -351,7 +350,9 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         model = AutoModelForVideoClassification.from_pretrained(
             model_args.model_name_or_path, config=config, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
             **common)
-        processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path, **common)
+        processor = DartVideoProcessor.from_pretrained(  # a video folder: video_preprocessor_config.json
+            model_args.model_name_or_path, cache_dir=model_args.cache_dir, revision=model_args.model_revision,
+            token=model_args.token)
     else:
         config = DartConfig(**{"backbone": "videomamba", "image_size": 224, **overrides, **label_kwargs})
         config.finetuning_task = "video-classification"
@@ -400,7 +401,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     all_metrics: dict[str, float] = {}
     if training_args.do_train:
         result = trainer.train()
-        trainer.save_model()  # model.safetensors, config.json, preprocessor_config.json and the modeling code
+        trainer.save_model()  # model.safetensors, config.json, video_preprocessor_config.json and the modeling code
         metrics = dict(result.metrics, train_samples=len(train_dataset))
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)

@@ -1,7 +1,8 @@
 """DART (Differentiable Dynamic Adaptive Region Tokenizer) for Hugging Face Transformers.
 
-Importing this package registers DART with `AutoConfig`, `AutoModel`, `AutoModelForImageClassification` and
-`AutoImageProcessor`, so that `from_pretrained` and `pipeline(...)` work on DART folders.
+Importing this package registers DART with `AutoConfig`, `AutoModel`, `AutoModelForImageClassification`,
+`AutoModelForVideoClassification`, `AutoImageProcessor` (the image processor) and the video-processor mapping (the
+video processor), so that `from_pretrained` and `pipeline(...)` work on DART folders.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForVideoClassification
@@ -52,7 +53,7 @@ DartForImageClassification.register_for_auto_class("AutoModelForImageClassificat
 DartImageProcessor.register_for_auto_class("AutoImageProcessor")
 DartVideoMambaModel.register_for_auto_class("AutoModel")
 DartVideoMambaForVideoClassification.register_for_auto_class("AutoModelForVideoClassification")
-DartVideoProcessor.register_for_auto_class("AutoImageProcessor")
+DartVideoProcessor.register_for_auto_class("AutoVideoProcessor")
 
 __all__ = [
     "DartConfig",

