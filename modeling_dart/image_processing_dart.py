@@ -126,12 +126,16 @@ class DartImageProcessorPil(PilBackend):
 
     Inputs: a PIL image, a numpy array or torch tensor (`(H, W)`, `(C, H, W)` or `(H, W, C)`, or a 4-D batch), a path
     or URL, or a list of those. Grayscale (1 channel / mode `"L"`) and RGBA (4 channels, composited onto white) inputs
-    are converted to RGB when `do_convert_rgb=True` (the default). Integer arrays must hold values in [0, 255]. Float
+    are converted to RGB when `do_convert_rgb=True` (the default). With `do_convert_rgb=False` the channels pass through
+    unchanged, whatever their number (e.g. 1-channel images for a `num_channels=1` model; give `image_mean` /
+    `image_std` one value per channel, and `input_data_format` when the channel dimension is ambiguous, i.e. not of
+    size 1, 3 or 4). Integer arrays must hold values in [0, 255]. Float
     arrays are taken to be on the same 0-255 scale as uint8 when `do_rescale=True`; pass `do_rescale=False` for float
     images already in [0, 1]. Float images are resized in float precision (no round trip through uint8).
 
     Args:
-        do_convert_rgb (`bool`, *optional*, defaults to `True`): Convert grayscale / RGBA / palette images to RGB.
+        do_convert_rgb (`bool`, *optional*, defaults to `True`): Convert grayscale / RGBA / palette images to RGB;
+            `False` keeps every image's own channels.
         do_resize (`bool`, *optional*, defaults to `True`): Whether to resize.
         size (`dict[str, int]`, *optional*, defaults to `{"shortest_edge": 512}`): Resize target. An int means the
             shorter side (aspect ratio kept); `{"height": h, "width": w}` resizes to exactly that.
@@ -143,7 +147,8 @@ class DartImageProcessorPil(PilBackend):
         do_normalize (`bool`, *optional*, defaults to `True`), image_mean / image_std (ImageNet defaults).
 
     Returns (from `__call__`): a `BatchFeature` with `pixel_values`, of shape `(batch_size, 3, 448, 448)` and dtype
-    float32 with `return_tensors="pt"` (a list of `(3, H, W)` float32 arrays with `return_tensors=None`).
+    float32 with `return_tensors="pt"` (a list of `(3, H, W)` float32 arrays with `return_tensors=None`); `C` channels
+    instead of 3 for `C`-channel images with `do_convert_rgb=False`.
     """
 
     model_input_names = ["pixel_values"]
@@ -184,20 +189,21 @@ class DartImageProcessorPil(PilBackend):
         rescale_factor: float | None = None,
         **kwargs,
     ) -> np.ndarray:
-        """Validate one image and convert it to a channels-first (3, H, W) numpy array (uint8 or float32)."""
+        """Validate one image and convert it to a channels-first `(C, H, W)` numpy array (uint8 or float32): `C = 3`
+        with `do_convert_rgb=True`, the image's own channels otherwise."""
         if isinstance(image, PIL.Image.Image):
             if image.width == 0 or image.height == 0:
                 raise ValueError(f"is an empty PIL image of size {image.size}; expected at least 1x1 pixels.")
             if do_convert_rgb:
                 array = _pil_convert_to_rgb(image, return_numpy=True)
-            elif image.mode != "RGB":
+                return np.ascontiguousarray(np.moveaxis(array, -1, 0))
+            if image.mode in ("P", "PA"):
                 raise ValueError(
-                    f"is a PIL image of mode {image.mode!r}; expected mode 'RGB' (pass do_convert_rgb=True to "
-                    "convert it)."
+                    f"is a PIL image of mode {image.mode!r} (palette indices, not pixel values); pass "
+                    "do_convert_rgb=True to convert it, or convert it yourself."
                 )
-            else:
-                array = np.asarray(image)
-            return np.ascontiguousarray(np.moveaxis(array, -1, 0))
+            # the image's own bands, channels last ((H, W) for one band), checked like any array below
+            image, input_data_format = np.asarray(image), ChannelDimension.LAST
 
         if _is_torch_tensor(image):
             import torch
@@ -224,26 +230,24 @@ class DartImageProcessorPil(PilBackend):
                 else:
                     raise ValueError(
                         f"has shape {tuple(image.shape)} with no channel dimension: expected 1 "
-                        "(grayscale), 3 (RGB) or 4 (RGBA) channels in the first (C, H, W) or last (H, W, C) dimension."
+                        "(grayscale), 3 (RGB) or 4 (RGBA) channels in the first (C, H, W) or last (H, W, C) dimension "
+                        "(for other channel counts pass do_convert_rgb=False and input_data_format='channels_first' "
+                        "or 'channels_last')."
                     )
             input_data_format = ChannelDimension(input_data_format)
             if input_data_format == ChannelDimension.LAST:
                 image = np.moveaxis(image, -1, 0)
-            if image.shape[0] not in (1, 3, 4):
+            if image.shape[0] not in (1, 3, 4) and do_convert_rgb:
                 raise ValueError(
                     f"has {image.shape[0]} channels (shape {tuple(image.shape)}, input_data_format="
-                    f"{input_data_format.value!r}); expected 1 (grayscale), 3 (RGB) or 4 (RGBA) channels."
+                    f"{input_data_format.value!r}); expected 1 (grayscale), 3 (RGB) or 4 (RGBA) channels to convert "
+                    "to RGB (pass do_convert_rgb=False to keep them as they are)."
                 )
         if image.shape[1] == 0 or image.shape[2] == 0:
             raise ValueError(f"is empty (shape {original_shape}); expected at least 1x1 pixels.")
 
         num_channels = image.shape[0]
-        if num_channels != 3:
-            if not do_convert_rgb:
-                raise ValueError(
-                    f"has {num_channels} channel(s); expected 3 (RGB). Pass do_convert_rgb=True to convert "
-                    "grayscale / RGBA images."
-                )
+        if num_channels != 3 and do_convert_rgb:
             if num_channels == 1:
                 image = np.repeat(image, 3, axis=0)
             else:  # RGBA: composite onto a white background, on the image's own value scale
@@ -335,19 +339,21 @@ class DartImageProcessorPil(PilBackend):
         new_height, new_width = self._output_size(height, width, size)
         if (new_height, new_width) == (height, width):
             return image
-        if image.dtype == np.uint8:
+        if image.dtype == np.uint8 and image.shape[0] in (3, 4):  # one RGB / RGBA image
             pil = PIL.Image.fromarray(np.ascontiguousarray(np.moveaxis(image, 0, -1)))
             out = np.asarray(pil.resize((new_width, new_height), resample=resample, reducing_gap=reducing_gap))
             return np.ascontiguousarray(np.moveaxis(out, -1, 0))
+        # any other channel count: channel by channel, in PIL's 8-bit mode "L" or its 32-bit float mode "F"
+        dtype = np.uint8 if image.dtype == np.uint8 else np.float32
         channels = [
             np.asarray(
-                PIL.Image.fromarray(np.ascontiguousarray(channel, dtype=np.float32)).resize(
+                PIL.Image.fromarray(np.ascontiguousarray(channel, dtype=dtype)).resize(
                     (new_width, new_height), resample=resample, reducing_gap=reducing_gap
                 )
             )
             for channel in image
         ]
-        return np.stack(channels).astype(np.float32, copy=False)
+        return np.stack(channels).astype(dtype, copy=False)
 
     def center_crop(self, image: np.ndarray, size: SizeDict, **kwargs) -> np.ndarray:
         """Centre-crop a (C, H, W) array to `(size.height, size.width)` like `torchvision.transforms.CenterCrop`:
@@ -369,6 +375,18 @@ class DartImageProcessorPil(PilBackend):
         return image[:, top : top + crop_h, left : left + crop_w]
 
     def _preprocess(self, images: list[np.ndarray], *args, return_tensors=None, **kwargs) -> BatchFeature:
+        if kwargs.get("do_normalize"):
+            for name in ("image_mean", "image_std"):
+                values = kwargs.get(name)
+                if isinstance(values, (list, tuple)):
+                    for i, image in enumerate(images):
+                        if len(values) != image.shape[0]:
+                            where = "the image" if len(images) == 1 else f"image {i}"
+                            raise ValueError(
+                                f"`{name}` has {len(values)} values but {where} has {image.shape[0]} channel(s); "
+                                f"give one value per channel (e.g. {name}=[0.5] for 1-channel images), or keep "
+                                "do_convert_rgb=True for RGB."
+                            )
         # The backend leaves uint8 pixels as uint8 when both rescaling and normalisation are off; the model always
         # wants float32, so cast before building the BatchFeature.
         output = super()._preprocess(images, *args, return_tensors=None, **kwargs)

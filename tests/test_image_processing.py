@@ -293,12 +293,68 @@ def test_bad_inputs_raise_helpful_errors(processor, name):
         assert fragment in message, f"{fragment!r} not in {message!r}"
 
 
-def test_non_rgb_without_conversion_raises(processor):
-    gray = np.zeros((32, 32), np.uint8)
-    with pytest.raises(ValueError, match=r"`images` has 1 channel\(s\); expected 3 \(RGB\).*do_convert_rgb=True"):
-        processor(gray, do_convert_rgb=False)
-    with pytest.raises(ValueError, match=r"`images\[1\]` is a PIL image of mode 'RGBA'.*do_convert_rgb=True"):
-        processor([PIL.Image.new("RGB", (8, 8)), PIL.Image.new("RGBA", (8, 8))], do_convert_rgb=False)
+def test_without_conversion_any_channel_count_passes_through():
+    """`do_convert_rgb=False` keeps each image's own channels (as Transformers' processors do), for every input kind;
+    the expected values are computed here with PIL and numpy, channel by channel."""
+    processor = DartImageProcessorPil(do_convert_rgb=False, size={"shortest_edge": 40},
+                                      crop_size={"height": 32, "width": 32}, image_mean=[0.5], image_std=[0.25])
+    gray = smooth_image(60, 80, seed=7)[..., 0]
+    resized = np.asarray(PIL.Image.fromarray(gray).resize((53, 40), PIL.Image.BICUBIC), np.float32)
+    top, left = int(round((40 - 32) / 2)), int(round((53 - 32) / 2))
+    expected = (resized[top : top + 32, left : left + 32] / 255 - 0.5) / 0.25
+    for image in (gray, gray[None], gray[..., None], PIL.Image.fromarray(gray), torch.from_numpy(gray)[None]):
+        out = processor(image, return_tensors="pt")["pixel_values"]
+        assert out.shape == (1, 1, 32, 32)
+        np.testing.assert_allclose(out[0, 0].numpy(), expected, atol=1e-5)
+    # other channel counts: 2 (mode "LA"), 4 (RGBA, not composited) and 5 (channel layout given)
+    rgba = np.concatenate([smooth_image(60, 80, seed=8), np.full((60, 80, 1), 9, np.uint8)], -1)
+    four = DartImageProcessorPil(do_convert_rgb=False, do_resize=False, do_center_crop=False, do_normalize=False)
+    np.testing.assert_allclose(four(PIL.Image.fromarray(rgba), return_tensors="pt")["pixel_values"][0].numpy(),
+                               rgba.transpose(2, 0, 1) / 255, atol=1e-7)
+    np.testing.assert_allclose(four(PIL.Image.fromarray(rgba).convert("LA"), return_tensors="pt")["pixel_values"][0],
+                               np.stack([np.asarray(PIL.Image.fromarray(rgba).convert("L")), rgba[..., 3]]) / 255,
+                               atol=1e-7)
+    five = np.random.default_rng(0).integers(0, 256, (5, 20, 30), dtype=np.uint8)
+    out = four(five, input_data_format="channels_first", return_tensors="pt")["pixel_values"]
+    np.testing.assert_allclose(out[0].numpy(), five / 255, atol=1e-7)
+    # resized channel by channel like a one-band image
+    halves = DartImageProcessorPil(do_convert_rgb=False, size={"height": 10, "width": 15}, do_center_crop=False,
+                                   do_normalize=False, do_rescale=False)
+    got = halves(five, input_data_format="channels_first", return_tensors="pt")["pixel_values"][0].numpy()
+    for c in range(5):
+        np.testing.assert_array_equal(got[c], np.asarray(PIL.Image.fromarray(five[c]).resize((15, 10), PIL.Image.BICUBIC)))
+
+
+def test_without_conversion_mismatches_are_clear_errors():
+    processor = DartImageProcessorPil(do_convert_rgb=False)  # ImageNet mean/std: three values
+    with pytest.raises(ValueError, match=r"`image_mean` has 3 values but the image has 1 channel\(s\)"):
+        processor(np.zeros((32, 32), np.uint8))
+    with pytest.raises(ValueError, match=r"`images\[1\]` is a PIL image of mode 'P'.*do_convert_rgb=True"):
+        processor([PIL.Image.new("RGB", (8, 8)), PIL.Image.new("P", (8, 8))])
+    with pytest.raises(ValueError, match=r"no channel dimension.*input_data_format"):
+        processor(np.zeros((5, 32, 32), np.uint8))
+
+
+def test_a_one_channel_model_fed_by_its_own_processor(tmp_path):
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from modeling_dart import DartForImageClassification
+    from tests.conftest import tiny_config
+
+    torch.manual_seed(0)
+    model = DartForImageClassification(tiny_config(num_channels=1)).eval()
+    processor = DartImageProcessorPil(do_convert_rgb=False, size={"shortest_edge": 64},
+                                      crop_size={"height": 64, "width": 64}, image_mean=[0.5], image_std=[0.5])
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    model, processor = AutoModelForImageClassification.from_pretrained(tmp_path), AutoImageProcessor.from_pretrained(tmp_path)
+    digit = PIL.Image.fromarray(smooth_image(70, 90, seed=2)[..., 1])  # a grayscale photo-like image, mode "L"
+    inputs = processor([digit, np.asarray(digit)], return_tensors="pt")
+    assert inputs["pixel_values"].shape == (2, 1, 64, 64)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert logits.shape == (2, 5) and torch.isfinite(logits).all()
+    torch.testing.assert_close(logits[0], logits[1], atol=1e-6, rtol=0)  # PIL and array inputs agree
 
 
 def test_unstackable_shapes_raise(processor):
