@@ -143,7 +143,7 @@ def breakdown(model: DartForImageClassification, pixel_values: torch.Tensor, run
     sequence = embeddings(pixel_values).embeddings
 
     def backbone():
-        hidden, _, _ = model.dart.encoder(sequence)
+        hidden = model.dart.encoder(sequence).last_hidden_state
         return model.classifier(hidden[:, 0])
 
     with EmbeddingStageTimer(embeddings) as stages:

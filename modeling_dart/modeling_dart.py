@@ -13,11 +13,14 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_dart import DartConfig
 from .embeddings_dart import DartEmbeddings, DartEmbeddingsOutput, DartScorer
-from .mamba_dart import DartBiMambaMixer, DartMambaBlock, DartRMSNorm, add_and_norm
+from .mamba_dart import DartBiMambaMixer, DartMambaBlock, DartRMSNorm
 
 
 # ------------------------------------------------------------------------------------------------------- outputs
@@ -164,12 +167,11 @@ class DartLayer(GradientCheckpointingLayer):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.drop_path_rate = drop_path_rate
 
-    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False, **kwargs):
-        attended, weights = self.attention(self.layernorm_before(hidden_states), **kwargs)
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+        attended, _ = self.attention(self.layernorm_before(hidden_states), **kwargs)
         hidden_states = hidden_states + drop_path(self.dropout(attended), self.drop_path_rate, self.training)
         mlp_out = self.mlp(self.layernorm_after(hidden_states))
-        hidden_states = hidden_states + drop_path(self.dropout(mlp_out), self.drop_path_rate, self.training)
-        return hidden_states, (weights if output_attentions else None)
+        return hidden_states + drop_path(self.dropout(mlp_out), self.drop_path_rate, self.training)
 
 
 def _drop_path_rates(config: DartConfig) -> list[float]:
@@ -180,7 +182,8 @@ def _drop_path_rates(config: DartConfig) -> list[float]:
 
 
 class DartViTEncoder(nn.Module):
-    """Stack of [`DartLayer`] followed by the final LayerNorm."""
+    """Stack of [`DartLayer`] followed by the final LayerNorm. The per-layer hidden states and attention maps are
+    recorded by hooks (`DartPreTrainedModel._can_record_outputs`), not threaded through here."""
 
     def __init__(self, config: DartConfig):
         super().__init__()
@@ -188,20 +191,38 @@ class DartViTEncoder(nn.Module):
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.gradient_checkpointing = False
 
-    def forward(self, hidden_states, output_attentions=False, output_hidden_states=False, **kwargs):
-        all_hidden = (hidden_states,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> BaseModelOutput:
         for layer in self.layer:
-            hidden_states, weights = layer(hidden_states, output_attentions=output_attentions, **kwargs)
-            if output_hidden_states:
-                all_hidden += (hidden_states,)
-            if output_attentions:
-                all_attentions += (weights,)
-        return self.layernorm(hidden_states), all_hidden, all_attentions
+            hidden_states = layer(hidden_states, **kwargs)
+        return BaseModelOutput(last_hidden_state=self.layernorm(hidden_states))
+
+
+class DartMambaFinalNorm(DartRMSNorm):
+    """The final `add + RMSNorm` of the Mamba stack (`norm_f`, same weight name), as a module that also returns the
+    summed residual stream, so that the stream after the last block can be recorded as the last hidden state.
+
+    `forward(hidden_states, residual)` returns `(normalized, residual)` with the semantics of `add_and_norm`.
+    """
+
+    def __init__(self, hidden_size: int, eps: float = 1e-5, residual_in_fp32: bool = True):
+        super().__init__(hidden_size, eps=eps)
+        self.residual_in_fp32 = residual_in_fp32
+
+    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor | None = None):
+        summed = hidden_states.float() if residual is None else hidden_states.float() + residual.float()
+        normalized = super().forward(summed).to(self.weight.dtype)
+        return normalized, (summed if self.residual_in_fp32 else summed.to(hidden_states.dtype))
 
 
 class DartMambaEncoder(nn.Module):
-    """Stack of bidirectional Mamba blocks with a float32 residual stream, then a final `add + RMSNorm` (`norm_f`)."""
+    """Stack of bidirectional Mamba blocks with a float32 residual stream, then a final `add + RMSNorm` (`norm_f`).
+
+    Hidden states are recorded by hooks, but not on the blocks' main output: a block returns `(mixer output,
+    residual)` and the hidden state after a layer is their SUM (the residual stream), which no module returns. The
+    stream after layer `i` is the residual that block `i + 1` forms at its start (its second output), and after the
+    last layer the one `norm_f` forms; so the recorders take every block's residual output (the first one is the
+    embeddings) and `norm_f`'s (see `DartPreTrainedModel._can_record_outputs`).
+    """
 
     def __init__(self, config: DartConfig):
         super().__init__()
@@ -226,22 +247,19 @@ class DartMambaEncoder(nn.Module):
                 for i, rate in enumerate(_drop_path_rates(config))
             ]
         )
-        self.norm_f = DartRMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.norm_f = DartMambaFinalNorm(config.hidden_size, config.layer_norm_epsilon, config.residual_in_fp32)
         self.gradient_checkpointing = False
         for mixer in self.modules():  # the mixers initialise their own projections (Mamba's dt/A/D scheme)
             if isinstance(mixer, DartBiMambaMixer):
                 for sub in mixer.modules():
                     sub._dart_mamba = True
 
-    def forward(self, hidden_states, output_attentions=False, output_hidden_states=False, **kwargs):
-        all_hidden = (hidden_states,) if output_hidden_states else None
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> BaseModelOutput:
         residual = None
         for block in self.layers:
             hidden_states, residual = block(hidden_states, residual)
-            if output_hidden_states:
-                all_hidden += ((hidden_states + residual).to(hidden_states.dtype),)
-        normalized, _ = add_and_norm(hidden_states, residual, self.norm_f, self.residual_in_fp32)
-        return normalized, all_hidden, None
+        normalized, _ = self.norm_f(hidden_states, residual)
+        return BaseModelOutput(last_hidden_state=normalized)
 
 
 # --------------------------------------------------------------------------------------------------- base model
@@ -257,6 +275,18 @@ class DartPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     # the scorer stays float32 in a half-precision model: its rounding would move the token regions (DartScorer._apply)
     _keep_in_fp32_modules_strict = ["embeddings.scorer"]
+    # Transformers' output recording (`capture_outputs` on the base model's forward): hooks collect the hidden states
+    # and attention maps. DeiT: each layer's output (the embeddings first) and each attention's weights (eager
+    # attention only). Mamba: the residual stream, taken from the blocks' and `norm_f`'s residual outputs (see
+    # `DartMambaEncoder`); a Mamba backbone has no attention maps (an empty tuple when asked for).
+    _can_record_outputs = {
+        "hidden_states": [
+            OutputRecorder(DartLayer, index=0),
+            OutputRecorder(DartMambaBlock, index=1, capture_initial_hidden_state=False),
+            OutputRecorder(DartMambaFinalNorm, index=1, capture_initial_hidden_state=False),
+        ],
+        "attentions": OutputRecorder(DartSelfAttention, index=1),
+    }
     # Auto classes recorded in a saved folder's `auto_map` besides the saving class's own, so that the folder loads
     # with `trust_remote_code=True` through any of them where this package is not installed.
     _remote_auto_map = {
@@ -347,23 +377,16 @@ class DartModel(DartPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.projection
 
+    @capture_outputs(tie_last_hidden_states=False)  # the last hidden state is the one before the final norm
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         num_tokens: int | None = None,
         score_normalization: str | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> DartModelOutput | tuple:
         if pixel_values is None:
             raise ValueError("You have to specify `pixel_values` of shape (batch, channels, height, width).")
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (
-            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        )
-        return_dict = self.config.return_dict if return_dict is None else return_dict
         if score_normalization is not None and score_normalization not in ("image", "batch"):
             raise ValueError(f"`score_normalization` must be 'image' or 'batch', got {score_normalization!r}.")
         if isinstance(pixel_values, torch.Tensor) and pixel_values.is_floating_point():
@@ -372,22 +395,16 @@ class DartModel(DartPreTrainedModel):
         emb: DartEmbeddingsOutput = self.embeddings(
             pixel_values, num_tokens=num_tokens, score_normalization=score_normalization
         )
-        sequence, hidden_states, attentions = self.encoder(
-            emb.embeddings, output_attentions=output_attentions, output_hidden_states=output_hidden_states, **kwargs
-        )
-        pooled = sequence[:, emb.cls_index]
-        output = DartModelOutput(
+        sequence = self.encoder(emb.embeddings, **kwargs).last_hidden_state
+        return DartModelOutput(
             last_hidden_state=sequence,
-            pooler_output=pooled,
-            hidden_states=hidden_states,
-            attentions=attentions,
+            pooler_output=sequence[:, emb.cls_index],
             regions=emb.regions,
             score_map=emb.score_map,
             token_edges=emb.token_edges,
             row_edges=emb.row_edges,
             cls_token_index=emb.cls_index,
         )
-        return output if return_dict else output.to_tuple()
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: DartConfig) -> torch.Tensor:
@@ -412,14 +429,13 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: Dart
     raise ValueError(f"Unknown `problem_type` {config.problem_type!r}.")
 
 
-def classify(model: nn.Module, outputs: ModelOutput, labels, output_class: type[ModelOutput], return_dict: bool):
+def classify(model: nn.Module, outputs: ModelOutput, labels, output_class: type[ModelOutput]) -> ModelOutput:
     """Shared tail of the image and video classifiers: logits from the pooled cls token, the loss, and every field of
     the base model's output that `output_class` declares (hidden states, regions, score map, edges)."""
     logits = model.classifier(outputs.pooler_output)
     loss = classification_loss(logits, labels, model.config) if labels is not None else None
     carried = {name: outputs.get(name) for name in output_class.__dataclass_fields__ if name not in ("loss", "logits")}
-    output = output_class(loss=loss, logits=logits, **carried)
-    return output if return_dict else output.to_tuple()
+    return output_class(loss=loss, logits=logits, **carried)
 
 
 class DartForImageClassification(DartPreTrainedModel):
@@ -436,28 +452,19 @@ class DartForImageClassification(DartPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         num_tokens: int | None = None,
         score_normalization: str | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> DartImageClassifierOutput | tuple:
-        return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.dart(
-            pixel_values,
-            num_tokens=num_tokens,
-            score_normalization=score_normalization,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-            **kwargs,
+            pixel_values, num_tokens=num_tokens, score_normalization=score_normalization, return_dict=True, **kwargs
         )
-        return classify(self, outputs, labels, DartImageClassifierOutput, return_dict)
+        return classify(self, outputs, labels, DartImageClassifierOutput)
 
 
 def _from_pretrained_backbone(cls, source, **options) -> DartForImageClassification:

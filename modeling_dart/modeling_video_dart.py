@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_dart import DartConfig
 from .embeddings_dart import DartEmbeddings, DartEmbeddingsOutput
@@ -130,6 +132,8 @@ class DartVideoMambaPreTrainedModel(DartPreTrainedModel):
     input_modalities = ("video",)
     main_input_name = "pixel_values"
     _no_split_modules = ["DartEmbeddings", "DartMambaBlock"]
+    # the residual-stream recorders of the Mamba stack (see `DartMambaEncoder`); no attention maps to record
+    _can_record_outputs = {"hidden_states": DartPreTrainedModel._can_record_outputs["hidden_states"]}
     _remote_auto_map = {
         "AutoConfig": "configuration_dart.DartConfig",
         "AutoModel": "modeling_video_dart.DartVideoMambaModel",
@@ -213,22 +217,17 @@ class DartVideoMambaModel(DartVideoMambaPreTrainedModel):
         sequence = torch.cat([cls, patches.reshape(batch, -1, hidden)], dim=1)
         return sequence, emb
 
+    @capture_outputs(tie_last_hidden_states=False)  # the last hidden state is the one before the final norm
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         num_tokens: int | None = None,
         score_normalization: str | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> DartVideoModelOutput | tuple:
         if pixel_values is None:
             raise ValueError("You have to specify `pixel_values` of shape (batch, frames, channels, height, width).")
         kwargs.pop("output_attentions", None)  # Mamba has no attention maps
-        output_hidden_states = (
-            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        )
-        return_dict = self.config.return_dict if return_dict is None else return_dict
         if score_normalization is not None and score_normalization not in ("image", "batch"):
             raise ValueError(f"`score_normalization` must be 'image' or 'batch', got {score_normalization!r}.")
         check_video_pixel_values(pixel_values, self.config.num_channels, self.config.patch_size)
@@ -236,21 +235,19 @@ class DartVideoMambaModel(DartVideoMambaPreTrainedModel):
         batch, frames = pixel_values.shape[:2]
 
         sequence, emb = self.embed_frames(pixel_values, num_tokens, score_normalization)
-        sequence, hidden_states, _ = self.encoder(sequence, output_hidden_states=output_hidden_states, **kwargs)
+        sequence = self.encoder(sequence, **kwargs).last_hidden_state
 
         def per_clip(tensor: torch.Tensor) -> torch.Tensor:
             return tensor.reshape(batch, frames, *tensor.shape[1:])
 
-        output = DartVideoModelOutput(
+        return DartVideoModelOutput(
             last_hidden_state=sequence,
             pooler_output=sequence[:, 0],
-            hidden_states=hidden_states,
             regions=per_clip(emb.regions),
             score_map=per_clip(emb.score_map),
             token_edges=per_clip(emb.token_edges),
             row_edges=per_clip(emb.row_edges),
         )
-        return output if return_dict else output.to_tuple()
 
 
 class DartVideoMambaForVideoClassification(DartVideoMambaPreTrainedModel):
@@ -267,26 +264,19 @@ class DartVideoMambaForVideoClassification(DartVideoMambaPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         num_tokens: int | None = None,
         score_normalization: str | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> DartVideoClassifierOutput | tuple:
-        return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.dart(
-            pixel_values,
-            num_tokens=num_tokens,
-            score_normalization=score_normalization,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-            **kwargs,
+            pixel_values, num_tokens=num_tokens, score_normalization=score_normalization, return_dict=True, **kwargs
         )
-        return classify(self, outputs, labels, DartVideoClassifierOutput, return_dict)
+        return classify(self, outputs, labels, DartVideoClassifierOutput)
 
 
 __all__ = [
