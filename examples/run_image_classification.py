@@ -22,6 +22,17 @@ Fine-tune a saved DART folder on your own data with a new head:
     python examples/run_image_classification.py --model_name_or_path path/to/dart-folder \
         --train_dir data/train --validation_dir data/validation --ignore_mismatched_sizes true \
         --output_dir outputs/my-dart --do_train --do_eval --num_train_epochs 5 --learning_rate 1e-4
+
+The DeiT recipe of the original DART release (448 input, total batch 256, 300 epochs, AdamW, cosine, RandAugment,
+mixup/cutmix, label smoothing, random erasing, repeated augmentation, EMA), on 8 GPUs:
+
+    accelerate launch --multi_gpu --num_processes 8 examples/run_image_classification.py --preset deit_imagenet \
+        --train_dir imagenet/train --validation_dir imagenet/val --bf16 true
+
+Each element has its own switch (`--mixup`, `--cutmix`, `--label_smoothing_factor`, `--rand_augment`,
+`--random_erasing`, `--repeated_augmentation`, `--model_ema`, `--layer_decay`, `--scale_lr_by_batch`); they are
+written on PIL + torch in `deit_recipe.py`. Large datasets: `--streaming true` reads `--dataset_name` / `--train_dir`
+as an IterableDataset (train with `--max_steps`). `--resume_from_checkpoint last` continues an interrupted run exactly.
 """
 
 from __future__ import annotations
@@ -58,8 +69,23 @@ except ImportError:  # pragma: no cover - running from a checkout without instal
     import modeling_dart  # noqa: F401
 
 from modeling_dart import DartConfig, DartForImageClassification, DartImageProcessor
-from modeling_dart.image_processing_dart import DartTrainTransform
+from modeling_dart.image_processing_dart import PerWorkerGenerator
 from modeling_dart.model_card import write_model_card
+
+if str(EXAMPLES_DIR) not in sys.path:
+    sys.path.insert(0, str(EXAMPLES_DIR))
+from deit_recipe import (  # noqa: E402  (the DeiT recipe, next to this script)
+    AugmentedImageDataset,
+    MixupCutmix,
+    ModelEmaCallback,
+    RandAugment,
+    RandomErasing,
+    RepeatedAugmentationSampler,
+    TrainAugmentation,
+    parameter_groups,
+    scaled_learning_rate,
+    soft_target_cross_entropy,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +134,59 @@ PRESETS: dict[str, list[str]] = {
         "--report_to", "none",
         "--dataloader_num_workers", "0",
     ],
+    # The original DART DeiT recipe: DeiT's `main.py` defaults as DART's scripts use them, at 448 input and a total
+    # batch of 256 (8 GPUs x 32). The learning rate 5e-4 is scaled by total batch / 512 (DeiT's rule) -> 2.5e-4.
+    # Schedules run per step here (DeiT's timm scheduler steps per epoch): 5 warm-up epochs from 1e-6 (a rate of
+    # 0.004 of 2.5e-4), cosine to 1e-5 at epoch 300. Data and precision are the user's: add --train_dir /
+    # --validation_dir (or --dataset_name [--streaming true]) and e.g. --bf16 true. The scorer trunk should be a
+    # pretrained one (start from a DART folder, e.g. one written by conversion/convert_vit_to_dart.py).
+    "deit_imagenet": [
+        "--image_size", "448",
+        "--crop_pct", "0.875",
+        "--drop_path_rate", "0.1",
+        "--output_dir", "outputs/deit_imagenet",
+        "--do_train", "true",
+        "--do_eval", "true",
+        "--num_train_epochs", "300",
+        "--total_train_batch_size", "256",
+        "--per_device_eval_batch_size", "64",
+        "--learning_rate", "5e-4",
+        "--scale_lr_by_batch", "true",
+        "--base_batch_size", "512",
+        "--optim", "adamw_torch",
+        "--adam_beta1", "0.9",
+        "--adam_beta2", "0.999",
+        "--adam_epsilon", "1e-8",
+        "--weight_decay", "0.05",
+        "--layer_decay", "1.0",
+        "--max_grad_norm", "0",
+        "--lr_scheduler_type", "cosine_warmup_with_min_lr",
+        "--lr_scheduler_kwargs", '{"min_lr": 1e-05, "warmup_lr_rate": 0.004}',
+        "--warmup_steps", str(5 / 300),
+        "--label_smoothing_factor", "0.1",
+        "--mixup", "0.8",
+        "--cutmix", "1.0",
+        "--mixup_prob", "1.0",
+        "--mixup_switch_prob", "0.5",
+        "--rand_augment", "rand-m9-mstd0.5-inc1",
+        "--random_erasing", "0.25",
+        "--random_erasing_mode", "pixel",
+        "--random_erasing_count", "1",
+        "--repeated_augmentation", "3",
+        "--min_crop_scale", "0.08",
+        "--hflip_probability", "0.5",
+        "--model_ema", "true",
+        "--model_ema_decay", "0.99996",
+        "--dataloader_drop_last", "true",
+        "--dataloader_num_workers", "10",
+        "--eval_strategy", "epoch",
+        "--save_strategy", "epoch",
+        "--save_total_limit", "2",
+        "--logging_steps", "100",
+        "--ddp_find_unused_parameters", "false",
+        "--seed", "0",
+        "--report_to", "none",
+    ],
 }
 
 
@@ -142,6 +221,31 @@ class DataTrainingArguments:
         metadata={"help": "Training augmentation: smallest area fraction of the random resized crop (DeiT: 0.08)."},
     )
     hflip_probability: float = field(default=0.5, metadata={"help": "Training augmentation: horizontal flip probability."})
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Read --dataset_name / --train_dir / --validation_dir as an IterableDataset (datasets' "
+                  "`streaming=True`) instead of preparing it on disk; train with --max_steps."},
+    )
+    shuffle_buffer_size: int = field(default=10000, metadata={"help": "Streaming: size of the shuffle buffer."})
+    rand_augment: str | None = field(
+        default=None, metadata={"help": "RandAugment policy on the PIL crops, e.g. `rand-m9-mstd0.5-inc1` (DeiT)."}
+    )
+    random_erasing: float = field(
+        default=0.0, metadata={"help": "Probability of random erasing after normalisation (DeiT: 0.25)."}
+    )
+    random_erasing_mode: str = field(default="pixel", metadata={"help": "Erased values: pixel (DeiT), rand or const."})
+    random_erasing_count: int = field(default=1, metadata={"help": "Rectangles erased per image (DeiT: 1)."})
+    mixup: float = field(default=0.0, metadata={"help": "Mixup alpha; 0 disables it (DeiT: 0.8)."})
+    cutmix: float = field(default=0.0, metadata={"help": "CutMix alpha; 0 disables it (DeiT: 1.0)."})
+    mixup_prob: float = field(default=1.0, metadata={"help": "Probability of mixing a batch (DeiT: 1.0)."})
+    mixup_switch_prob: float = field(
+        default=0.5, metadata={"help": "With both mixup and cutmix on: probability of cutmix for a batch (DeiT: 0.5)."}
+    )
+    repeated_augmentation: int = field(
+        default=1,
+        metadata={"help": "Augmented copies of each image per epoch, spread over the processes (repeated "
+                  "augmentation; DeiT: 3). 1 is a plain shuffle."},
+    )
 
     def __post_init__(self):
         if self.dataset_name is None and self.train_dir is None and self.validation_dir is None:
@@ -151,6 +255,16 @@ class DataTrainingArguments:
             )
         if not 0 < self.min_crop_scale <= 1:
             raise ValueError(f"`--min_crop_scale` must be in (0, 1], got {self.min_crop_scale}.")
+        if self.rand_augment is not None:
+            RandAugment(self.rand_augment)  # raises a ValueError naming `rand_augment` for a bad policy
+        RandomErasing(self.random_erasing, self.random_erasing_mode, self.random_erasing_count)  # validates them
+        MixupCutmix(1, self.mixup, self.cutmix, self.mixup_prob, self.mixup_switch_prob, 0.0)  # validates them
+        if self.repeated_augmentation < 1:
+            raise ValueError(f"`--repeated_augmentation` must be >= 1, got {self.repeated_augmentation}.")
+        if self.shuffle_buffer_size < 1:
+            raise ValueError(f"`--shuffle_buffer_size` must be >= 1, got {self.shuffle_buffer_size}.")
+        if self.streaming and self.repeated_augmentation > 1:
+            raise ValueError("`--repeated_augmentation` needs a map-style dataset; it cannot be used with --streaming.")
 
 
 @dataclass
@@ -172,6 +286,14 @@ class ModelArguments:
         },
     )
     num_tokens: int | None = field(default=None, metadata={"help": "Number of adaptive tokens (config `num_tokens`)."})
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "Input resolution (config `image_size`): the processor crops this size and resizes to "
+                  "image_size / crop_pct (for a pretrained folder, its own resize/crop ratio)."},
+    )
+    drop_path_rate: float | None = field(
+        default=None, metadata={"help": "Stochastic depth rate (config `drop_path_rate`; DeiT: 0.1)."}
+    )
     freeze_scorer_trunk: bool | None = field(
         default=None,
         metadata={"help": "Freeze the MobileNetV3 trunk of the scorer (config `freeze_scorer_trunk`); unset keeps the config's."},
@@ -195,6 +317,54 @@ class ModelArguments:
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow custom code from the Hub (not needed with `modeling_dart` installed)."}
     )
+
+
+@dataclass
+class DartTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the DeiT recipe's optimisation switches."""
+
+    model_ema: bool = field(
+        default=False,
+        metadata={"help": "Keep an exponential moving average of the weights; saved to <output_dir>/ema and "
+                  "evaluated (DeiT: on)."},
+    )
+    model_ema_decay: float = field(default=0.99996, metadata={"help": "EMA decay per optimizer step (DeiT: 0.99996)."})
+    layer_decay: float | None = field(
+        default=None,
+        metadata={"help": "Layer-wise learning-rate decay for fine-tuning (e.g. 0.75): block i of L gets lr * "
+                  "layer_decay ** (L + 1 - (i + 1)). Any value also applies DeiT's weight-decay rule (none on "
+                  "biases, norms, cls token, position tables); 1.0 gives that rule alone."},
+    )
+    scale_lr_by_batch: bool = field(
+        default=False,
+        metadata={"help": "Scale --learning_rate by total batch / --base_batch_size (DeiT's linear scaling rule)."},
+    )
+    base_batch_size: int = field(default=512, metadata={"help": "Batch size --learning_rate is given for (DeiT: 512)."})
+    total_train_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Total training batch over all processes and accumulation steps; sets "
+                  "--per_device_train_batch_size (DART's DeiT recipe: 256)."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 <= self.model_ema_decay < 1.0:
+            raise ValueError(f"`--model_ema_decay` must be in [0, 1), got {self.model_ema_decay}.")
+        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(f"`--layer_decay` must be in (0, 1], got {self.layer_decay}.")
+        if self.base_batch_size < 1:
+            raise ValueError(f"`--base_batch_size` must be a positive integer, got {self.base_batch_size}.")
+        if self.total_train_batch_size is not None:
+            shards = self.world_size * self.gradient_accumulation_steps
+            if self.total_train_batch_size < 1 or self.total_train_batch_size % shards:
+                raise ValueError(
+                    f"`--total_train_batch_size` ({self.total_train_batch_size}) must be a positive multiple of "
+                    f"world size x gradient accumulation steps ({self.world_size} x {self.gradient_accumulation_steps})."
+                )
+            self.per_device_train_batch_size = self.total_train_batch_size // shards
+        if self.model_ema and self.fsdp:
+            raise ValueError("`--model_ema` is not supported with FSDP (the weights are sharded); use DDP or DeepSpeed "
+                             "ZeRO-2.")
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
@@ -265,6 +435,33 @@ def set_scorer_trunk_frozen(model: torch.nn.Module, frozen: bool) -> None:
     model.config.freeze_scorer_trunk = frozen
 
 
+def set_drop_path_rate(model: torch.nn.Module, rate: float) -> None:
+    """Set the stochastic-depth rate of a built model: it rises linearly from 0 (first block) to `rate` (last), as
+    DartConfig's `drop_path_rate` does at construction (and record it in the config)."""
+    from modeling_dart.mamba_dart import DartDropPath
+    from modeling_dart.modeling_dart import DartLayer
+
+    blocks = [m for m in model.modules() if isinstance(m, DartLayer)]
+    paths = [m for m in model.modules() if isinstance(m, DartDropPath)]
+    for items, attribute in ((blocks, "drop_path_rate"), (paths, "drop_prob")):
+        for i, item in enumerate(items):
+            setattr(item, attribute, rate * i / (len(items) - 1) if len(items) > 1 else rate)
+    model.config.drop_path_rate = rate
+
+
+def resize_processor(image_processor, image_size: int) -> None:
+    """Make a loaded image processor produce `image_size` crops, keeping its resize/crop ratio (e.g. 512/448)."""
+    crop = image_processor.crop_size
+    crop_height = (crop["height"] if isinstance(crop, dict) else crop.height) if crop is not None else None
+    size = image_processor.size
+    size = dict(size) if isinstance(size, dict) else {k: getattr(size, k) for k in ("shortest_edge", "height", "width")
+                                                     if getattr(size, k, None) is not None}
+    reference = crop_height or size.get("height") or size.get("shortest_edge")
+    scale = image_size / reference
+    image_processor.size = {key: round(value * scale) for key, value in size.items()}
+    image_processor.crop_size = {"height": image_size, "width": image_size}
+
+
 def load_accuracy_metric(cache_dir: str | None = None):
     """`evaluate.load("accuracy")`, falling back to the local module folder when the Hub is unreachable."""
     import evaluate
@@ -289,11 +486,69 @@ def collate_fn(examples: list[dict]) -> dict[str, torch.Tensor]:
 
 
 class DartTrainer(Trainer):
-    """A Trainer whose model cards (written on `push_to_hub` and at the end of training) are DART model cards."""
+    """A Trainer with DART model cards (written on `push_to_hub` and at the end of training) and the DeiT recipe's
+    training-side pieces: mixup/cutmix soft-target loss, the keyed repeated-augmentation sampler, and DeiT's parameter
+    groups with layer-wise learning-rate decay (`--layer_decay`).
 
-    def __init__(self, *args, card_kwargs: dict[str, Any] | None = None, **kwargs):
+    Losses are batch means, so the Trainer divides them over gradient accumulation steps itself
+    (`model_accepts_loss_kwargs = False`: DART's forward takes `**kwargs` but no loss normaliser).
+    """
+
+    def __init__(self, *args, card_kwargs: dict[str, Any] | None = None, mixup: MixupCutmix | None = None,
+                 repeated_augmentation: int = 1, **kwargs):
         super().__init__(*args, **kwargs)
         self.card_kwargs = dict(card_kwargs or {})
+        self.model_accepts_loss_kwargs = False
+        self.mixup = mixup if mixup is not None and mixup.active else None
+        if self.mixup is not None:
+            self.label_smoother = None  # the smoothing is inside the mixed soft targets
+        self.repeated_augmentation = repeated_augmentation
+        self._mix_step, self._mix_calls = -1, 0
+        if getattr(self.args, "model_ema", False) and self.is_fsdp_enabled:
+            raise ValueError("`--model_ema` is not supported with FSDP (the weights are sharded); use DDP or DeepSpeed "
+                             "ZeRO-2.")
+
+    @property
+    def data_seed(self) -> int:
+        return self.args.data_seed if self.args.data_seed is not None else self.args.seed
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if isinstance(dataset, AugmentedImageDataset):
+            return RepeatedAugmentationSampler(len(dataset), self.repeated_augmentation, self.args.world_size,
+                                               self.args.process_index, seed=self.data_seed)
+        return super()._get_train_sampler(train_dataset)
+
+    def get_train_dataloader(self):
+        dataloader = super().get_train_dataloader()
+        if isinstance(self.train_dataset, AugmentedImageDataset):
+            # the sampler is per process already: accelerate's batch sharding would split it again
+            shard = getattr(dataloader, "batch_sampler", None)
+            if shard is not None and hasattr(shard, "num_processes"):
+                shard.num_processes, shard.process_index, shard.even_batches = 1, 0, False
+        return dataloader
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.mixup is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.state.global_step != self._mix_step:  # micro-batches of one optimizer step are numbered from 0
+            self._mix_step, self._mix_calls = self.state.global_step, 0
+        rng = np.random.default_rng([self.data_seed, self.args.process_index, self.state.global_step, self._mix_calls])
+        self._mix_calls += 1
+        pixel_values, targets = self.mixup(inputs["pixel_values"], inputs["labels"], rng)
+        outputs = model(pixel_values=pixel_values)
+        loss = soft_target_cross_entropy(outputs.logits, targets.to(outputs.logits.device))
+        return (loss, outputs) if return_outputs else loss
+
+    def create_optimizer(self, model=None):
+        if self.args.layer_decay is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        groups = parameter_groups(opt_model, self.args.learning_rate, self.args.weight_decay, self.args.layer_decay,
+                                  num_layers=opt_model.config.num_hidden_layers)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
 
     def create_model_card(self, model_name: str | None = None, finetuned_from: str | None = None, dataset=None,
                           metrics: dict[str, float] | None = None, **kwargs) -> None:
@@ -346,7 +601,7 @@ def build_argv(args: list[str]) -> list[str]:
 
 
 def parse_args(args: list[str] | None = None):
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, DartTrainingArguments))
     args = sys.argv[1:] if args is None else list(args)
     if len(args) == 1 and args[0].endswith(".json"):
         values = json.loads(Path(args[0]).read_text())
@@ -381,15 +636,29 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         checkpoint = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
         logger.info(f"Resuming from {checkpoint}" if checkpoint else "No checkpoint to resume from: starting afresh.")
 
+    if training_args.scale_lr_by_batch:
+        base_lr = training_args.learning_rate
+        training_args.learning_rate = scaled_learning_rate(
+            base_lr, training_args.per_device_train_batch_size, training_args.world_size,
+            training_args.gradient_accumulation_steps, training_args.base_batch_size,
+        )
+        logger.warning(f"Learning rate {base_lr:g} scaled by total batch {training_args.per_device_train_batch_size} x "
+                       f"{training_args.world_size} x {training_args.gradient_accumulation_steps} / "
+                       f"{training_args.base_batch_size}: {training_args.learning_rate:g}")
+
     set_seed(training_args.seed)
 
     # ------------------------------------------------------------------------------------------------ data
+    streaming = data_args.streaming
+    if streaming and training_args.do_train and training_args.max_steps <= 0:
+        raise ValueError("`--streaming` datasets have no length: give the number of training steps with --max_steps.")
     if data_args.dataset_name is not None:
         dataset = load_dataset(
             data_args.dataset_name,
             data_args.dataset_config_name,
             cache_dir=model_args.cache_dir,
             token=model_args.token,
+            streaming=streaming,
         )
     else:
         data_files = {}
@@ -397,30 +666,42 @@ def main(args: list[str] | None = None) -> dict[str, float]:
             data_files["train"] = os.path.join(data_args.train_dir, "**")
         if data_args.validation_dir is not None:
             data_files["validation"] = os.path.join(data_args.validation_dir, "**")
-        dataset = load_dataset("imagefolder", data_files=data_files, cache_dir=model_args.cache_dir)
+        dataset = load_dataset("imagefolder", data_files=data_files, cache_dir=model_args.cache_dir,
+                               streaming=streaming)
 
     reference_split = "train" if "train" in dataset else next(iter(dataset))
+    features = dataset[reference_split].features
+    columns = list(features) if features is not None else dataset[reference_split].column_names
     for column in (data_args.image_column_name, data_args.label_column_name):
-        if column not in dataset[reference_split].column_names:
+        if column not in (columns or []):
             raise ValueError(
-                f"Column {column!r} not found in the dataset (columns: {dataset[reference_split].column_names}); "
+                f"Column {column!r} not found in the dataset (columns: {columns}); "
                 "set --image_column_name / --label_column_name."
             )
 
     if "validation" not in dataset and "train" in dataset and training_args.do_eval:
+        if streaming:
+            raise ValueError("--streaming with --do_eval needs a validation split (--validation_dir, or a dataset "
+                             "with a `validation` split): a stream cannot be split.")
         split = dataset["train"].train_test_split(data_args.train_val_split, seed=training_args.seed)
         dataset["train"], dataset["validation"] = split["train"], split["test"]
 
-    label_feature = dataset[reference_split].features[data_args.label_column_name]
+    label_feature = features[data_args.label_column_name]
     if hasattr(label_feature, "names"):  # a ClassLabel column holds ids already
         labels = list(label_feature.names)
+    elif streaming:
+        raise ValueError(f"--streaming needs a ClassLabel column {data_args.label_column_name!r} (its names give the "
+                         "labels without reading the whole stream); got " + type(label_feature).__name__)
     else:  # plain values (strings, ints): number them in sorted order
         labels = sorted({str(v) for v in dataset[reference_split][data_args.label_column_name]})
     label2id = {label: i for i, label in enumerate(labels)}
     has_class_label = hasattr(label_feature, "names")
 
+    def label_id(value) -> int:
+        return int(value) if has_class_label else label2id[str(value)]
+
     def label_ids(values):
-        return list(values) if has_class_label else [label2id[str(v)] for v in values]
+        return [label_id(v) for v in values]
 
     id2label = {i: label for i, label in enumerate(labels)}
     label_kwargs = {"num_labels": len(labels), "label2id": label2id, "id2label": id2label}
@@ -431,6 +712,10 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         overrides["num_tokens"] = model_args.num_tokens
     if model_args.freeze_scorer_trunk is not None:
         overrides["freeze_scorer_trunk"] = model_args.freeze_scorer_trunk
+    if model_args.image_size is not None:
+        overrides["image_size"] = model_args.image_size
+    if model_args.drop_path_rate is not None:
+        overrides["drop_path_rate"] = model_args.drop_path_rate
 
     common = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision, "token": model_args.token,
               "trust_remote_code": model_args.trust_remote_code}
@@ -464,6 +749,8 @@ def main(args: list[str] | None = None) -> dict[str, float]:
             )
     if "freeze_scorer_trunk" in overrides:
         set_scorer_trunk_frozen(model, bool(overrides["freeze_scorer_trunk"]))
+    if "drop_path_rate" in overrides:  # the blocks took their rates at construction
+        set_drop_path_rate(model, float(overrides["drop_path_rate"]))
 
     num_params = sum(p.numel() for p in model.parameters())
     num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -477,45 +764,66 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     processor_source = model_args.image_processor_name or model_args.model_name_or_path
     if processor_source:
         image_processor = AutoImageProcessor.from_pretrained(processor_source, **common)
+        if model_args.image_size is not None:
+            resize_processor(image_processor, model_args.image_size)
     else:
         size = model.config.image_size
         image_processor = DartImageProcessor(
             size={"shortest_edge": round(size / model_args.crop_pct)},
             crop_size={"height": size, "width": size},
         )
-    train_transform = DartTrainTransform(  # seeded: the same command gives the same run
+    mean = image_processor.image_mean if image_processor.do_normalize else (0.0, 0.0, 0.0)
+    augmentation = TrainAugmentation(
         image_processor, scale=(data_args.min_crop_scale, 1.0), hflip=data_args.hflip_probability,
-        seed=training_args.seed + training_args.process_index,
+        rand_augment=RandAugment(data_args.rand_augment, fill=[min(255, round(255 * m)) for m in mean])
+        if data_args.rand_augment else None,
+        erasing=RandomErasing(data_args.random_erasing, data_args.random_erasing_mode, data_args.random_erasing_count)
+        if data_args.random_erasing > 0 else None,
     )
     image_column, label_column = data_args.image_column_name, data_args.label_column_name
-
-    def train_transforms(batch):
-        pixel_values = train_transform([image.convert("RGB") for image in batch[image_column]], return_tensors="pt")
-        return {"pixel_values": list(pixel_values["pixel_values"]), "labels": label_ids(batch[label_column])}
 
     def eval_transforms(batch):
         pixel_values = image_processor([image.convert("RGB") for image in batch[image_column]], return_tensors="pt")
         return {"pixel_values": list(pixel_values["pixel_values"]), "labels": label_ids(batch[label_column])}
 
-    def prepare_split(split: str, max_samples: int | None, transform, missing: str):
+    # streams draw from one generator per DataLoader worker (a stream has no index to key the draws on)
+    stream_generators = PerWorkerGenerator(training_args.seed + training_args.process_index)
+
+    def stream_train_transforms(batch):
+        rng = stream_generators()
+        pixel_values = [augmentation(image.convert("RGB"), rng) for image in batch[image_column]]
+        return {"pixel_values": pixel_values, "labels": label_ids(batch[label_column])}
+
+    def prepare_split(split: str, max_samples: int | None, missing: str, train: bool):
         if split not in dataset:
             raise ValueError(missing)
         subset = dataset[split]
+        if streaming:
+            if train:
+                subset = subset.shuffle(seed=training_args.seed, buffer_size=data_args.shuffle_buffer_size)
+            if max_samples is not None:
+                subset = subset.take(max_samples)
+            transform = stream_train_transforms if train else eval_transforms
+            return subset.map(transform, batched=True, remove_columns=list(features))
         if max_samples is not None:
             subset = subset.shuffle(seed=training_args.seed).select(range(min(max_samples, len(subset))))
-        subset.set_transform(transform)
+        if train:  # each sample augmented from its key (index, epoch, copy): resumed runs draw what they would have
+            return AugmentedImageDataset(subset, augmentation, image_column, label_column, label_id,
+                                         seed=training_args.data_seed if training_args.data_seed is not None
+                                         else training_args.seed)
+        subset.set_transform(eval_transforms)
         return subset
 
     train_dataset = eval_dataset = None
     if training_args.do_train:
         train_dataset = prepare_split(
-            "train", data_args.max_train_samples, train_transforms,
-            "--do_train needs a training split (--train_dir or a dataset with a `train` split).",
+            "train", data_args.max_train_samples,
+            "--do_train needs a training split (--train_dir or a dataset with a `train` split).", train=True,
         )
     if training_args.do_eval:
         eval_dataset = prepare_split(
-            "validation", data_args.max_eval_samples, eval_transforms,
-            "--do_eval needs a validation split (--validation_dir or --train_val_split).",
+            "validation", data_args.max_eval_samples,
+            "--do_eval needs a validation split (--validation_dir or --train_val_split).", train=False,
         )
 
     # ------------------------------------------------------------------------------------------------ metric
@@ -545,6 +853,9 @@ def main(args: list[str] | None = None) -> dict[str, float]:
             + f" with `examples/run_image_classification.py` on {dataset_label}."
         ),
     }
+    mixup = MixupCutmix(len(labels), data_args.mixup, data_args.cutmix, data_args.mixup_prob,
+                        data_args.mixup_switch_prob, training_args.label_smoothing_factor)
+    ema = ModelEmaCallback(training_args.model_ema_decay, resume_from=checkpoint) if training_args.model_ema else None
     trainer = DartTrainer(
         model=model,
         args=training_args,
@@ -554,25 +865,50 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         processing_class=image_processor,
         data_collator=collate_fn,
         card_kwargs=card_kwargs,
+        mixup=mixup,
+        repeated_augmentation=data_args.repeated_augmentation,
+        callbacks=[ema] if ema is not None else None,
     )
 
-    all_metrics: dict[str, float] = {"world_size": training_args.world_size}
+    all_metrics: dict[str, float] = {"world_size": training_args.world_size,
+                                     "learning_rate": training_args.learning_rate}
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()  # model.safetensors + config.json + preprocessor_config.json (+ modeling code)
         train_metrics = dict(train_result.metrics)
-        train_metrics["train_samples"] = len(train_dataset)
+        if hasattr(train_dataset, "__len__"):
+            train_metrics["train_samples"] = len(train_dataset)
         train_metrics["world_size"] = training_args.world_size
+        train_metrics["learning_rate"] = training_args.learning_rate
         trainer.log_metrics("train", train_metrics)
         trainer.save_metrics("train", train_metrics)
         trainer.save_state()
         all_metrics.update(train_metrics)
     if training_args.do_eval:
         eval_metrics = trainer.evaluate()  # DartConfig.keys_to_ignore_at_inference: only logits are gathered
-        eval_metrics["eval_samples"] = len(eval_dataset)
+        if hasattr(eval_dataset, "__len__"):
+            eval_metrics["eval_samples"] = len(eval_dataset)
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
         all_metrics.update(eval_metrics)
+    if ema is not None and ema.state is not None:
+        # the average as its own model folder, evaluated like the model (DeiT reports both)
+        ema_dir = os.path.join(training_args.output_dir, "ema")
+        kept = ema.swap_into(trainer.model)
+        try:
+            trainer.save_model(ema_dir)
+            if trainer.is_world_process_zero():
+                write_model_card(ema_dir, trainer.model.config, title=f"{Path(training_args.output_dir).name} (EMA)",
+                                 source=f"Exponential moving average (decay {training_args.model_ema_decay}) of the "
+                                 "weights of the model trained in the folder above, with "
+                                 "`examples/run_image_classification.py --model_ema`.", task="image-classification")
+            if training_args.do_eval:
+                ema_metrics = trainer.evaluate(metric_key_prefix="eval_ema")
+                trainer.log_metrics("eval_ema", ema_metrics)
+                trainer.save_metrics("eval_ema", ema_metrics)
+                all_metrics.update(ema_metrics)
+        finally:
+            ema.restore(trainer.model, kept)
     if trainer.is_world_process_zero():
         # Record the world size in all_results.json even without training (`save_metrics` merges into that file).
         all_results = Path(training_args.output_dir) / "all_results.json"
@@ -583,7 +919,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
 
     card_metrics = {
         key: value for key, value in all_metrics.items()
-        if key in ("eval_accuracy", "eval_loss", "train_loss", "world_size") and value is not None
+        if key in ("eval_accuracy", "eval_loss", "train_loss", "world_size", "eval_ema_accuracy") and value is not None
     }
     kwargs = {"finetuned_from": model_args.model_name_or_path, "metrics": card_metrics}
     if data_args.dataset_name is not None:
