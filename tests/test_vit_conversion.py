@@ -394,3 +394,24 @@ def test_bad_options_name_the_argument(tmp_path, capsys):
         convert_backbone(str(tmp_path / "vit"), image_size="224")
     code, err = _run(["--source", tmp_path / "vit", "--output_dir", tmp_path / "o", "--num_tokens", "100000"], capsys)
     assert code == 2 and "num_tokens" in err
+
+
+def test_pretrained_trunk_weights_from_a_torchvision_style_file(tmp_path):
+    """The real `load_scorer_trunk_weights`: a MobileNetV3-Small file in torchvision's `features.*` naming (built here
+    with random values for the whole trunk) fills the kept entries of the scorer; the trunk is then frozen."""
+    from modeling_dart.trunks_dart import ScorerTrunk
+
+    full = ScorerTrunk("mobilenet_v3_small", 13).features
+    generator = torch.Generator().manual_seed(0)
+    state = {f"features.{key}": (torch.randn(value.shape, generator=generator) if value.is_floating_point() else value)
+             for key, value in full.state_dict().items()}
+    torch.save(state, tmp_path / "mobilenet_v3_small.pth")
+    _save_vit(tmp_path / "vit")
+    model, _, report = cli.convert(str(tmp_path / "vit"), scorer="learned", scorer_head="v1",
+                                   scorer_trunk_weights=str(tmp_path / "mobilenet_v3_small.pth"))
+    trunk = model.dart.embeddings.scorer.features.state_dict()
+    assert trunk and all(torch.equal(tensor, state[f"features.{key}"]) for key, tensor in trunk.items())
+    beyond = [key for key in state if int(key.split(".")[1]) >= 11]  # head v1 keeps 11 of the 13 entries
+    assert report["trunk_keys_beyond_depth"] == len(beyond) > 0
+    assert model.config.freeze_scorer_trunk is True
+    assert not any(p.requires_grad for p in model.dart.embeddings.scorer.features.parameters())
