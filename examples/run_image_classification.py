@@ -528,6 +528,17 @@ class DartTrainer(Trainer):
                 shard.num_processes, shard.process_index, shard.even_batches = 1, 0, False
         return dataloader
 
+    def get_eval_dataloader(self, eval_dataset=None):
+        """Evaluation sees every sample: `--dataloader_drop_last` (DeiT drops the last partial training batch) would
+        otherwise drop the last evaluation batch too, or all of a validation set smaller than one batch."""
+        if not self.args.dataloader_drop_last:
+            return super().get_eval_dataloader(eval_dataset)
+        self.args.dataloader_drop_last = False
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.args.dataloader_drop_last = True
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.mixup is None or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)

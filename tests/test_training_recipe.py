@@ -384,6 +384,7 @@ def test_deit_imagenet_preset_runs_and_saves_the_ema(runner, tmp_path):
     metrics = runner.main(["--preset", "deit_imagenet", *tiny, "--image_size", "64", "--total_train_batch_size",
                            "4", "--max_steps", "2", "--do_eval", "true", "--eval_strategy", "no", "--save_strategy",
                            "no", "--model_ema_decay", "0.5", "--dataloader_num_workers", "0",
+                           "--per_device_eval_batch_size", "16",  # more than the 10 images: drop_last must not apply
                            "--output_dir", str(output)])
     assert metrics["learning_rate"] == pytest.approx(5e-4 * 4 / 512)  # scaled by the total batch
     assert "eval_ema_accuracy" in metrics and "eval_accuracy" in metrics
