@@ -623,3 +623,20 @@ def test_recipe_arguments_are_validated(runner):
         with pytest.raises(ValueError, match=name):
             runner.parse_args([*base, *extra])
     assert math.isfinite(runner.parse_args(base)[2].learning_rate)
+
+
+def test_gradient_accumulation_matches_one_large_batch(runner, tmp_path):
+    """Losses are batch means that the Trainer divides over accumulation steps (DART's forward takes **kwargs, which
+    would otherwise make the Trainer think the model normalises the loss itself): 2 x 4 accumulated == 1 x 8. The
+    scorer trunk is frozen so that no BatchNorm sees the batch size."""
+    runs = {}
+    for name, extra in (("large", ["--per_device_train_batch_size", "8"]),
+                        ("accumulated", ["--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2"])):
+        runner.main([*TINY_RUN, *extra, "--freeze_scorer_trunk", "true", "--max_steps", "1", "--optim", "sgd",
+                     "--learning_rate", "0.5", "--warmup_steps", "0", "--max_grad_norm", "0",  # clipping would hide a factor
+                     "--output_dir", str(tmp_path / name)])
+        runs[name] = load_file(tmp_path / name / "model.safetensors")
+    large, accumulated = runs["large"], runs["accumulated"]
+    floats = [key for key in large if large[key].is_floating_point()]
+    assert max(float((large[k] - accumulated[k]).abs().max()) for k in floats) < 1e-5
+    assert float(large["classifier.bias"].abs().max()) > 1e-3  # the step moved the weights (biases start at zero)
