@@ -644,3 +644,22 @@ def test_gradient_accumulation_matches_one_large_batch(runner, tmp_path):
     floats = [key for key in large if large[key].is_floating_point()]
     assert max(float((large[k] - accumulated[k]).abs().max()) for k in floats) < 1e-5
     assert float(large["classifier.bias"].abs().max()) > 1e-3  # the step moved the weights (biases start at zero)
+
+
+def test_image_size_and_drop_path_on_a_built_model(runner):
+    from modeling_dart import DartForImageClassification, DartImageProcessor
+    from modeling_dart.mamba_dart import DartDropPath
+    from modeling_dart.modeling_dart import DartLayer
+    from tests.conftest import tiny_config
+
+    processor = DartImageProcessor()  # 512 -> 448, DeiT's 0.875
+    runner.resize_processor(processor, 224)
+    assert processor.size == {"shortest_edge": 256} and processor.crop_size == {"height": 224, "width": 224}
+    squash = DartImageProcessor(size={"height": 224, "width": 224}, crop_size={"height": 224, "width": 224})
+    runner.resize_processor(squash, 448)
+    assert squash.size == {"height": 448, "width": 448}
+    for backbone, kind, attribute in (("vit", DartLayer, "drop_path_rate"), ("vim", DartDropPath, "drop_prob")):
+        model = DartForImageClassification(tiny_config(backbone=backbone, num_hidden_layers=3))
+        runner.set_drop_path_rate(model, 0.1)
+        rates = [getattr(m, attribute) for m in model.modules() if isinstance(m, kind)]
+        assert rates == pytest.approx([0.0, 0.05, 0.1]) and model.config.drop_path_rate == 0.1
