@@ -270,22 +270,44 @@ def _is_tracing() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
-def _selective_scan_functional(u, delta, A, B, C, D, z):
+# Time steps per block of the traced scan: the graph holds one block of closed-form operations per `_TRACED_BLOCK`
+# steps instead of one per step (197 steps: 13 blocks, not 197), which keeps export and compile times and the ONNX
+# graph small; a block's pairwise decays `(block, block, batch, channels, state)` cost `block` times the memory of
+# the states.
+_TRACED_BLOCK = 16
+
+
+def _selective_scan_functional(u, delta, A, B, C, D, z, block: int | None = None):
     """Same contract as `_ChunkedSelectiveScan` (time-major shapes), written with out-of-place operations only (for
-    tracing and export): all decays at once, then a loop over time that stacks the states."""
+    tracing and export), in closed form over blocks of `block` steps.
+
+    Within a block, with the log-decays `l_t = delta_t * A` (<= 0), the recurrence `h_t = exp(l_t) h_(t-1) + x_t`
+    unrolls to `h_t = exp(S_t) h_0 + sum_(s <= t) exp(D_ts) x_s`, where `S_t = l_1 + ... + l_t` and
+    `D_ts = l_(s+1) + ... + l_t`. `D` is summed directly (a cumulative sum of the masked log-decays), not as a
+    difference of two cumulative sums, so no precision is lost to cancellation, and every exponent is <= 0.
+    """
+    block = _TRACED_BLOCK if block is None else block
     length, batch_size, channels = u.shape
     groups, state_size = B.shape[2], B.shape[3]
     group_channels = channels // groups
     A_t = A.view(groups, group_channels, state_size).transpose(1, 2)  # (G, N, Eg)
-    delta5 = delta.view(length, batch_size, groups, 1, group_channels)
-    decay = torch.exp(delta5 * A_t)  # (L, b, G, N, Eg)
+    log_decay = delta.view(length, batch_size, groups, 1, group_channels) * A_t  # (L, b, G, N, Eg)
     inputs = (u * delta).view(length, batch_size, groups, 1, group_channels) * B.unsqueeze(-1)
     state = torch.zeros_like(inputs[0])
-    states = []
-    for decay_t, input_t in zip(decay.unbind(0), inputs.unbind(0)):
-        state = decay_t * state + input_t
-        states.append(state)
-    y = (torch.stack(states) * C.unsqueeze(-1)).sum(-2).reshape(length, batch_size, channels)
+    outputs = []
+    for start in range(0, length, block):
+        steps = min(block, length - start)
+        l_block = log_decay[start : start + steps]  # (c, b, G, N, Eg)
+        x_block = inputs[start : start + steps]
+        later = torch.ones(steps, steps, dtype=torch.bool, device=u.device).tril(-1)  # [t, s]: t > s
+        inclusive = torch.ones(steps, steps, dtype=torch.bool, device=u.device).tril()  # t >= s
+        shape = (steps, steps) + (1,) * (l_block.dim() - 1)
+        pair = torch.where(later.view(shape), l_block.unsqueeze(1), l_block.new_zeros(()))  # l_t where t > s
+        weights = torch.where(inclusive.view(shape), torch.exp(pair.cumsum(dim=0)), pair.new_zeros(()))  # [t, s]
+        states = (weights * x_block.unsqueeze(0)).sum(dim=1) + torch.exp(l_block.cumsum(dim=0)) * state
+        outputs.append((states * C[start : start + steps].unsqueeze(-1)).sum(-2))  # (c, b, G, Eg)
+        state = states[-1]
+    y = torch.cat(outputs).reshape(length, batch_size, channels)
     if D is not None:
         y = y + u * D
     if z is not None:
