@@ -105,9 +105,9 @@ _FUSED_ACTIVATIONS = {nn.ReLU: ("relu", []), nn.Hardswish: ("hardswish", []), nn
 
 def _can_fuse_on_cpu(hidden_states: torch.Tensor, weight: torch.Tensor) -> bool:
     """The fused oneDNN op has no autograd: only without gradients, in float32, where oneDNN is built in."""
+    if torch.compiler.is_compiling():  # traced graphs take the plain ops (the compiler fuses them itself); checked
+        return False  # first: dynamo cannot trace `torch.backends.mkldnn.is_available()` (a graph break)
     if _MKLDNN_CONV_POINTWISE is None or not torch.backends.mkldnn.is_available():
-        return False
-    if torch.compiler.is_compiling():  # traced graphs take the plain ops (the compiler fuses them itself)
         return False
     if hidden_states.dtype != torch.float32 or weight.dtype != torch.float32:
         return False

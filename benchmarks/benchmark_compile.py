@@ -1,0 +1,99 @@
+"""torch.compile against eager PyTorch: DART-DeiT-S inference on CPU, batch 8 at 448 (196 tokens), random weights.
+
+    python benchmarks/benchmark_compile.py [--threads 2] [--runs 5] [--batch_size 8] [--no_freezing]
+
+`torch.compile(model, fullgraph=True)` with the inductor backend, compiled and run under `torch.no_grad()`; by default
+with inductor's `freezing` (weights treated as constants for inference: folded and pre-packed, the usual CPU
+inference setting; `--no_freezing` times the plain compile too). The compile time is the first call (tracing,
+code generation and the C++ build: much shorter when inductor's on-disk cache is warm; the cold and the warm time are
+both printed when the cache is fresh). Before timing, `torch._dynamo.explain` confirms one graph without breaks,
+and the compiled logits are compared with eager's. Eager and compiled calls are timed interleaved (median of
+`--runs` rounds). Target: compiled >= 1.2x faster than eager.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+
+from _common import (
+    Stopwatch,
+    add_common_arguments,
+    load_average,
+    markdown_table,
+    print_environment,
+    setup_torch,
+    time_interleaved,
+    wait_for_idle,
+)
+from benchmark_deit import build_dart
+
+import torch  # noqa: E402
+
+TARGET = 1.2
+
+
+def compile_model(model, pixel_values, freezing: bool):
+    """Compile `model` and run it once; returns (compiled, seconds of the first call)."""
+    import torch._inductor.config as inductor_config
+
+    torch._dynamo.reset()
+    inductor_config.freezing = freezing
+    compiled = torch.compile(model, fullgraph=True)
+    with Stopwatch() as sw:
+        compiled(pixel_values)
+    return compiled, sw.seconds
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser, runs=5, warmup=2)
+    parser.add_argument("--no_freezing", action="store_true", help="also time the compile without inductor freezing")
+    parser.add_argument("--cold_cache", action="store_true",
+                        help="compile into a fresh inductor cache (TORCHINDUCTOR_CACHE_DIR) to time a cold compile")
+    args = parser.parse_args(argv)
+    if args.cold_cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="dart_inductor_")
+    setup_torch(args.threads, args.seed)
+    waited = wait_for_idle(args.wait_for_idle)
+    model = build_dart("S", 196)
+    pixels = torch.randn(args.batch_size, 3, 448, 448, generator=torch.Generator().manual_seed(args.seed))
+    print("# torch.compile vs eager: DART-DeiT-S, CPU\n")
+    print_environment(args, {"waited for idle (s)": f"{waited:.0f}", "inductor cache": os.environ.get(
+        "TORCHINDUCTOR_CACHE_DIR", "default (may be warm)")})
+
+    explanation = torch._dynamo.explain(model)(pixels[:1])
+    print(f"torch._dynamo.explain: {explanation.graph_count} graph(s), {explanation.graph_break_count} graph "
+          "break(s)\n")
+
+    variants = [("compiled (freezing)", True)] + ([("compiled", False)] if args.no_freezing else [])
+    rows, calls, compile_times, diffs = [], {}, {}, {}
+    with torch.no_grad():
+        expected = model(pixels).logits
+        calls["eager"] = lambda: model(pixels)
+        for name, freezing in variants:
+            compiled, seconds = compile_model(model, pixels, freezing)
+            compile_times[name] = seconds
+            diffs[name] = (compiled(pixels).logits - expected).abs().max().item()
+            calls[name] = (lambda c: lambda: c(pixels))(compiled)
+            print(f"[{name}: first call (compile) {seconds:.1f} s; load {load_average()}]")
+        print()
+        results = time_interleaved(calls, args.runs, args.warmup)
+
+    eager = results["eager"]
+    rows.append(["eager", f"{eager.median * 1e3:.0f}", f"{eager.minimum * 1e3:.0f}", "1.00x", "-", "-", "-"])
+    for name, _ in variants:
+        timing = results[name]
+        ratio = eager.median / timing.median
+        rows.append([name, f"{timing.median * 1e3:.0f}", f"{timing.minimum * 1e3:.0f}",
+                     f"{ratio:.2f}x (min-based {eager.minimum / timing.minimum:.2f}x)", f"{compile_times[name]:.0f}",
+                     f"{diffs[name]:.1e}", "yes" if ratio >= TARGET else "no"])
+    print(markdown_table(["DART-DeiT-S, batch %d at 448" % args.batch_size, "median ms", "min ms",
+                          "speed-up vs eager", "compile s", "max |d logits|", f">= {TARGET}x?"], rows))
+    print(f"\nload average at the end: {load_average()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
