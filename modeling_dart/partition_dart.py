@@ -33,8 +33,10 @@ def piecewise_linear_quantiles(mass: torch.Tensor, num_parts: int) -> torch.Tens
     batch, num_cells = mass.shape
     levels = torch.arange(1, num_parts, device=mass.device, dtype=mass.dtype) / num_parts
     cumulative = mass.cumsum(dim=-1)
-    # first index with cumulative >= level (searchsorted "left"), clamped to the last cell
-    index = torch.searchsorted(cumulative.detach().contiguous(), levels.expand(batch, -1).contiguous())
+    # first index with cumulative >= level, clamped to the last cell: `searchsorted(..., side="left")`, written as the
+    # number of cells whose cumulative mass is below the level (the same for a non-decreasing cumulative sum), since
+    # ONNX has no searchsorted; batch x levels x cells comparisons, a negligible cost at these sizes
+    index = (cumulative.detach().unsqueeze(1) < levels.view(1, -1, 1)).sum(dim=-1)
     index = index.clamp(max=num_cells - 1)
     before = torch.cat([cumulative.new_zeros(batch, 1), cumulative[:, :-1]], dim=1)
     cut = index.to(mass.dtype) + (levels - before.gather(1, index)) / (mass.gather(1, index) + QUANTILE_EPS)
