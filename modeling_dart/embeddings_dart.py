@@ -3,6 +3,7 @@ into adaptive tokens."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -25,6 +26,22 @@ FEATURE_STD_EPS = 1e-6
 ROW_MARGINAL_EPS = 1e-8
 
 # ------------------------------------------------------------------------------------------------------- scorer
+@contextlib.contextmanager
+def _scorer_construction_dtype():
+    """Build the scorer in float32 when the default dtype is half (`AutoModel.from_config(config, dtype=bfloat16)`
+    and `torch.set_default_dtype` construct every parameter in the default dtype; `_keep_in_fp32_modules_strict`
+    only acts in `from_pretrained`). Its weights are then initialised in float32 as well, not rounded first."""
+    previous = torch.get_default_dtype()
+    if previous not in _HALF_DTYPES:
+        yield
+        return
+    torch.set_default_dtype(torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 class DartScoreHead(nn.Module):
     """Two-layer MLP of the score head: `fc2(gelu(fc1(x)))`."""
 
@@ -82,8 +99,10 @@ class DartSaliencyHead(nn.Module):
         self.fc2 = nn.Linear(hidden, 1)
         self.prior_weight = nn.Parameter(torch.ones(()))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """(batch, channels, h, w) features -> (batch, 1, grid, grid) logits (float32, or float64 for float64)."""
+    def summarize(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The parameter-free part: (batch, channels, h, w) features -> the standardised prior `(batch, 1, grid,
+        grid)` and each cell's mean standardised features `(batch, grid, grid, channels)` (float32, or float64 for
+        float64). A frozen trunk's summaries can be computed once and reused (see `benchmarks/dart_vs_uniform.py`)."""
         features = features.to(torch.promote_types(features.dtype, torch.float32))
         mean = features.mean(dim=(2, 3), keepdim=True)
         if features.shape[-2] * features.shape[-1] > 1:
@@ -91,10 +110,15 @@ class DartSaliencyHead(nn.Module):
         else:  # a single position: nothing stands out
             normalized = features - mean
         prior = resize_to_grid(normalized.pow(2).mean(dim=1, keepdim=True).add(FEATURE_STD_EPS).sqrt(), self.grid_size)
-        prior = standardize(prior, "image")
-        cells = resize_to_grid(normalized, self.grid_size).permute(0, 2, 3, 1)  # (B, grid, grid, C)
-        correction = self.fc2(F.gelu(self.fc1(cells))).permute(0, 3, 1, 2)
-        return self.prior_weight * prior + correction
+        return standardize(prior, "image"), resize_to_grid(normalized, self.grid_size).permute(0, 2, 3, 1)
+
+    def combine(self, prior: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """The learned part: `prior_weight * prior + fc2(gelu(fc1(cells)))` -> `(batch, 1, grid, grid)` logits."""
+        return self.prior_weight * prior + self.fc2(F.gelu(self.fc1(cells))).permute(0, 3, 1, 2)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(batch, channels, h, w) features -> (batch, 1, grid, grid) logits."""
+        return self.combine(*self.summarize(features))
 
 
 def bounded_exp_density(logits: torch.Tensor, temperature: torch.Tensor, max_ratio: float) -> torch.Tensor:
@@ -186,14 +210,18 @@ class DartScorer(nn.Module):
             return self.features(pixel_values)
         return torch.cat([self.features(chunk) for chunk in pixel_values.split(images_per_chunk)])
 
+    def density(self, logits: torch.Tensor, normalization: str = "image") -> torch.Tensor:
+        """Saliency head: `(batch, 1, grid, grid)` logits -> standardised -> bounded exp with the temperature."""
+        raw = standardize(logits[:, 0], normalization)
+        return bounded_exp_density(raw, self.log_temperature.to(raw.dtype).exp(), self.max_density_ratio)
+
     def forward(self, pixel_values: torch.Tensor, normalization: str = "image", features: torch.Tensor | None = None):
         """Score map `(batch, grid, grid)`; `features` (the trunk's output for `pixel_values`) skips the trunk."""
         if features is None:
             features = self.extract_features(pixel_values)
         grid = (self.grid_size, self.grid_size)
         if self.version == "saliency":
-            raw = standardize(self.head(features)[:, 0], normalization)
-            return bounded_exp_density(raw, self.log_temperature.to(raw.dtype).exp(), self.max_density_ratio)
+            return self.density(self.head(features), normalization)
         if self.version == "v1":
             raw = self.head(features.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, 1, h, w)
         else:
@@ -292,7 +320,8 @@ class DartEmbeddings(nn.Module):
         self.grid_size = config.score_grid_size
         self.patch_size = config.patch_size
         self.num_cells = config.score_grid_size**2
-        self.scorer = DartScorer(config) if config.scorer == "learned" else None
+        with _scorer_construction_dtype():  # a model built in bf16/fp16 (`from_config(dtype=...)`) keeps it float32
+            self.scorer = DartScorer(config) if config.scorer == "learned" else None
         self.projection = nn.Conv2d(config.num_channels, config.hidden_size, config.patch_size, stride=config.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.position_embeddings = nn.Parameter(torch.zeros(1, self.num_cells + 1, config.hidden_size))

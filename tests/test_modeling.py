@@ -310,3 +310,29 @@ def test_pipeline_does_not_ask_about_remote_code(tmp_path, photo, monkeypatch):
     classifier = pipeline("image-classification", model=str(tmp_path))
     assert len(classifier(photo, top_k=2)) == 2
     assert prompts == []
+
+
+@pytest.mark.parametrize("backbone", ["vit", "vim", "videomamba"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_from_config_in_half_precision_builds_the_scorer_in_float32(backbone, dtype):
+    """`AutoModel.from_config(config, dtype=...)` constructs under a half default dtype: the scorer is still built
+    (and initialised) in float32, everything else in `dtype`, and the default dtype is restored."""
+    from transformers import AutoModel
+
+    if backbone == "videomamba":
+        from tests.test_video import video_config
+
+        config = video_config()
+    else:
+        config = tiny_config(backbone=backbone)
+    torch.manual_seed(0)
+    reference = AutoModel.from_config(config)
+    torch.manual_seed(0)
+    low = AutoModel.from_config(config, dtype=dtype)
+    assert torch.get_default_dtype() == torch.float32
+    assert type(low) is type(reference)
+    for name, tensor in low.state_dict().items():
+        if tensor.is_floating_point():
+            assert tensor.dtype == (torch.float32 if ".scorer." in name else dtype), name
+    scorer = {k: v for k, v in low.state_dict().items() if ".scorer." in k}
+    assert scorer and all(torch.equal(v, reference.state_dict()[k]) for k, v in scorer.items())
