@@ -47,7 +47,7 @@ from modeling_dart import DartConfig, DartForImageClassification, load_scorer_tr
 from modeling_dart.trunks_dart import ScorerTrunk  # noqa: E402
 
 CANVAS = sparse_canvas.CANVAS_SIZE
-GRID = 10  # score grid: 16-pixel cells on the 160-pixel canvas (--grid)
+GRID = 20  # score grid: 8-pixel cells on the 160-pixel canvas (--grid)
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.5  # EfficientNet-Lite0's input normalisation, used for every arm
 ARMS = ("uniform", "oracle", "random_trunk", "pretrained")
 EXTRA_ARMS = ("pretrained_v1", "pretrained_v2")
@@ -93,16 +93,28 @@ def box_coverage(boxes: torch.Tensor, grid: int | None = None, canvas: int = CAN
     return overlap(boxes[:, 1], boxes[:, 3])[:, :, None] * overlap(boxes[:, 0], boxes[:, 2])[:, None, :]
 
 
-def oracle_scores(boxes: torch.Tensor, max_ratio: float) -> torch.Tensor:
+def oracle_scores(boxes: torch.Tensor, max_ratio: float, grid: int | None = None) -> torch.Tensor:
     """Score map `max_ratio` times higher on the box than off it (partly covered cells in between)."""
-    return 1.0 + (max_ratio - 1.0) * box_coverage(boxes)
+    return 1.0 + (max_ratio - 1.0) * box_coverage(boxes, grid)
 
 
 @torch.no_grad()
-def trunk_features(images: torch.Tensor, trunk: torch.nn.Module, batch: int = 100) -> torch.Tensor:
-    """Frozen trunk features of all images (float16 to halve the cache; the head computes in float32)."""
+def trunk_features(images: torch.Tensor, trunk: torch.nn.Module, grid: int, batch: int = 100):
+    """What the learned arms need of the frozen trunk, for all images, computed once: its features (kept in float16
+    to halve the cache, for heads v1/v2), and for the saliency head the parameter-free part of the head computed from
+    the float32 features (`DartSaliencyHead.summarize`: the prior map and each cell's mean standardised features)."""
+    from modeling_dart.embeddings_dart import DartSaliencyHead
+
     trunk.eval()
-    return torch.cat([trunk(normalize(images[i : i + batch])).half() for i in range(0, len(images), batch)])
+    summarize = DartSaliencyHead(trunk.out_channels, 1, grid).summarize
+    features, priors, cells = [], [], []
+    for i in range(0, len(images), batch):
+        chunk = trunk(normalize(images[i : i + batch]))
+        prior, cell = summarize(chunk)
+        features.append(chunk.half())
+        priors.append(prior)
+        cells.append(cell)
+    return {"features": torch.cat(features), "summaries": (torch.cat(priors), torch.cat(cells))}
 
 
 def pretrained_trunk(depth: int) -> ScorerTrunk:
@@ -150,7 +162,11 @@ def scores_for(arm, model, index, features, boxes, setting):
         return torch.ones(len(index), GRID, GRID)
     if arm == "oracle":
         return oracle_scores(boxes[index], setting.max_ratio)
-    return model.dart.embeddings.scorer(None, features=features[index].float())
+    scorer = model.dart.embeddings.scorer
+    if scorer.version != "saliency":
+        return scorer(None, features=features["features"][index].float())
+    prior, cells = features["summaries"]  # the saliency head's parameter-free part, computed once
+    return scorer.density(scorer.head.combine(prior[index].float(), cells[index].float()))
 
 
 def warmup_cosine(step: int, total: int, warmup_fraction: float) -> float:
@@ -291,7 +307,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--trunk_depth", type=int, default=None, help="default: the saliency head's automatic depth")
     parser.add_argument("--hidden_size", type=int, default=96)
     parser.add_argument("--num_layers", type=int, default=4)
-    parser.add_argument("--grid", type=int, default=GRID, help="score grid side (16-pixel cells at 10)")
+    parser.add_argument("--grid", type=int, default=GRID, help="score grid side (default 20: 8-pixel cells)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--data_seed", type=int, default=0)
     parser.add_argument("--log_every", type=int, default=0)
@@ -320,14 +336,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cached = {}
     if any(arm.startswith("pretrained") for arm in args.arms):
         trunk = pretrained_trunk(depth)
-        cached["pretrained"] = {"train": trunk_features(train[0], trunk),
-                                "validation": trunk_features(validation[0], trunk)}
+        cached["pretrained"] = {"train": trunk_features(train[0], trunk, GRID),
+                                "validation": trunk_features(validation[0], trunk, GRID)}
     results = []
     for seed in args.seeds:
         if "random_trunk" in args.arms:
             trunk = random_trunk(depth, seed)
-            cached["random_trunk"] = {"train": trunk_features(train[0], trunk),
-                                      "validation": trunk_features(validation[0], trunk)}
+            cached["random_trunk"] = {"train": trunk_features(train[0], trunk, GRID),
+                                      "validation": trunk_features(validation[0], trunk, GRID)}
         for num_tokens in args.tokens:
             for arm in args.arms:  # interleaved, so that machine-load drifts touch every arm alike
                 features = cached.get("pretrained" if arm.startswith("pretrained") else arm, {})

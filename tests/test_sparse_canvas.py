@@ -66,7 +66,7 @@ def test_oracle_map_covers_the_box():
     torch.testing.assert_close(coverage.sum(dim=(1, 2)) * 16 * 16, areas)
     assert coverage[0, 2:3, 1:3].eq(1).all() and coverage[0, 3, 1:3].eq(0.5).all()  # y 32-56: row 2 whole, 3 half
     assert coverage[0, :, 0].eq(0).all() and coverage[0, :2].eq(0).all()
-    scores = benchmark.oracle_scores(boxes, max_ratio=1e4).flatten(1)
+    scores = benchmark.oracle_scores(boxes, max_ratio=1e4, grid=10).flatten(1)
     pdf = scores / scores.sum(-1, keepdim=True)
     share = (pdf * coverage.flatten(1)).sum(-1)
     assert (share > 0.5).all()

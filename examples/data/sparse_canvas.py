@@ -158,8 +158,9 @@ class SparseCanvases:
 
 def write_imagefolder(output_dir: Path, counts: dict[str, int], seed: int = 0, canvas_size: int = CANVAS_SIZE,
                       quality: int = 92) -> None:
-    """Write `output_dir/<split>/<label name>/<label name>_<i>.jpg` plus `output_dir/<split>/boxes.json` (file ->
-    box) for `counts = {"train": n, "validation": m}`; the first canvases of each split, in order."""
+    """Write `output_dir/<split>/<label name>/<label name>_<i>.jpg` plus `output_dir/boxes_<split>.json` (file ->
+    box; outside the split folders, which then hold only images) for `counts = {"train": n, "validation": m}`: the
+    first canvases of each split, in order."""
     output_dir = Path(output_dir)
     for split, count in counts.items():
         split_dir = output_dir / split
@@ -173,7 +174,7 @@ def write_imagefolder(output_dir: Path, counts: dict[str, int], seed: int = 0, c
             (split_dir / name).mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(split_dir / relative, quality=quality)
             boxes[relative] = list(box)
-        (split_dir / "boxes.json").write_text(json.dumps(boxes, indent=0, sort_keys=True) + "\n")
+        (output_dir / f"boxes_{split}.json").write_text(json.dumps(boxes, indent=0, sort_keys=True) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
