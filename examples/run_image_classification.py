@@ -68,7 +68,8 @@ except ImportError:  # pragma: no cover - running from a checkout without instal
     sys.path.insert(0, str(EXAMPLES_DIR.parent))
     import modeling_dart  # noqa: F401
 
-from modeling_dart import DartConfig, DartForImageClassification, DartImageProcessor
+from modeling_dart import DartConfig, DartForImageClassification, DartImageProcessor, load_scorer_trunk_weights
+from modeling_dart.trunks_dart import TRUNKS
 from modeling_dart.image_processing_dart import PerWorkerGenerator
 from modeling_dart.model_card import write_model_card
 
@@ -95,18 +96,19 @@ BUNDLED_DATA = EXAMPLES_DIR / "data" / "sparse_fashion"
 # ----------------------------------------------------------------------------------------------------- presets
 # A preset is a list of command-line arguments put BEFORE the user's own, so any explicit argument overrides it.
 QUICKSTART_CONFIG = {
-    "image_size": 96,
-    "patch_size": 8,
-    "score_grid_size": 8,
-    "num_tokens": 64,
+    "image_size": 160,
+    "patch_size": 16,
+    # 8-pixel score cells: fine enough to outline a 28-42 pixel article (the position table is 20x20 too)
+    "score_grid_size": 20,
+    "num_tokens": 36,
     "hidden_size": 96,
     "num_hidden_layers": 4,
     "num_attention_heads": 4,
-    "scorer_trunk": "mobilenet_v3_small",
-    "scorer_head": "v1",
-    # 96-pixel images: the original depth (stride 32) would give a 3x3 score map; 4 entries (stride 8) give 12x12
-    "scorer_trunk_depth": 4,
-    "freeze_scorer_trunk": False,
+    # the ImageNet EfficientNet-Lite0 trunk (--scorer_trunk_weights efficientnet_lite0), frozen, at stride 4 (the
+    # saliency head's depth for 160-pixel inputs), and the wide-range saliency head
+    "scorer_trunk": "efficientnet_lite0",
+    "scorer_head": "saliency",
+    "freeze_scorer_trunk": True,
 }
 
 PRESETS: dict[str, list[str]] = {
@@ -114,21 +116,23 @@ PRESETS: dict[str, list[str]] = {
         "--train_dir", str(BUNDLED_DATA / "train"),
         "--validation_dir", str(BUNDLED_DATA / "validation"),
         "--config_overrides", ",".join(f"{k}={v}" for k, v in QUICKSTART_CONFIG.items()),
+        "--scorer_trunk_weights", "efficientnet_lite0",
         "--crop_pct", "1.0",
-        "--min_crop_scale", "0.7",
+        # the whole canvas (a crop could cut the article away), flipped half the time
+        "--min_crop_scale", "1.0",
         "--output_dir", "outputs/quickstart",
         "--do_train", "true",
         "--do_eval", "true",
         "--num_train_epochs", "20",
-        "--learning_rate", "5e-4",
+        "--learning_rate", "1e-3",
         "--weight_decay", "0.05",
         "--warmup_steps", "0.1",
         "--lr_scheduler_type", "cosine",
-        "--per_device_train_batch_size", "16",
-        "--per_device_eval_batch_size", "100",
+        "--per_device_train_batch_size", "64",
+        "--per_device_eval_batch_size", "250",
         "--eval_strategy", "no",
         "--save_strategy", "no",
-        "--logging_steps", "75",
+        "--logging_steps", "50",
         "--ddp_find_unused_parameters", "false",
         "--seed", "0",
         "--report_to", "none",
@@ -316,6 +320,12 @@ class ModelArguments:
     token: str | None = field(default=None, metadata={"help": "Hub token (or `hf auth login`)."})
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow custom code from the Hub (not needed with `modeling_dart` installed)."}
+    )
+    scorer_trunk_weights: str | None = field(
+        default=None,
+        metadata={"help": "Pretrained weights for the scorer's trunk: `efficientnet_lite0` (the ImageNet weights of "
+                  "the `pretrained` extra, for `scorer_trunk=efficientnet_lite0`) or a .pth state dict (torchvision "
+                  "MobileNetV3 `features.*` names, or EfficientNet-PyTorch Lite0 names)."},
     )
 
 
@@ -751,13 +761,18 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         config = build_config_from_scratch(model_args.config_name, overrides, **label_kwargs)
         config.finetuning_task = "image-classification"
         model = DartForImageClassification(config)
-        if config.scorer == "learned" and config.freeze_scorer_trunk:
+        if config.scorer == "learned" and config.freeze_scorer_trunk and model_args.scorer_trunk_weights is None:
             logger.warning(
-                "Training from scratch with a frozen scorer trunk: its weights are random and stay so, and its "
-                "features shrink towards zero through the untrained BatchNorms, so the score map carries little "
-                "but rounding noise. Pass `--freeze_scorer_trunk false` (as the quickstart preset does) or start "
-                "from a converted DART folder (`--model_name_or_path`)."
+                "Training from scratch with a frozen scorer trunk and no --scorer_trunk_weights: its weights are "
+                "random and stay so. Pass `--scorer_trunk_weights efficientnet_lite0` (with "
+                "`scorer_trunk=efficientnet_lite0`, as the quickstart preset does), `--freeze_scorer_trunk false`, "
+                "or start from a converted DART folder (`--model_name_or_path`)."
             )
+    if model_args.scorer_trunk_weights is not None:
+        skipped = load_scorer_trunk_weights(model, model_args.scorer_trunk_weights)
+        logger.info(f"Scorer trunk ({model.config.scorer_trunk}) loaded from {model_args.scorer_trunk_weights}; "
+                    f"{len(skipped)} tensors of deeper entries left out (the trunk keeps "
+                    f"{model.config.resolved_scorer_trunk_depth()} entries).")
     if "freeze_scorer_trunk" in overrides:
         set_scorer_trunk_frozen(model, bool(overrides["freeze_scorer_trunk"]))
     if "drop_path_rate" in overrides:  # the blocks took their rates at construction
@@ -779,9 +794,11 @@ def main(args: list[str] | None = None) -> dict[str, float]:
             resize_processor(image_processor, model_args.image_size)
     else:
         size = model.config.image_size
+        trunk = TRUNKS[model.config.scorer_trunk]  # the normalisation the trunk's pretrained weights expect
         image_processor = DartImageProcessor(
             size={"shortest_edge": round(size / model_args.crop_pct)},
             crop_size={"height": size, "width": size},
+            image_mean=list(trunk.input_mean), image_std=list(trunk.input_std),
         )
     mean = image_processor.image_mean if image_processor.do_normalize else (0.0, 0.0, 0.0)
     augmentation = TrainAugmentation(

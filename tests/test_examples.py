@@ -99,7 +99,17 @@ def trained_folder(tmp_path_factory, offline_env) -> Path:
 
 def test_single_process_run_saves_a_complete_folder(trained_folder):
     config = _check_saved_folder(trained_folder)
-    assert config["freeze_scorer_trunk"] is False and config["num_tokens"] == 64 and config["image_size"] == 96
+    assert config["freeze_scorer_trunk"] is True and config["num_tokens"] == 36 and config["image_size"] == 160
+    assert (config["scorer_trunk"], config["scorer_head"]) == ("efficientnet_lite0", "saliency")
+    # --scorer_trunk_weights efficientnet_lite0: the trunk holds the packaged ImageNet weights (frozen, kept)
+    from tests.test_trunks import lite0_state
+
+    saved = load_file(trained_folder / "model.safetensors")
+    assert torch.equal(saved["dart.embeddings.scorer.features.0.0.weight"], lite0_state()["_conv_stem.weight"])
+    assert torch.equal(saved["dart.embeddings.scorer.features.3.block.1.1.running_var"],
+                       lite0_state()["_blocks.2._bn1.running_var"])
+    processor = json.loads((trained_folder / "preprocessor_config.json").read_text())
+    assert processor["image_mean"] == [0.5, 0.5, 0.5] and processor["image_std"] == [0.5, 0.5, 0.5]
     results = json.loads((trained_folder / "all_results.json").read_text())
     assert results["world_size"] == 1
     assert 0.0 <= results["eval_accuracy"] <= 1.0 and results["eval_samples"] == 20 and results["train_samples"] == 40
@@ -114,7 +124,7 @@ def test_saved_folder_loads_in_a_pipeline(trained_folder):
     import modeling_dart  # noqa: F401
 
     classifier = pipeline("image-classification", model=str(trained_folder), trust_remote_code=False)
-    images = [Image.open(next((DATA / "validation" / name).glob("*.png"))) for name in CLASSES[:2]]
+    images = [Image.open(next((DATA / "validation" / name).glob("*.jpg"))) for name in CLASSES[:2]]
     predictions = classifier(images, top_k=3)
     assert len(predictions) == 2
     for prediction in predictions:
@@ -129,7 +139,7 @@ def test_finetune_saved_folder_with_frozen_trunk_and_new_head(trained_folder, tm
         for name in CLASSES[:3]:
             target = data / split / name
             target.mkdir(parents=True)
-            for path in sorted((DATA / split / name).glob("*.png"))[:6]:
+            for path in sorted((DATA / split / name).glob("*.jpg"))[:6]:
                 shutil.copy(path, target / path.name)
     output = tmp_path / "finetuned"
     _run([sys.executable, str(SCRIPT), "--model_name_or_path", str(trained_folder), "--train_dir", str(data / "train"),
@@ -254,3 +264,39 @@ def test_same_seed_same_run(runner, tmp_path):
     assert metrics[0]["eval_accuracy"] == metrics[1]["eval_accuracy"]
     first, second = (load_file(tmp_path / f"run{i}" / "model.safetensors") for i in range(2))
     assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+def test_quickstart_runs_end_to_end(runner, tmp_path, capsys):
+    """The main job on the bundled split (a few steps): pipeline demo, the picture with six columns over two rows, and
+    the count of images whose finest token lies on the article."""
+    from PIL import Image
+
+    import quickstart
+
+    output = tmp_path / "qs"
+    metrics = quickstart.main([
+        "--train_dir", str(DATA / "train"), "--validation_dir", str(DATA / "validation"), "--max_steps", "2",
+        "--max_train_samples", "32", "--max_eval_samples", "20", "--per_device_train_batch_size", "8",
+        "--output_dir", str(output), "--disable_tqdm", "true",
+    ])
+    printed = capsys.readouterr().out
+    assert "pipeline('image-classification') on validation images:" in printed and "/6 correct" in printed
+    assert "the finest token lies on the article in" in printed and "validation accuracy:" in printed
+    assert 0 <= metrics["finest_token_on_article"] <= 6 and 0.0 <= metrics["eval_accuracy"] <= 1.0
+    picture = Image.open(output / "token_regions.png")
+    assert picture.width > 6 * 240 and picture.height > 2 * 240
+
+
+def test_quickstart_writes_its_canvases_once(tmp_path):
+    sys.path.insert(0, str(EXAMPLES))
+    import quickstart
+
+    counts = {"train": 12, "validation": 6}
+    quickstart.write_data(tmp_path, counts)
+    files = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.jpg"))
+    assert len(files) == 18
+    boxes = json.loads((tmp_path / "boxes_validation.json").read_text())
+    assert len(boxes) == 6 and all(len(box) == 4 for box in boxes.values())
+    stamp = (tmp_path / "canvases.json").stat().st_mtime_ns
+    quickstart.write_data(tmp_path, counts)  # the same counts: nothing rewritten
+    assert (tmp_path / "canvases.json").stat().st_mtime_ns == stamp
