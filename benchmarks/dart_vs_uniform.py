@@ -68,6 +68,7 @@ class Setting:
     scorer_delay: float
     hidden_size: int
     num_layers: int
+    max_grad_norm: float = 0.0
 
 
 # ------------------------------------------------------------------------------------------------------------ data
@@ -211,6 +212,8 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0):
         loss = F.cross_entropy(logits, train_labels[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if setting.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), setting.max_grad_norm)
         optimizer.step()
         if log_every and (step + 1) % log_every == 0:
             print(f"    step {step + 1}: loss {loss.item():.3f} ({time.time() - start:.0f} s)", flush=True)
@@ -302,6 +305,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--scorer_delay", type=float, default=0.0,
                         help="fraction of the steps during which the scorer stays fixed (the backbone trains first)")
     parser.add_argument("--weight_decay", type=float, default=0.05)
+    parser.add_argument("--max_grad_norm", type=float, default=0.0, help="gradient clipping (0: none)")
     parser.add_argument("--max_ratio", type=float, default=1e4)
     parser.add_argument("--temperature", type=float, default=1.5)
     parser.add_argument("--trunk_depth", type=int, default=None, help="default: the saliency head's automatic depth")
@@ -324,8 +328,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     GRID = args.grid
     setting = Setting(args.steps, args.batch_size, args.learning_rate, args.scorer_learning_rate, args.weight_decay,
                       0.1, args.max_ratio, args.temperature, args.trunk_depth, args.scorer_delay, args.hidden_size,
-                      args.num_layers)
+                      args.num_layers, args.max_grad_norm)
     depth = build_model("pretrained", 16, setting).config.resolved_scorer_trunk_depth()
+    setting.trunk_depth = depth  # every learned arm (heads v1 and v2 too) scores from the same trunk features
 
     start = time.time()
     train = load_split("train", args.train_canvases, args.data_seed)

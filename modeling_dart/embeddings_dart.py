@@ -181,8 +181,20 @@ class DartScorer(nn.Module):
         return super()._apply(keep_float32, recurse)
 
     def train(self, mode: bool = True):
+        """A frozen trunk stays in eval mode, BatchNorm included, for random and pretrained trunks alike.
+
+        The original leaves the frozen trunk's BatchNorm in train mode while training. That normalises every
+        training image with its batch's statistics (the scores, hence the tokens, of an image then depend on the
+        other images of its batch, and differ between training and evaluation) and it overwrites the running
+        statistics with the training data's, so a "frozen" pretrained trunk drifts from its ImageNet features and
+        evaluates with statistics it was never trained with. Frozen here means the function is fixed: fixed
+        statistics (the pretrained ones, or the initialised mean 0 / variance 1 of a random trunk, whose He-scaled
+        convolutions keep unit-scale activations without batch statistics), no gradients. Inference is eval mode
+        in both codes, so released checkpoints give the same outputs. An unfrozen trunk
+        (`freeze_scorer_trunk=False`) trains its BatchNorms as usual.
+        """
         super().train(mode)
-        if self.freeze_trunk:  # a frozen trunk keeps its BatchNorm statistics
+        if self.freeze_trunk:
             self.features.eval()
         return self
 

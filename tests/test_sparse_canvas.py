@@ -97,3 +97,19 @@ def test_benchmark_quick_path_runs(tmp_path):
     oracle = next(r for r in results if r["arm"] == "oracle")
     assert oracle["box_share"] > 0.4
     assert plot_path.stat().st_size > 10_000
+
+
+def test_benchmark_original_heads_arms_run():
+    """The v1 / v2 comparison arms score from the same cached trunk features as the saliency head."""
+    import dart_vs_uniform as benchmark
+
+    from tests.test_trunks import lite0_file
+
+    lite0_file()
+    results = benchmark.main([
+        "--quick", "--steps", "2", "--batch_size", "8", "--train_canvases", "16", "--validation_canvases", "8",
+        "--arms", "pretrained_v1", "pretrained_v2", "pretrained",
+    ])
+    assert [r["arm"] for r in results] == ["pretrained_v1", "pretrained_v2", "pretrained"]
+    v1, v2, saliency = (r["box_share_at_start"] for r in results)
+    assert 0.0 < v1 < saliency and 0.0 < v2 < saliency  # the original heads' narrow range caps the share
