@@ -123,7 +123,7 @@ PRESETS: dict[str, list[str]] = {
         "--output_dir", "outputs/quickstart",
         "--do_train", "true",
         "--do_eval", "true",
-        "--num_train_epochs", "20",
+        "--num_train_epochs", "16",  # ~1000 steps: the quick start stays within 5 minutes on 2 cores
         "--learning_rate", "1e-3",
         "--weight_decay", "0.05",
         "--warmup_steps", "0.1",
