@@ -100,9 +100,9 @@ def oracle_scores(boxes: torch.Tensor, max_ratio: float, grid: int | None = None
 
 
 @torch.no_grad()
-def trunk_features(images: torch.Tensor, trunk: torch.nn.Module, grid: int, batch: int = 100):
+def trunk_features(images: torch.Tensor, trunk: torch.nn.Module, grid: int, keep_features: bool, batch: int = 100):
     """What the learned arms need of the frozen trunk, for all images, computed once: its features (kept in float16
-    to halve the cache, for heads v1/v2), and for the saliency head the parameter-free part of the head computed from
+    to halve the cache; only with `keep_features`, for heads v1/v2), and for the saliency head the parameter-free part of the head computed from
     the float32 features (`DartSaliencyHead.summarize`: the prior map and each cell's mean standardised features)."""
     from modeling_dart.embeddings_dart import DartSaliencyHead
 
@@ -112,10 +112,12 @@ def trunk_features(images: torch.Tensor, trunk: torch.nn.Module, grid: int, batc
     for i in range(0, len(images), batch):
         chunk = trunk(normalize(images[i : i + batch]))
         prior, cell = summarize(chunk)
-        features.append(chunk.half())
+        if keep_features:
+            features.append(chunk.half())
         priors.append(prior)
         cells.append(cell)
-    return {"features": torch.cat(features), "summaries": (torch.cat(priors), torch.cat(cells))}
+    return {"features": torch.cat(features) if keep_features else None,
+            "summaries": (torch.cat(priors), torch.cat(cells))}
 
 
 def pretrained_trunk(depth: int) -> ScorerTrunk:
@@ -341,14 +343,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cached = {}
     if any(arm.startswith("pretrained") for arm in args.arms):
         trunk = pretrained_trunk(depth)
-        cached["pretrained"] = {"train": trunk_features(train[0], trunk, GRID),
-                                "validation": trunk_features(validation[0], trunk, GRID)}
+        original_heads = any(HEADS.get(arm) in ("v1", "v2") for arm in args.arms)  # they read the trunk features
+        cached["pretrained"] = {"train": trunk_features(train[0], trunk, GRID, original_heads),
+                                "validation": trunk_features(validation[0], trunk, GRID, original_heads)}
     results = []
     for seed in args.seeds:
         if "random_trunk" in args.arms:
             trunk = random_trunk(depth, seed)
-            cached["random_trunk"] = {"train": trunk_features(train[0], trunk, GRID),
-                                      "validation": trunk_features(validation[0], trunk, GRID)}
+            cached["random_trunk"] = {"train": trunk_features(train[0], trunk, GRID, False),
+                                      "validation": trunk_features(validation[0], trunk, GRID, False)}
         for num_tokens in args.tokens:
             for arm in args.arms:  # interleaved, so that machine-load drifts touch every arm alike
                 features = cached.get("pretrained" if arm.startswith("pretrained") else arm, {})
