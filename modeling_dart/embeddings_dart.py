@@ -252,13 +252,61 @@ class DartScorer(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------- embeddings
+GEOMETRY_FREQUENCIES = 4  # Fourier octaves per geometry feature: sin/cos(pi * 2^k * x), k = 0..3
+GEOMETRY_MIN_SIZE = 1e-4  # smallest token side, as a fraction of the input side, that the size feature tells apart
+
+
+class DartTokenGeometryEmbedding(nn.Module):
+    """A learned embedding of each token's geometry (`config.token_geometry_embedding`; not in the original).
+
+    Five features per token, each in [0, 1]: the centre `(x, y)` of its region as fractions of the input's width and
+    height, its width and height on a log scale (`1 + log(side) / log(1e4)` of the side's fraction of the input,
+    clamped at `GEOMETRY_MIN_SIZE`), and its rank in the token order `(n + 0.5) / num_tokens`. Each feature `f` is
+    expanded to `[f, sin(pi 2^k f), cos(pi 2^k f)]` for `k < GEOMETRY_FREQUENCIES`, and a linear layer maps the 45
+    values to `hidden_size`. The layer is zero-initialised, so a new model starts exactly as one without it. The
+    features depend on the token edges, so gradients reach the scorer through them too.
+    """
+
+    num_features = 5 * (1 + 2 * GEOMETRY_FREQUENCIES)
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(hidden_size, self.num_features))
+        self.bias = nn.Parameter(torch.zeros(hidden_size))
+
+    @staticmethod
+    def features(regions: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """`(batch, num_tokens, 4)` boxes `(x0, y0, x1, y1)` in input pixels -> `(batch, num_tokens, 45)`."""
+        x0, y0, x1, y1 = regions.unbind(-1)
+        log_range = math.log(1.0 / GEOMETRY_MIN_SIZE)
+
+        def log_size(side, total):
+            return 1.0 + torch.log((side / total).clamp(min=GEOMETRY_MIN_SIZE, max=1.0)) / log_range
+
+        num_tokens = regions.shape[1]
+        rank = (torch.arange(num_tokens, device=regions.device, dtype=regions.dtype) + 0.5) / num_tokens
+        raw = torch.stack(
+            [(x0 + x1) / (2 * width), (y0 + y1) / (2 * height), log_size(x1 - x0, width), log_size(y1 - y0, height),
+             rank.expand_as(x0)],
+            dim=-1,
+        )  # (B, N, 5)
+        octaves = math.pi * 2.0 ** torch.arange(GEOMETRY_FREQUENCIES, device=raw.device, dtype=raw.dtype)
+        angles = (raw.unsqueeze(-1) * octaves).flatten(-2)  # (B, N, 5 * K)
+        return torch.cat([raw, angles.sin(), angles.cos()], dim=-1)
+
+    def forward(self, regions: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """`(batch, num_tokens, 4)` boxes in input pixels -> `(batch, num_tokens, hidden_size)`."""
+        return F.linear(self.features(regions, height, width).to(self.weight.dtype), self.weight, self.bias)
+
+
 @dataclass
 class DartEmbeddingsOutput:
     """What the DART embeddings produce for a batch.
 
     Attributes:
-        embeddings (`(batch, num_tokens + 1, hidden_size)`): tokens + positions with the cls token inserted at
-            `cls_index`: the input of the first block.
+        embeddings (`(batch, num_tokens + 1, hidden_size)`): tokens + positions (+ the token geometry embedding,
+            with `config.token_geometry_embedding`) with the cls token inserted at `cls_index`: the input of the
+            first block.
         patch_tokens (`(batch, num_tokens, hidden_size)`): projected patches, before positions.
         position_embeddings (`(batch, num_tokens, hidden_size)`): resampled position embeddings of the patches.
         cls_index (`int`): index of the cls token in `embeddings`.
@@ -342,6 +390,7 @@ class DartEmbeddings(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.position_embeddings = nn.Parameter(torch.zeros(1, self.num_cells + 1, config.hidden_size))
         self.cls_row = 0 if config.cls_token_position == "head" else (self.num_cells + 1) // 2
+        self.geometry = DartTokenGeometryEmbedding(config.hidden_size) if config.token_geometry_embedding else None
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     # -- pieces
@@ -439,6 +488,10 @@ class DartEmbeddings(nn.Module):
         cls_index = 0 if config.cls_token_position == "head" else num_tokens // 2
         cls = (self.cls_token + self.position_embeddings[:, self.cls_row : self.cls_row + 1]).expand(batch, -1, -1)
         sequence = tokens + positions.to(tokens.dtype)
+        if self.geometry is not None:  # from the (differentiable) edges, not the detached `regions` below
+            sequence = sequence + self.geometry(token_boxes(row_edges, token_edges, width), height, width).to(
+                tokens.dtype
+            )
         embeddings = torch.cat([sequence[:, :cls_index], cls.to(tokens.dtype), sequence[:, cls_index:]], dim=1)
         embeddings = self.dropout(embeddings)
         regions = token_boxes(row_edges.detach(), token_edges.detach(), width)

@@ -20,7 +20,13 @@ from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_dart import DartConfig
-from .embeddings_dart import DartEmbeddings, DartEmbeddingsOutput, DartSaliencyHead, DartScorer
+from .embeddings_dart import (
+    DartEmbeddings,
+    DartEmbeddingsOutput,
+    DartSaliencyHead,
+    DartScorer,
+    DartTokenGeometryEmbedding,
+)
 from .mamba_dart import DartBiMambaMixer, DartMambaBlock, DartRMSNorm
 
 
@@ -360,6 +366,9 @@ class DartPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
         elif isinstance(module, DartScorer) and module.version == "saliency":
             init.constant_(module.log_temperature, math.log(self.config.scorer_temperature))
+        elif isinstance(module, DartTokenGeometryEmbedding):  # zero: a new model starts as one without it
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
         elif isinstance(module, DartEmbeddings):
             init.trunc_normal_(module.cls_token, std=std)
             init.trunc_normal_(module.position_embeddings, std=std)
