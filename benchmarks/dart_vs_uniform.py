@@ -69,6 +69,7 @@ class Setting:
     hidden_size: int
     num_layers: int
     max_grad_norm: float = 0.0
+    token_geometry_embedding: bool = True
 
 
 # ------------------------------------------------------------------------------------------------------------ data
@@ -145,7 +146,7 @@ def build_model(arm: str, num_tokens: int, setting: Setting) -> DartForImageClas
         scorer="uniform" if arm in ("uniform", "oracle") else "learned",
         scorer_trunk="efficientnet_lite0", scorer_head=HEADS.get(arm, "saliency"),
         scorer_trunk_depth=setting.trunk_depth, scorer_max_density_ratio=setting.max_ratio,
-        scorer_temperature=setting.temperature,
+        scorer_temperature=setting.temperature, token_geometry_embedding=setting.token_geometry_embedding,
         id2label=dict(enumerate(sparse_canvas.LABEL_NAMES)),
     )
     return DartForImageClassification(config)
@@ -311,6 +312,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--max_ratio", type=float, default=1e4)
     parser.add_argument("--temperature", type=float, default=1.5)
     parser.add_argument("--trunk_depth", type=int, default=None, help="default: the saliency head's automatic depth")
+    parser.add_argument("--token_geometry_embedding", type=int, choices=(0, 1), default=1,
+                        help="every arm's backbone embeds each token's geometry (1, default) or not (0)")
     parser.add_argument("--hidden_size", type=int, default=96)
     parser.add_argument("--num_layers", type=int, default=4)
     parser.add_argument("--grid", type=int, default=GRID, help="score grid side (default 20: 8-pixel cells)")
@@ -330,7 +333,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     GRID = args.grid
     setting = Setting(args.steps, args.batch_size, args.learning_rate, args.scorer_learning_rate, args.weight_decay,
                       0.1, args.max_ratio, args.temperature, args.trunk_depth, args.scorer_delay, args.hidden_size,
-                      args.num_layers, args.max_grad_norm)
+                      args.num_layers, args.max_grad_norm, bool(args.token_geometry_embedding))
     depth = build_model("pretrained", 16, setting).config.resolved_scorer_trunk_depth()
     setting.trunk_depth = depth  # every learned arm (heads v1 and v2 too) scores from the same trunk features
 

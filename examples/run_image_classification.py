@@ -109,6 +109,9 @@ QUICKSTART_CONFIG = {
     "scorer_trunk": "efficientnet_lite0",
     "scorer_head": "saliency",
     "freeze_scorer_trunk": True,
+    # each token also embeds its own centre, size and rank (zero-initialised): 30.8% -> 49.4% for this model in one
+    # benchmark run (36 tokens, 600 steps, 4000 canvases, seed 0)
+    "token_geometry_embedding": True,
 }
 
 PRESETS: dict[str, list[str]] = {
@@ -123,7 +126,7 @@ PRESETS: dict[str, list[str]] = {
         "--output_dir", "outputs/quickstart",
         "--do_train", "true",
         "--do_eval", "true",
-        "--num_train_epochs", "16",  # ~1000 steps: the quick start stays within 5 minutes on 2 cores
+        "--num_train_epochs", "12",  # 756 steps: the quick start stays within 5 minutes on 2 cores
         "--learning_rate", "1e-3",
         "--weight_decay", "0.05",
         "--warmup_steps", "0.1",

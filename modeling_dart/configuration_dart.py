@@ -98,7 +98,8 @@ class DartConfig(PreTrainedConfig):
             in the token order, as Fourier features mapped by a zero-initialised linear layer (so a new model starts
             exactly as without it). The resampled position embedding averages the position table over a token's
             region and says little about the token's size; a token that covers 3 pixels and one that covers 40 are
-            resampled to the same `patch_size`. On the sparse-canvas benchmark this added about 10 points.
+            resampled to the same `patch_size`. On the sparse-canvas benchmark (36 tokens, 600 steps, one seed) it
+            took the pretrained-trunk DART from 30.8% to 49.4% and the oracle from 39.7% to 55.2%.
         hidden_size (`int`, *optional*, defaults to 192):
             Token width.
         num_hidden_layers (`int`, *optional*, defaults to 12):
