@@ -488,13 +488,12 @@ class DartEmbeddings(nn.Module):
         cls_index = 0 if config.cls_token_position == "head" else num_tokens // 2
         cls = (self.cls_token + self.position_embeddings[:, self.cls_row : self.cls_row + 1]).expand(batch, -1, -1)
         sequence = tokens + positions.to(tokens.dtype)
-        if self.geometry is not None:  # from the (differentiable) edges, not the detached `regions` below
-            sequence = sequence + self.geometry(token_boxes(row_edges, token_edges, width), height, width).to(
-                tokens.dtype
-            )
+        boxes = token_boxes(row_edges, token_edges, width)  # differentiable: the geometry embedding reads them
+        if self.geometry is not None:
+            sequence = sequence + self.geometry(boxes, height, width).to(tokens.dtype)
         embeddings = torch.cat([sequence[:, :cls_index], cls.to(tokens.dtype), sequence[:, cls_index:]], dim=1)
         embeddings = self.dropout(embeddings)
-        regions = token_boxes(row_edges.detach(), token_edges.detach(), width)
+        regions = boxes.detach()
         return DartEmbeddingsOutput(
             embeddings=embeddings,
             patch_tokens=tokens,
