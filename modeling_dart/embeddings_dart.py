@@ -260,8 +260,8 @@ class DartTokenGeometryEmbedding(nn.Module):
     """A learned embedding of each token's geometry (`config.token_geometry_embedding`; not in the original).
 
     Five features per token, each in [0, 1]: the centre `(x, y)` of its region as fractions of the input's width and
-    height, its width and height on a log scale (`1 + log(side) / log(1e4)` of the side's fraction of the input,
-    clamped at `GEOMETRY_MIN_SIZE`), and its rank in the token order `(n + 0.5) / num_tokens`. Each feature `f` is
+    height, its width and height on a log scale (`1 + log(side) / log(1 / GEOMETRY_MIN_SIZE)` of the side's fraction
+    of the input, the fraction clamped to `[GEOMETRY_MIN_SIZE, 1]`), and its rank in the token order `(n + 0.5) / num_tokens`. Each feature `f` is
     expanded to `[f, sin(pi 2^k f), cos(pi 2^k f)]` for `k < GEOMETRY_FREQUENCIES`, and a linear layer maps the 45
     values to `hidden_size`. The layer is zero-initialised, so a new model starts exactly as one without it. The
     features depend on the token edges, so gradients reach the scorer through them too.
