@@ -232,3 +232,33 @@ def test_token_pieces_cover_the_image_once():
     boxes = token_boxes(out.row_edges, out.token_edges, 32)
     assert boxes.shape == (2, 12, 4)
     assert torch.all(boxes[..., 2] >= boxes[..., 0]) and torch.all(boxes[..., 3] > boxes[..., 1])
+
+
+def test_training_projection_is_the_patch_convolution():
+    """With gradients, tokens come from one matrix product over the flattened patches (faster backward on CPU); it
+    must be the stride-`patch` convolution, in value and in both gradients. Without gradients the convolution runs
+    itself (bit-identical inference)."""
+    torch.manual_seed(0)
+    embeddings = DartEmbeddings(tiny_config())
+    weight, bias = embeddings.projection.weight, embeddings.projection.bias
+    with torch.no_grad():
+        bias.normal_()
+    patches = torch.randn(3, 3, 8, 5 * 8, requires_grad=True)
+    reference_patches = patches.detach().clone().requires_grad_(True)
+    reference_weight = weight.detach().clone().requires_grad_(True)
+    reference = F.conv2d(reference_patches, reference_weight, bias.detach(), stride=8).flatten(2).transpose(1, 2)
+    tokens = embeddings.project(patches)
+    assert tokens.shape == (3, 5, 32)
+    torch.testing.assert_close(tokens, reference, rtol=1e-5, atol=1e-5)
+    upstream = torch.randn_like(reference)
+    (tokens * upstream).sum().backward()
+    (reference * upstream).sum().backward()
+    torch.testing.assert_close(patches.grad, reference_patches.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(weight.grad, reference_weight.grad, rtol=1e-5, atol=1e-4)
+
+    with torch.no_grad():
+        assert torch.equal(embeddings.project(patches), embeddings.projection(patches).flatten(2).transpose(1, 2))
+    # a whole image (the exact standard grid path) is projected by the convolution, with gradients too
+    image = torch.randn(2, 3, 32, 32, requires_grad=True)
+    torch.testing.assert_close(embeddings.project(image), embeddings.projection(image).flatten(2).transpose(1, 2),
+                               rtol=0, atol=0)
