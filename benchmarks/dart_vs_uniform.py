@@ -101,7 +101,7 @@ def oracle_scores(boxes: torch.Tensor, max_ratio: float, grid: int | None = None
 
 
 @torch.no_grad()
-def trunk_features(images: torch.Tensor, trunk: torch.nn.Module, grid: int, keep_features: bool, batch: int = 100):
+def trunk_features(images: torch.Tensor, trunk: torch.nn.Module, grid: int, keep_features: bool, batch: int = 10):
     """What the learned arms need of the frozen trunk, for all images, computed once: its features (kept in float16
     to halve the cache; only with `keep_features`, for heads v1/v2), and for the saliency head the parameter-free part of the head computed from
     the float32 features (`DartSaliencyHead.summarize`: the prior map and each cell's mean standardised features)."""
@@ -110,8 +110,11 @@ def trunk_features(images: torch.Tensor, trunk: torch.nn.Module, grid: int, keep
     trunk.eval()
     summarize = DartSaliencyHead(trunk.out_channels, 1, grid).summarize
     features, priors, cells = [], [], []
+    # 10 images at a time, channels-last, as the model's own CPU trunk path runs: 0.8 ms per canvas instead of 10.6 ms
+    # in contiguous chunks of 100 (whose 245 MB activations were fresh pages on every call)
     for i in range(0, len(images), batch):
-        chunk = trunk(normalize(images[i : i + batch]))
+        chunk = normalize(images[i : i + batch]).permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+        chunk = trunk(chunk)
         prior, cell = summarize(chunk)
         if keep_features:
             features.append(chunk.half())
