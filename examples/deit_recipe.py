@@ -382,9 +382,20 @@ class AugmentedImageDataset(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key) -> dict[str, Any]:
-        if not isinstance(key, SampleKey):
-            key = SampleKey(int(key), 0, 0)
-        row = self.dataset[key.index]
+        key = key if isinstance(key, SampleKey) else SampleKey(int(key), 0, 0)
+        return self._augment(key, self.dataset[key.index])
+
+    def __getitems__(self, keys: list) -> list[dict[str, Any]]:
+        """A whole batch (the DataLoader calls this when it exists): the same items as `__getitem__` key by key, but
+        the rows of a `datasets.Dataset` are read in one call (64 rows of the quick start's JPEGs: ~20 instead of ~65
+        ms, a fifth of its training step)."""
+        keys = [key if isinstance(key, SampleKey) else SampleKey(int(key), 0, 0) for key in keys]
+        read_batch = getattr(self.dataset, "__getitems__", None)
+        rows = read_batch([key.index for key in keys]) if read_batch is not None else [
+            self.dataset[key.index] for key in keys]
+        return [self._augment(key, row) for key, row in zip(keys, rows)]
+
+    def _augment(self, key: SampleKey, row) -> dict[str, Any]:
         image = row[self.image_column].convert("RGB")
         pixel_values = self.transform(image, sample_generator(self.seed, key))
         return {"pixel_values": pixel_values, "labels": self.label_id(row[self.label_column])}

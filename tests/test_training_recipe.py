@@ -287,6 +287,48 @@ def test_augmented_dataset_draws_from_the_sample_key(recipe, photo):
     assert torch.equal(dataset[0]["pixel_values"], dataset[recipe.SampleKey(0, 0, 0)]["pixel_values"])
 
 
+def test_augmented_dataset_batches_equal_its_items(recipe, photo):
+    """`__getitems__` (what the DataLoader calls) reads a `datasets.Dataset`'s rows in one call and gives exactly
+    the items `__getitem__` gives key by key."""
+    import datasets
+
+    from modeling_dart import DartImageProcessor
+
+    processor = DartImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    augmentation = recipe.TrainAugmentation(processor, erasing=recipe.RandomErasing(0.5))
+    rows = datasets.Dataset.from_dict(
+        {"image": [photo, photo.rotate(90), photo.transpose(0)], "label": [2, 1, 0]},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
+    )
+    reads = []
+
+    class CountingRows:  # the dataset's own batched read, counted; single-row reads are refused
+        def __getitems__(self, indices):
+            reads.append(list(indices))
+            return rows.__getitems__(indices)
+
+        def __getitem__(self, index):
+            raise AssertionError("read row by row")
+
+        def __len__(self):
+            return len(rows)
+
+    batched = recipe.AugmentedImageDataset(CountingRows(), augmentation, seed=3)
+    single = recipe.AugmentedImageDataset(rows, augmentation, seed=3)
+    keys = [recipe.SampleKey(2, 1, 0), 0, recipe.SampleKey(1, 0, 1), recipe.SampleKey(2, 1, 0)]
+    items = batched.__getitems__(keys)
+    assert reads == [[2, 0, 1, 2]]
+    for key, item in zip(keys, items):
+        expected = single[key]
+        assert item["labels"] == expected["labels"]
+        assert torch.equal(item["pixel_values"], expected["pixel_values"])
+    loader = torch.utils.data.DataLoader(batched, batch_size=3, collate_fn=lambda batch: batch)
+    assert len(next(iter(loader))) == 3 and reads[-1] == [0, 1, 2]
+    # a plain list of rows has no batched read: items are read one by one
+    plain = recipe.AugmentedImageDataset([rows[0], rows[1]], augmentation, seed=3)
+    assert torch.equal(plain.__getitems__([1])[0]["pixel_values"], single[1]["pixel_values"])
+
+
 # ----------------------------------------------------------------------------------------------------- EMA
 def test_model_ema_follows_the_closed_form_and_survives_a_checkpoint(recipe, tmp_path):
     from transformers import TrainerControl, TrainerState, TrainingArguments
