@@ -18,7 +18,7 @@ DART step cost about as much as a uniform one; the head, the tokenizer and the b
 arm and budget: validation accuracy (mean ± std over the seeds) and the share of the token density (pdf) inside the
 article's box on validation (for the uniform grid, the box's share of the canvas area).
 
-    python benchmarks/dart_vs_uniform.py                  # the full benchmark (~30 min on 2 cores)
+    python benchmarks/dart_vs_uniform.py                  # the full benchmark (32 min on 2 idle cores)
     python benchmarks/dart_vs_uniform.py --quick          # one seed, 16 tokens, fewer steps (~2 min)
 """
 
