@@ -220,9 +220,9 @@ class DartScorer(nn.Module):
         # faster in chunks of 2). Same result: with fixed BatchNorm statistics every image is processed on its own.
         if pixel_values.device.type != "cpu" or self.features.training:
             return self.features(pixel_values)
-        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
-            # traced graphs take the whole batch: chunking by the batch size would pin the batch (a dynamic batch
-            # exported at the chunk size came out static), and the compiler plans the buffers itself
+        if torch.compiler.is_exporting():
+            # exported graphs take the whole batch: chunking by the batch size would pin it (a dynamic batch exported
+            # at the chunk size came out static)
             return self.features(pixel_values)
         image_bytes = self.widest_activation_bytes_per_pixel * pixel_values.shape[-2] * pixel_values.shape[-1]
         images_per_chunk = max(1, int(_TRUNK_CHUNK_BYTES // image_bytes))
