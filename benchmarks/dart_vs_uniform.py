@@ -19,7 +19,7 @@ arm and budget: validation accuracy (mean ± std over the seeds) and the share o
 article's box on validation (for the uniform grid, the box's share of the canvas area).
 
     python benchmarks/dart_vs_uniform.py                  # the full benchmark (32 min on 2 idle cores)
-    python benchmarks/dart_vs_uniform.py --quick          # one seed, 16 tokens, fewer steps (~2 min)
+    python benchmarks/dart_vs_uniform.py --quick          # one seed, 16 tokens, less data (2 min)
 """
 
 from __future__ import annotations
