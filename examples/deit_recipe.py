@@ -381,15 +381,19 @@ class AugmentedImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    @staticmethod
+    def _as_key(key) -> SampleKey:
+        return key if isinstance(key, SampleKey) else SampleKey(int(key), 0, 0)
+
     def __getitem__(self, key) -> dict[str, Any]:
-        key = key if isinstance(key, SampleKey) else SampleKey(int(key), 0, 0)
+        key = self._as_key(key)
         return self._augment(key, self.dataset[key.index])
 
     def __getitems__(self, keys: list) -> list[dict[str, Any]]:
         """A whole batch (the DataLoader calls this when it exists): the same items as `__getitem__` key by key, but
-        the rows of a `datasets.Dataset` are read in one call (64 rows of the quick start's JPEGs: ~20 instead of ~65
-        ms, a fifth of its training step)."""
-        keys = [key if isinstance(key, SampleKey) else SampleKey(int(key), 0, 0) for key in keys]
+        the rows of a `datasets.Dataset` are read in one call (64 of the quick start's JPEG rows, read and augmented:
+        50 instead of 70 ms)."""
+        keys = [self._as_key(key) for key in keys]
         read_batch = getattr(self.dataset, "__getitems__", None)
         rows = read_batch([key.index for key in keys]) if read_batch is not None else [
             self.dataset[key.index] for key in keys]

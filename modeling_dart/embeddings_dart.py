@@ -433,7 +433,8 @@ class DartEmbeddings(nn.Module):
             return self.projection(patches).flatten(2).transpose(1, 2)
         num_tokens = length // patch
         flat = patches.reshape(batch, channels, patch, num_tokens, patch).permute(0, 3, 1, 2, 4)
-        return F.linear(flat.reshape(batch, num_tokens, channels * patch * patch), weight.reshape(weight.shape[0], -1), bias)
+        flat = flat.reshape(batch, num_tokens, channels * patch * patch)
+        return F.linear(flat, weight.reshape(weight.shape[0], -1), bias)
 
     def _exact_grid_stride(self, height: int, width: int, num_tokens: int) -> tuple[int, int] | None:
         """Pixel strides of the standard grid when uniform tokens land exactly on it, else None."""
