@@ -5,8 +5,8 @@
 Each model is exported with `conversion/export_onnx.py`'s `export` (`torch.onnx.export(..., dynamo=True)`, dynamic
 batch axis, traced at batch 2) into a temporary folder, loaded in an onnxruntime CPU session with as many intra-op
 threads as PyTorch gets (`--threads`), checked against PyTorch (max |d logits|), then both are timed interleaved
-(median of `--runs` rounds after warm-up). The Mamba scan of the exported Vim graph is the closed-form blocked scan
-of traced graphs (`mamba_dart._selective_scan_functional`), not the eager chunked recurrence.
+(median of `--runs` rounds after warm-up). The Mamba scan of the exported Vim graph is one ONNX `Scan` node per layer
+(`mamba_dart._selective_scan_exported`), not the eager chunked recurrence.
 """
 
 from __future__ import annotations

@@ -266,14 +266,15 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
 
 def _is_tracing() -> bool:
     """True under torch.export / torch.compile / torch.jit.trace, which cannot capture the in-place, `out=` buffer code
-    of the autograd functions above; a plain functional formulation runs there instead."""
+    of the autograd functions above; a plain functional formulation runs there instead (`_selective_scan_exported`
+    under torch.export, `_selective_scan_functional` otherwise)."""
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
-# Time steps per block of the traced scan: the graph holds one block of closed-form operations per `_TRACED_BLOCK`
-# steps instead of one per step (197 steps: 13 blocks, not 197), which keeps export and compile times and the ONNX
-# graph small; a block's pairwise decays `(block, block, batch, channels, state)` cost `block` times the memory of
-# the states.
+# Time steps per block of the compiled scan (torch.compile, torch.jit.trace; exported graphs use
+# `_selective_scan_exported`): the graph holds one block of closed-form operations per `_TRACED_BLOCK` steps instead
+# of one per step (197 steps: 13 blocks, not 197), which keeps compile times small; a block's pairwise decays
+# `(block, block, batch, channels, state)` cost `block` times the memory of the states.
 _TRACED_BLOCK = 16
 
 
@@ -315,6 +316,42 @@ def _selective_scan_functional(u, delta, A, B, C, D, z, block: int | None = None
     return y
 
 
+def _scan_step(state, step_inputs):
+    """One step of the exported scan: `h_t = decay_t * h_(t-1) + x_t`, `y_t = <C_t, h_t>` (a pure function, as
+    `torch.ops.higher_order.scan` requires: no captured tensors, no output aliasing an input or another output)."""
+    decay, x, C = step_inputs
+    state = decay * state + x
+    return state, (state * C).sum(-2)
+
+
+def _selective_scan_exported(u, delta, A, B, C, D, z):
+    """Same contract as `_ChunkedSelectiveScan` (time-major shapes), for `torch.export` and the ONNX exporter: the
+    decays and inputs of all steps are computed at once, and the recurrence itself is one
+    `torch.ops.higher_order.scan`, which the ONNX exporter writes as one ONNX `Scan` node over the time steps.
+
+    The closed-form blocks of `_selective_scan_functional` are fine for the compiler, but exported to ONNX they were
+    the bottleneck: their pairwise decays (`block` x `block` times the states) made onnxruntime run DART-Vim-Ti 30x
+    slower than eager PyTorch, and the export took minutes (measured in `benchmarks/benchmark_onnx.py`).
+    """
+    from torch._higher_order_ops.scan import scan
+
+    length, batch_size, channels = u.shape
+    groups, state_size = B.shape[2], B.shape[3]
+    group_channels = channels // groups
+    A_t = A.view(groups, group_channels, state_size).transpose(1, 2)  # (G, N, Eg)
+    # (L, b, G, N, Eg). Unlike the eager scan, subnormal decays are not flushed to zero: a threshold pass over these
+    # tensors doubled onnxruntime's time for DART-Vim-Ti (2.2 vs 1.1 s, batch 8 at 448)
+    decay = torch.exp(delta.view(length, batch_size, groups, 1, group_channels) * A_t)
+    inputs = (u * delta).view(length, batch_size, groups, 1, group_channels) * B.unsqueeze(-1)
+    _, y = scan(_scan_step, torch.zeros_like(inputs[0]), (decay, inputs, C.unsqueeze(-1)))  # y: (L, b, G, Eg)
+    y = y.reshape(length, batch_size, channels)
+    if D is not None:
+        y = y + u * D
+    if z is not None:
+        y = y * F.silu(z)
+    return y
+
+
 def _default_chunk_size(batch_size: int, channels: int, state_size: int, element_size: int) -> int:
     """Time steps per chunk such that one `(chunk, batch, channels, state)` buffer is about `_CHUNK_BYTES`."""
     step_bytes = max(1, batch_size * channels * state_size * element_size)
@@ -347,6 +384,8 @@ def _selective_scan_time_major(
     tensors = [u, delta, A, B, C, D, z]
     u, delta, A, B, C, D, z = (None if t is None else t.to(compute_dtype) for t in tensors)
     if _is_tracing():  # before the chunk size, which depends on the batch size (a guard on a dynamic batch)
+        if torch.compiler.is_exporting():
+            return _selective_scan_exported(u, delta, A, B, C, D, z).to(input_dtype)
         return _selective_scan_functional(u, delta, A, B, C, D, z).to(input_dtype)
     if chunk_size is None:
         chunk_size = _default_chunk_size(batch_size, channels, state_size, torch.finfo(compute_dtype).bits // 8)

@@ -190,6 +190,27 @@ def test_traced_scan_in_closed_form_blocks_matches_the_reference(monkeypatch, bl
             assert_relative_close(leaves[name].grad, expected_leaves[name].grad, 1e-9)
 
 
+def test_exported_scan_matches_the_reference(monkeypatch):
+    """Under torch.export the recurrence is one `torch.ops.higher_order.scan` over the time steps (the ONNX `Scan`
+    node); its values must be those of the sequential recurrence, with decays that underflow too."""
+    monkeypatch.setattr(mamba_dart, "_is_tracing", lambda: True)
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    called = []
+    exported = mamba_dart._selective_scan_exported
+    monkeypatch.setattr(mamba_dart, "_selective_scan_exported", lambda *a: called.append(1) or exported(*a))
+    for strong in (False, True):
+        inputs = random_scan_inputs(2, 6, 37, 4, groups=2, seed=21, dtype=torch.float64)
+        if strong:
+            inputs["delta"] = inputs["delta"] * 0 + 30.0
+        actual = selective_scan(**inputs, delta_softplus=True)
+        assert torch.isfinite(actual).all()
+        assert_relative_close(actual, reference_selective_scan(**inputs, delta_softplus=True), 1e-10)
+        float32 = {k: v.float() for k, v in inputs.items()}
+        expected32 = reference_selective_scan(**inputs, delta_softplus=True).float()
+        assert_relative_close(selective_scan(**float32, delta_softplus=True), expected32, 1e-5)
+    assert len(called) == 4
+
+
 def test_selective_scan_strong_decay_is_stable():
     """Large time steps (decays far below float32's range over a chunk) must neither overflow nor produce NaN."""
     inputs = random_scan_inputs(1, 4, 40, 3, seed=11)

@@ -48,6 +48,11 @@ def test_onnxruntime_reproduces_pytorch_on_the_fixture_inputs(variant, tmp_path)
     path = export_onnx.export(model, tmp_path / "model.onnx", batch_size=2)
     session = export_onnx.onnx_session(path)
     assert session.get_inputs()[0].shape[0] not in (1, 2, 4)  # the batch axis is symbolic
+    if model.config.backbone == "vim":  # one ONNX `Scan` over the time steps per mixer (not closed-form blocks)
+        import onnx
+
+        op_types = [node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node]
+        assert op_types.count("Scan") == model.config.num_hidden_layers
     for batch in (pixels, pixels[1:2], pixels[[3, 0, 2]]):  # the fixture batch of 4, and batch sizes 1 and 3
         logits, regions, _ = session.run(None, {"pixel_values": batch.numpy()})
         with torch.no_grad():
