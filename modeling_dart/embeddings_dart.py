@@ -374,6 +374,37 @@ def check_num_tokens(num_tokens, maximum: int) -> int:
     return num_tokens
 
 
+class DartPatchProjection(nn.Conv2d):
+    """The patch projection `Conv2d(C, D, P, stride=P)`: the model's input embedding (`get_input_embeddings`).
+
+    A class of its own for two reasons:
+    - It is named in `_no_split_modules`. accelerate's FSDP2 preparation shards the input embedding as a unit of its
+      own unless it already is one; sharding it after the `DartEmbeddings` unit that holds it (whose parameters are
+      then already sharded) failed. Named there, it is wrapped first, bottom-up.
+    - Its weights are used only in its own `forward` (an FSDP unit gathers them in its pre-forward hook), which also
+      chooses the fastest equal product: the stride-`P` convolution in inference, so released checkpoints give
+      bit-identical outputs. When a backward pass follows on CPU and the input is `P` rows of patches side by side,
+      one matrix multiplication over the flattened patches: for 64 x 36 tokens of 16 pixels, forward and backward
+      took 5 ms instead of the convolution's 14 ms when the patches need gradients (a learned scorer), 2.6 instead
+      of 3.2 ms when only the weights do.
+    """
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        """`(batch, channels, height, width)` -> `(batch, hidden, height / P, width / P)`, as the convolution."""
+        weight, bias = self.weight, self.bias
+        training = torch.is_grad_enabled() and (patches.requires_grad or weight.requires_grad)
+        batch, channels, rows, length = patches.shape
+        patch = self.kernel_size[0]
+        if not (training and patches.device.type == "cpu" and rows == patch):
+            # (the exact standard grid passes a whole image, projected by the convolution as a ViT does)
+            return super().forward(patches)
+        num_tokens = length // patch
+        flat = patches.reshape(batch, channels, patch, num_tokens, patch).permute(0, 3, 1, 2, 4)
+        flat = flat.reshape(batch, num_tokens, channels * patch * patch)
+        tokens = F.linear(flat, weight.reshape(weight.shape[0], -1), bias)  # (B, N, D)
+        return tokens.transpose(1, 2).unsqueeze(2)  # the convolution's (B, D, 1, N)
+
+
 class DartEmbeddings(nn.Module):
     """Pixels -> adaptive tokens with resampled positions, cls token inserted.
 
@@ -390,7 +421,8 @@ class DartEmbeddings(nn.Module):
         self.num_cells = config.score_grid_size**2
         with _scorer_construction_dtype():  # a model built in bf16/fp16 (`from_config(dtype=...)`) keeps it float32
             self.scorer = DartScorer(config) if config.scorer == "learned" else None
-        self.projection = nn.Conv2d(config.num_channels, config.hidden_size, config.patch_size, stride=config.patch_size)
+        self.projection = DartPatchProjection(config.num_channels, config.hidden_size, config.patch_size,
+                                              stride=config.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.position_embeddings = nn.Parameter(torch.zeros(1, self.num_cells + 1, config.hidden_size))
         self.cls_row = 0 if config.cls_token_position == "head" else (self.num_cells + 1) // 2
@@ -418,23 +450,9 @@ class DartEmbeddings(nn.Module):
         return torch.func.functional_call(self.scorer, upcast, (pixel_values.float(), normalization))
 
     def project(self, patches: torch.Tensor) -> torch.Tensor:
-        """Patches side by side `(batch, channels, patch, num_tokens * patch)` -> tokens `(batch, num_tokens, hidden)`.
-
-        The stride-`patch` convolution in inference, so released checkpoints give bit-identical outputs. When a
-        backward pass follows on CPU, the same product as one matrix multiplication over the flattened patches: for 64
-        x 36 tokens of 16 pixels, forward and backward took 5 ms instead of the convolution's 14 ms when the patches
-        need gradients (a learned scorer), 2.6 instead of 3.2 ms when only the weights do.
-        """
-        weight, bias = self.projection.weight, self.projection.bias
-        training = torch.is_grad_enabled() and (patches.requires_grad or weight.requires_grad)
-        batch, channels, patch, length = patches.shape
-        if not (training and patches.device.type == "cpu" and patch == self.patch_size):
-            # (the exact standard grid passes a whole image, projected by the convolution as a ViT does)
-            return self.projection(patches).flatten(2).transpose(1, 2)
-        num_tokens = length // patch
-        flat = patches.reshape(batch, channels, patch, num_tokens, patch).permute(0, 3, 1, 2, 4)
-        flat = flat.reshape(batch, num_tokens, channels * patch * patch)
-        return F.linear(flat, weight.reshape(weight.shape[0], -1), bias)
+        """Patches side by side `(batch, channels, patch, num_tokens * patch)` -> tokens `(batch, num_tokens, hidden)`
+        (or a whole image on the exact standard grid, as a ViT projects it); see `DartPatchProjection`."""
+        return self.projection(patches).flatten(2).transpose(1, 2)
 
     def _exact_grid_stride(self, height: int, width: int, num_tokens: int) -> tuple[int, int] | None:
         """Pixel strides of the standard grid when uniform tokens land exactly on it, else None."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.modeling_outputs import BaseModelOutput
@@ -270,6 +272,18 @@ class DartMambaEncoder(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------- base model
+_MISSING = object()
+
+
+def _dart_class(cls: type) -> type:
+    """`cls`, or the DART model class it wraps: the first class of its MRO defined in this package."""
+    package = __name__.rpartition(".")[0]
+    for candidate in cls.__mro__:
+        if candidate.__module__.rpartition(".")[0] == package and issubclass(candidate, PreTrainedModel):
+            return candidate
+    return cls
+
+
 class DartPreTrainedModel(PreTrainedModel):
     config_class = DartConfig
     config: DartConfig
@@ -277,7 +291,7 @@ class DartPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
-    _no_split_modules = ["DartEmbeddings", "DartLayer", "DartMambaBlock"]
+    _no_split_modules = ["DartPatchProjection", "DartEmbeddings", "DartLayer", "DartMambaBlock"]
     _supports_sdpa = True
     _supports_attention_backend = True
     # the scorer stays float32 in a half-precision model: its rounding would move the token regions (DartScorer._apply)
@@ -307,7 +321,25 @@ class DartPreTrainedModel(PreTrainedModel):
         for auto_class, reference in self._remote_auto_map.items():
             auto_map.setdefault(auto_class, reference)
         self.config.auto_map = auto_map
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        model_class = _dart_class(type(self))
+        if model_class is type(self) or self._auto_class is None:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        # FSDP2's `fully_shard` gives a sharded model a class of its own, defined in torch (`FSDPDart...`): saved as
+        # is, the folder's remote code was torch's FSDP files and its `auto_map` named that class. The code and the
+        # `auto_map` entry are those of the DART class it wraps.
+        if kwargs.get("is_main_process", True):
+            os.makedirs(save_directory, exist_ok=True)
+            custom_object_save(model_class.__new__(model_class), save_directory, config=self.config)
+        wrapper = type(self)  # FSDP's wrapper class: no second, wrong copy by the base method
+        own = wrapper.__dict__.get("_auto_class", _MISSING)
+        wrapper._auto_class = None
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            if own is _MISSING:
+                del wrapper._auto_class
+            else:
+                wrapper._auto_class = own
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):

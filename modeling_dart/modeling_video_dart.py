@@ -131,7 +131,7 @@ class DartVideoMambaPreTrainedModel(DartPreTrainedModel):
 
     input_modalities = ("video",)
     main_input_name = "pixel_values"
-    _no_split_modules = ["DartEmbeddings", "DartMambaBlock"]
+    _no_split_modules = ["DartPatchProjection", "DartEmbeddings", "DartMambaBlock"]
     # the residual-stream recorders of the Mamba stack (see `DartMambaEncoder`); no attention maps to record
     _can_record_outputs = {"hidden_states": DartPreTrainedModel._can_record_outputs["hidden_states"]}
     _remote_auto_map = {
