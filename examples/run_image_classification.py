@@ -37,6 +37,7 @@ as an IterableDataset (train with `--max_steps`). `--resume_from_checkpoint last
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -383,6 +384,42 @@ class DartTrainingArguments(TrainingArguments):
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
+@contextlib.contextmanager
+def fsdp_on_cpu():
+    """While the Trainer builds its `Accelerator`: let an FSDP launch (`ACCELERATE_USE_FSDP=true`, e.g.
+    `accelerate launch --config_file examples/accelerate_configs/fsdp.yaml`) shard the model on CPU too.
+
+    accelerate (1.16) selects FSDP only on accelerators: on CPU processes it keeps its gloo DDP and silently drops
+    the FSDP plugin. torch runs FSDP2 on CPU with gloo, and accelerate's FSDP2 preparation, training step and
+    state-dict gathering work there unchanged once its state says FSDP, so this sets that (and logs it). On a machine
+    with a GPU, or without an FSDP launch, it does nothing. Tested in `tests/test_training_recipe.py`.
+    """
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true" or torch.cuda.is_available():
+        yield
+        return
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+
+    original = AcceleratorState.__init__
+
+    def init(self, *args, fsdp_plugin=None, **kwargs):
+        original(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type = DistributedType.FSDP
+            if self._mixed_precision != "no":
+                fsdp_plugin.set_mixed_precision(self._mixed_precision)
+            self.fsdp_plugin = fsdp_plugin
+            PartialState._shared_state["distributed_type"] = self.distributed_type
+            logger.warning("FSDP on CPU: accelerate would run this FSDP launch as DDP; sharding with FSDP%d (gloo).",
+                           fsdp_plugin.fsdp_version)
+
+    AcceleratorState.__init__ = init
+    try:
+        yield
+    finally:
+        AcceleratorState.__init__ = original
+
+
 def parse_override_value(text: str) -> Any:
     """`"true"` -> True, `"none"` -> None, `"12"` -> 12, `"1e-3"` -> 0.001, anything else stays a string."""
     lowered = text.strip().lower()
@@ -889,19 +926,20 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     mixup = MixupCutmix(len(labels), data_args.mixup, data_args.cutmix, data_args.mixup_prob,
                         data_args.mixup_switch_prob, training_args.label_smoothing_factor)
     ema = ModelEmaCallback(training_args.model_ema_decay, resume_from=checkpoint) if training_args.model_ema else None
-    trainer = DartTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        compute_metrics=compute_metrics,
-        processing_class=image_processor,
-        data_collator=collate_fn,
-        card_kwargs=card_kwargs,
-        mixup=mixup,
-        repeated_augmentation=data_args.repeated_augmentation,
-        callbacks=[ema] if ema is not None else None,
-    )
+    with fsdp_on_cpu():
+        trainer = DartTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            compute_metrics=compute_metrics,
+            processing_class=image_processor,
+            data_collator=collate_fn,
+            card_kwargs=card_kwargs,
+            mixup=mixup,
+            repeated_augmentation=data_args.repeated_augmentation,
+            callbacks=[ema] if ema is not None else None,
+        )
 
     all_metrics: dict[str, float] = {"world_size": training_args.world_size,
                                      "learning_rate": training_args.learning_rate}
@@ -947,6 +985,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         all_results = Path(training_args.output_dir) / "all_results.json"
         merged = json.loads(all_results.read_text()) if all_results.is_file() else {}
         merged["world_size"] = training_args.world_size
+        merged["distributed_type"] = getattr(trainer.accelerator.distributed_type, "value", "NO")  # e.g. FSDP
         all_results.parent.mkdir(parents=True, exist_ok=True)
         all_results.write_text(json.dumps(merged, indent=4, sort_keys=True) + "\n")
 

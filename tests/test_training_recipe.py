@@ -596,7 +596,8 @@ def test_repeated_augmentation_and_ema_in_two_processes(tmp_path, offline_env):
 # ----------------------------------------------------------------------------------- distributed configs
 def test_fsdp_config_as_accelerate_reads_it(tmp_path, monkeypatch):
     """The FSDP config through accelerate's own launcher code (config file -> environment -> plugin) and its wrap
-    policy on DART's ViT and Vim models: the blocks (and the embeddings with the scorer) become FSDP units."""
+    policy on DART's ViT and Vim models: the blocks, the embeddings with the scorer and the patch projection become
+    FSDP units."""
     from accelerate.commands.config.config_args import load_config_from_file
     from accelerate.commands.launch import (
         _validate_launch_command,
@@ -625,13 +626,13 @@ def test_fsdp_config_as_accelerate_reads_it(tmp_path, monkeypatch):
         assert plugin.fsdp_version == 2
         plugin.set_auto_wrap_policy(model)
         wraps = {type(m).__name__ for m in model.modules() if plugin.auto_wrap_policy(m, False, 0)}
-        assert wraps == {block, "DartEmbeddings"}, wraps
+        # the patch projection first: accelerate shards the input embedding as a unit of its own
+        assert wraps == {block, "DartEmbeddings", "DartPatchProjection"}, wraps
 
 
 def test_fsdp2_shards_dart_on_two_cpu_processes(tmp_path, offline_env):
-    """accelerate picks FSDP only on accelerators (with `use_cpu` it falls back to DDP), but this torch runs FSDP2 on
-    CPU with gloo: DART's blocks sharded as the config wraps them train one step to the weights of one process
-    training on the whole batch."""
+    """This torch runs FSDP2 on CPU with gloo: DART's blocks sharded as the config wraps them train one step to the
+    weights of one process training on the whole batch."""
     probe = REPO_ROOT / "tests" / "fsdp_cpu_probe.py"
     result = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                    str(_free_port()), str(probe), str(tmp_path)], offline_env, timeout=300)
@@ -639,6 +640,34 @@ def test_fsdp2_shards_dart_on_two_cpu_processes(tmp_path, offline_env):
     assert report["world_size"] == 2 and report["sharded"], result.stdout[-2000:]
     # float32 rounding of the two half-batch gradients averaged (a summed or unsynchronised gradient moves by ~moved)
     assert report["max_weight_difference"] < 1e-5 < 1e-3 * report["weights_moved"], report
+
+
+def test_fsdp_config_trains_through_accelerate_on_two_cpu_processes(tmp_path, offline_env):
+    """`accelerate launch --config_file fsdp.yaml` on 2 CPU processes really shards (accelerate alone would run it as
+    DDP on CPU; `fsdp_on_cpu` in the script lets its FSDP2 path run there): the model trains through accelerate's
+    FSDP2 preparation, gathering and saving, to the weights a DDP run of the same command reaches (plain SGD, no
+    clipping: the averaged gradients are the same numbers), and the saved folder is a normal DART folder (full
+    weights, DART's own remote code: FSDP's wrapper class once put torch's FSDP files and its own name there)."""
+    sgd = ["--optim", "sgd", "--learning_rate", "0.5", "--max_grad_norm", "0", "--max_steps", "3", "--do_eval", "true"]
+    runs = {}
+    for name, launch in (("fsdp", ["--config_file", str(CONFIGS / "fsdp.yaml")]), ("ddp", ["--multi_gpu"])):
+        output = tmp_path / name
+        _run([_accelerate(), "launch", *launch, "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+              "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), str(SCRIPT), *TINY_RUN,
+              *sgd, "--ddp_find_unused_parameters", "false", "--output_dir", str(output)], offline_env)
+        runs[name] = output
+    results = {name: json.loads((output / "all_results.json").read_text()) for name, output in runs.items()}
+    assert results["fsdp"]["distributed_type"] == "FSDP" and results["ddp"]["distributed_type"] == "MULTI_CPU"
+    assert results["fsdp"]["world_size"] == results["ddp"]["world_size"] == 2
+    sharded, reference = (load_file(runs[name] / "model.safetensors") for name in ("fsdp", "ddp"))
+    assert sharded.keys() == reference.keys()
+    for key in reference:
+        torch.testing.assert_close(sharded[key], reference[key], atol=1e-6, rtol=0, msg=key)
+    config = json.loads((runs["fsdp"] / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForImageClassification"] == "modeling_dart.DartForImageClassification"
+    assert config["architectures"] == ["DartForImageClassification"]
+    files = {path.name for path in runs["fsdp"].iterdir()}
+    assert {"modeling_dart.py", "embeddings_dart.py"} <= files and not any(f.startswith("_fsdp") for f in files)
 
 
 def test_deepspeed_zero2_config_is_complete(tmp_path):
