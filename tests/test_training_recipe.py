@@ -670,6 +670,33 @@ def test_fsdp_config_trains_through_accelerate_on_two_cpu_processes(tmp_path, of
     assert {"modeling_dart.py", "embeddings_dart.py"} <= files and not any(f.startswith("_fsdp") for f in files)
 
 
+def test_fsdp_resume_on_two_cpu_processes_is_exact(tmp_path, offline_env):
+    """Under the FSDP config on 2 CPU processes, a DART-Vim run interrupted after its step-2 checkpoint and resumed
+    with `--resume_from_checkpoint` ends with the weights of the uninterrupted run, bit for bit (AdamW, whose state
+    the checkpoint carries as a full optimizer state dict)."""
+    vim = TINY_MODEL.replace("num_attention_heads=2,", "") + ",backbone=vim"
+    common = [*TINY_RUN, "--config_overrides", vim, "--optim", "adamw_torch", "--max_steps", "4",
+              "--save_strategy", "steps", "--save_steps", "2"]
+
+    def launch(output, *extra):
+        _run([_accelerate(), "launch", "--config_file", str(CONFIGS / "fsdp.yaml"), "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+              str(_free_port()), str(SCRIPT), *common, "--output_dir", str(output), *extra], offline_env)
+
+    launch(tmp_path / "whole")
+    interrupted = tmp_path / "interrupted"
+    launch(interrupted)
+    shutil.rmtree(interrupted / "checkpoint-4")  # as if the run had stopped after step 3
+    (interrupted / "model.safetensors").unlink()
+    launch(interrupted, "--resume_from_checkpoint", str(interrupted / "checkpoint-2"))
+    resumed, whole = (load_file(folder / "model.safetensors") for folder in (interrupted, tmp_path / "whole"))
+    halfway = load_file(interrupted / "checkpoint-2" / "model.safetensors")
+    assert json.loads((interrupted / "all_results.json").read_text())["distributed_type"] == "FSDP"
+    assert any(not torch.equal(halfway[key], whole[key]) for key in whole)  # steps 3 and 4 moved the weights
+    for key in whole:
+        assert torch.equal(resumed[key], whole[key]), key
+
+
 def test_deepspeed_zero2_config_is_complete(tmp_path):
     """Documented, not run here (DeepSpeed is not installed on these CPU machines): the accelerate config is a
     DeepSpeed one pointing at a ZeRO-2 file whose batch / clipping / precision values come from the Trainer
