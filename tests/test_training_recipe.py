@@ -559,6 +559,25 @@ def test_streaming_in_one_process(runner, parquet_dataset, tmp_path, source):
     assert len(config["id2label"]) == 10  # the labels come from the ClassLabel feature, not from reading the stream
 
 
+def test_streaming_run_resumed_gives_the_same_weights(runner, parquet_dataset, tmp_path):
+    """Streaming too: 5 steps over the parquet shards (48 images, batch 4: within the first pass) in one go, against
+    a run whose last checkpoint is step 3, resumed with `--resume_from_checkpoint` (the Trainer skips the batches
+    already seen; every augmentation draw comes from `(seed, epoch, copy, index)`), bit for bit."""
+    args = ["--dataset_name", str(parquet_dataset), *STREAM_RUN, "--max_steps", "5", "--save_strategy", "steps",
+            "--save_steps", "3", "--do_eval", "false"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    runner.main([*args, "--output_dir", str(straight)])
+    runner.main([*args, "--output_dir", str(resumed)])
+    shutil.rmtree(resumed / "checkpoint-5")  # as if the run had stopped after step 4
+    (resumed / "model.safetensors").unlink()
+    runner.main([*args, "--output_dir", str(resumed), "--resume_from_checkpoint", str(resumed / "checkpoint-3")])
+    expected, actual = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    halfway = load_file(resumed / "checkpoint-3" / "model.safetensors")
+    assert any(not torch.equal(halfway[key], expected[key]) for key in expected)
+    different = [key for key in expected if not torch.equal(expected[key], actual[key])]
+    assert not different, different
+
+
 def test_streaming_needs_max_steps_and_a_validation_split(runner, parquet_dataset):
     with pytest.raises(ValueError, match="max_steps"):
         runner.main(["--dataset_name", str(parquet_dataset), *STREAM_RUN, "--max_steps", "-1", "--output_dir", "x"])
