@@ -19,7 +19,7 @@ from .partition_dart import (
     strip_resampling_weights,
     token_boxes,
 )
-from .trunks_dart import TRUNKS, ConvBnAct, ScorerTrunk  # noqa: F401  (ConvBnAct: re-exported for older imports)
+from .trunks_dart import TRUNKS, ConvBnAct, ScorerTrunk, wide_dtype  # noqa: F401  (ConvBnAct: re-exported for older imports)
 
 STANDARDIZE_EPS = 1e-8
 FEATURE_STD_EPS = 1e-6
@@ -60,12 +60,15 @@ def standardize(scores: torch.Tensor, mode: str) -> torch.Tensor:
     Args:
         scores (`torch.Tensor` of shape `(batch, ...)`).
     """
+    # in float64, rounded once: the result then does not depend on the order of the mean and std reductions (eager,
+    # compiled and differently batched runs agree), which the token geometry would amplify
+    wide = scores.to(wide_dtype(scores))
     if mode == "batch":
-        return (scores - scores.mean()) / (scores.std() + STANDARDIZE_EPS)
-    flat = scores.reshape(scores.shape[0], -1)
+        return ((wide - wide.mean()) / (wide.std() + STANDARDIZE_EPS)).to(scores.dtype)
+    flat = wide.reshape(scores.shape[0], -1)
     mean = flat.mean(dim=1).view(-1, *([1] * (scores.dim() - 1)))
     std = flat.std(dim=1).view(-1, *([1] * (scores.dim() - 1)))
-    return (scores - mean) / (std + STANDARDIZE_EPS)
+    return ((wide - mean) / (std + STANDARDIZE_EPS)).to(scores.dtype)
 
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -486,7 +489,12 @@ class DartEmbeddings(nn.Module):
         uniform = score_map is None
         if score_map is None:
             score_map = self.compute_scores(pixel_values, score_normalization)
-        math_dtype = torch.promote_types(score_map.dtype, torch.float32)
+        # The geometry (densities, cumulative sums, quantiles, edges) is computed in float64 and returned in float32:
+        # a cut lies at `(level - cumulative mass) / cell mass`, so in float32 the rounding of the cumulative mass
+        # (~1e-7) over a light cell (mass ~5e-4) moved the edges by ~1e-3 pixels, differently for every kernel order
+        # (eager vs compiled, batch sizes). A few thousand numbers per image: no measurable cost.
+        output_dtype = torch.promote_types(score_map.dtype, torch.float32)
+        math_dtype = wide_dtype(score_map)
         score = score_map.reshape(batch, self.num_cells).to(math_dtype)
 
         # density, row marginal, row heights (base-grid pixels)
@@ -529,7 +537,8 @@ class DartEmbeddings(nn.Module):
         cls_index = 0 if config.cls_token_position == "head" else num_tokens // 2
         cls = (self.cls_token + self.position_embeddings[:, self.cls_row : self.cls_row + 1]).expand(batch, -1, -1)
         sequence = tokens + positions.to(tokens.dtype)
-        boxes = token_boxes(row_edges, token_edges, width)  # differentiable: the geometry embedding reads them
+        # differentiable: the geometry embedding reads them
+        boxes = token_boxes(row_edges, token_edges, width).to(output_dtype)
         if self.geometry is not None:
             sequence = sequence + self.geometry(boxes, height, width).to(tokens.dtype)
         embeddings = torch.cat([sequence[:, :cls_index], cls.to(tokens.dtype), sequence[:, cls_index:]], dim=1)
@@ -541,10 +550,10 @@ class DartEmbeddings(nn.Module):
             position_embeddings=positions,
             cls_index=cls_index,
             score_map=score_map,
-            pdf=pdf,
-            row_heights=row_heights,
-            resampled_pdf=resampled_pdf,
-            token_edges=token_edges,
-            row_edges=row_edges,
+            pdf=pdf.to(output_dtype),
+            row_heights=row_heights.to(output_dtype),
+            resampled_pdf=resampled_pdf.to(output_dtype),
+            token_edges=token_edges.to(output_dtype),
+            row_edges=row_edges.to(output_dtype),
             regions=regions,
         )

@@ -122,6 +122,12 @@ def _fused_conv_activation(hidden_states, weight, bias, conv: nn.Conv2d, activat
     )
 
 
+def wide_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """float64 for accumulations whose float32 rounding would depend on the kernel's order of operations; float32 on
+    devices without float64 (MPS)."""
+    return torch.float32 if tensor.device.type == "mps" else torch.float64
+
+
 class SqueezeExcitation(nn.Module):
     """Channel attention: global mean -> fc1 (1x1) -> ReLU -> fc2 (1x1) -> hard sigmoid -> scale."""
 
@@ -131,16 +137,22 @@ class SqueezeExcitation(nn.Module):
         self.fc2 = nn.Conv2d(squeeze_channels, channels, 1)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        pooled = F.adaptive_avg_pool2d(hidden_states, 1)
         if torch.is_grad_enabled():
+            pooled = F.adaptive_avg_pool2d(hidden_states, 1)
             return hidden_states * F.hardsigmoid(self.fc2(F.relu(self.fc1(pooled))))
-        # inference: the two 1x1 convolutions of a (batch, C, 1, 1) input as products and sums, whose result does not
-        # depend on where the weights sit in memory (a GEMV on weights loaded unaligned from safetensors rounded
-        # differently); then scale the block's own intermediate in place (no new buffer)
-        pooled = pooled.flatten(1)
-        squeezed = F.relu((pooled[:, None, :] * self.fc1.weight.flatten(1)).sum(-1) + self.fc1.bias)
-        scale = F.hardsigmoid((squeezed[:, None, :] * self.fc2.weight.flatten(1)).sum(-1) + self.fc2.bias)
-        return hidden_states.mul_(scale[:, :, None, None])
+        # inference: the global mean and the two 1x1 convolutions of the (batch, C) means accumulate in float64 and
+        # the scale is rounded to the input's dtype once, so it does not depend on the order of the sums: in float32,
+        # inductor's reduction order moved the features by 2e-5 relative (and the token edges with them), while eager
+        # and compiled trunks otherwise agree bit for bit. The convolutions are written as products and sums, whose
+        # result does not depend on where the weights sit in memory (a GEMV on weights loaded unaligned from
+        # safetensors rounded differently). Then the block's own intermediate is scaled in place (no new buffer).
+        wide = wide_dtype(hidden_states)
+        height, width = hidden_states.shape[-2:]
+        pooled = hidden_states.sum(dim=(2, 3), dtype=wide) / (height * width)
+        squeezed = F.relu((pooled[:, None, :] * self.fc1.weight.flatten(1).to(wide)).sum(-1) + self.fc1.bias.to(wide))
+        excited = (squeezed[:, None, :] * self.fc2.weight.flatten(1).to(wide)).sum(-1) + self.fc2.bias.to(wide)
+        scale = (excited + 3.0).clamp(0.0, 6.0) / 6.0  # hard sigmoid (onnxruntime has no float64 HardSigmoid)
+        return hidden_states.mul_(scale.to(hidden_states.dtype)[:, :, None, None])
 
 
 class InvertedResidual(nn.Module):

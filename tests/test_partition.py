@@ -196,6 +196,23 @@ def test_constant_scores_interpolation_path_reproduces_the_grid():
     torch.testing.assert_close(out.position_embeddings[0], module.patch_position_table(), atol=2e-4, rtol=0)
 
 
+def test_token_geometry_is_computed_beyond_float32():
+    """A cut lies at `(level - cumulative mass) / cell mass`: in float32, the rounding of the cumulative mass over a
+    light cell moved the edges by ~1e-3 pixels, and differently for every kernel order (eager vs compiled, batch
+    sizes). The geometry is computed in float64: a float32 score map gives the float64 geometry rounded once."""
+    module = _released_geometry_embeddings()
+    generator = torch.Generator().manual_seed(4)
+    # a 1e4 dynamic range, as the saliency head's default `scorer_max_density_ratio` allows
+    scores = torch.exp(torch.rand(2, 14, 14, generator=generator) * math.log(1e4))
+    pixels = torch.randn(2, 3, 448, 448, generator=generator)
+    with torch.no_grad():
+        single, double = module(pixels, score_map=scores), module(pixels.double(), score_map=scores.double())
+    assert single.token_edges.dtype == single.regions.dtype == torch.float32
+    for name in ("row_edges", "token_edges", "regions"):
+        expected = getattr(double, name).to(torch.float32)
+        assert torch.equal(getattr(single, name), expected), (name, (getattr(single, name) - expected).abs().max())
+
+
 def test_sampling_gradcheck_wrt_scores():
     """Tokens and positions are differentiable functions of the score map (float64 gradcheck)."""
     module = _embeddings64()
