@@ -511,10 +511,15 @@ class DartEmbeddings(nn.Module):
         strip_cells = num_rows * grid
         strip_cut = piecewise_linear_quantiles(resampled_pdf, num_tokens)  # (B, N+1), cell units
 
-        # pixel geometry: rows in input pixels, token edges along the strip of rows `width` pixels wide
+        # pixel geometry: rows in input pixels, token edges along the strip of rows `width` pixels wide; from here on
+        # in float32 (no cut is computed below: sampling and the position weights are not ill-conditioned, and float64
+        # there cost 5% of a training step)
         scale_y = height / (grid * patch)
         row_edges = torch.cat([row_heights.new_zeros(batch, 1), row_heights.cumsum(dim=-1)], dim=1) * scale_y
         token_edges = strip_cut * (width * num_rows / strip_cells)
+        row_edges, token_edges, strip_cut, row_heights = (
+            tensor.to(output_dtype) for tensor in (row_edges, token_edges, strip_cut, row_heights)
+        )
 
         table = self.patch_position_table()
         stride = self._exact_grid_stride(height, width, num_tokens) if self.scorer is None and uniform else None
@@ -537,8 +542,7 @@ class DartEmbeddings(nn.Module):
         cls_index = 0 if config.cls_token_position == "head" else num_tokens // 2
         cls = (self.cls_token + self.position_embeddings[:, self.cls_row : self.cls_row + 1]).expand(batch, -1, -1)
         sequence = tokens + positions.to(tokens.dtype)
-        # differentiable: the geometry embedding reads them
-        boxes = token_boxes(row_edges, token_edges, width).to(output_dtype)
+        boxes = token_boxes(row_edges, token_edges, width)  # differentiable: the geometry embedding reads them
         if self.geometry is not None:
             sequence = sequence + self.geometry(boxes, height, width).to(tokens.dtype)
         embeddings = torch.cat([sequence[:, :cls_index], cls.to(tokens.dtype), sequence[:, cls_index:]], dim=1)
@@ -551,9 +555,9 @@ class DartEmbeddings(nn.Module):
             cls_index=cls_index,
             score_map=score_map,
             pdf=pdf.to(output_dtype),
-            row_heights=row_heights.to(output_dtype),
+            row_heights=row_heights,
             resampled_pdf=resampled_pdf.to(output_dtype),
-            token_edges=token_edges.to(output_dtype),
-            row_edges=row_edges.to(output_dtype),
+            token_edges=token_edges,
+            row_edges=row_edges,
             regions=regions,
         )
