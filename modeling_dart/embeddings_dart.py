@@ -19,7 +19,8 @@ from .partition_dart import (
     strip_resampling_weights,
     token_boxes,
 )
-from .trunks_dart import TRUNKS, ConvBnAct, ScorerTrunk, wide_dtype  # noqa: F401  (ConvBnAct: re-exported for older imports)
+# (ConvBnAct: re-exported for older imports)
+from .trunks_dart import TRUNKS, ConvBnAct, ScorerTrunk, wide_dtype  # noqa: F401
 
 STANDARDIZE_EPS = 1e-8
 FEATURE_STD_EPS = 1e-6
