@@ -95,6 +95,13 @@ def _accelerate():
     return path
 
 
+def _launch_two_processes(launch, script_args, env):
+    """`accelerate launch <launch> --num_processes 2 ... examples/run_image_classification.py <script_args>` on CPU."""
+    return _run([_accelerate(), "launch", *launch, "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+                 "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), str(SCRIPT), *script_args],
+                env)
+
+
 @pytest.fixture
 def photo():
     return Image.open(REPO_ROOT / "conversion" / "assets" / "chelsea.jpg").convert("RGB").resize((96, 64))
@@ -588,10 +595,9 @@ def test_streaming_needs_max_steps_and_a_validation_split(runner, parquet_datase
 
 def test_streaming_in_two_processes(parquet_dataset, tmp_path, offline_env):
     output = tmp_path / "stream2"
-    result = _run([_accelerate(), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                   "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-                   str(SCRIPT), "--dataset_name", str(parquet_dataset), *STREAM_RUN, "--ddp_find_unused_parameters",
-                   "false", "--output_dir", str(output)], offline_env)
+    result = _launch_two_processes(["--multi_gpu"], ["--dataset_name", str(parquet_dataset), *STREAM_RUN,
+                                                     "--ddp_find_unused_parameters", "false", "--output_dir",
+                                                     str(output)], offline_env)
     assert "world_size: 2" in result.stdout + result.stderr
     assert json.loads((output / "all_results.json").read_text())["world_size"] == 2
     assert json.loads((output / "trainer_state.json").read_text())["global_step"] == 3
@@ -601,10 +607,9 @@ def test_repeated_augmentation_and_ema_in_two_processes(tmp_path, offline_env):
     """Each process draws its own share of the repeated-augmentation sampler (the Trainer's sharding is off): with
     24 images, batch 4 and 2 processes an epoch is 24 // 2 / 4 = 3 steps, so 4 steps reach epoch 4/3."""
     output = tmp_path / "ra2"
-    _run([_accelerate(), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-          "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), str(SCRIPT), *TINY_RUN, *ALL_ON,
-          "--max_steps", "4", "--do_eval", "true", "--ddp_find_unused_parameters", "false", "--output_dir",
-          str(output)], offline_env)
+    _launch_two_processes(["--multi_gpu"], [*TINY_RUN, *ALL_ON, "--max_steps", "4", "--do_eval", "true",
+                                            "--ddp_find_unused_parameters", "false", "--output_dir", str(output)],
+                          offline_env)
     state = json.loads((output / "trainer_state.json").read_text())
     assert state["global_step"] == 4 and state["epoch"] == pytest.approx(4 / 3)
     results = json.loads((output / "all_results.json").read_text())
@@ -671,9 +676,8 @@ def test_fsdp_config_trains_through_accelerate_on_two_cpu_processes(tmp_path, of
     runs = {}
     for name, launch in (("fsdp", ["--config_file", str(CONFIGS / "fsdp.yaml")]), ("ddp", ["--multi_gpu"])):
         output = tmp_path / name
-        _run([_accelerate(), "launch", *launch, "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-              "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), str(SCRIPT), *TINY_RUN,
-              *sgd, "--ddp_find_unused_parameters", "false", "--output_dir", str(output)], offline_env)
+        _launch_two_processes(launch, [*TINY_RUN, *sgd, "--ddp_find_unused_parameters", "false", "--output_dir",
+                                       str(output)], offline_env)
         runs[name] = output
     results = {name: json.loads((output / "all_results.json").read_text()) for name, output in runs.items()}
     assert results["fsdp"]["distributed_type"] == "FSDP" and results["ddp"]["distributed_type"] == "MULTI_CPU"
@@ -698,9 +702,8 @@ def test_fsdp_resume_on_two_cpu_processes_is_exact(tmp_path, offline_env):
               "--save_strategy", "steps", "--save_steps", "2"]
 
     def launch(output, *extra):
-        _run([_accelerate(), "launch", "--config_file", str(CONFIGS / "fsdp.yaml"), "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-              str(_free_port()), str(SCRIPT), *common, "--output_dir", str(output), *extra], offline_env)
+        _launch_two_processes(["--config_file", str(CONFIGS / "fsdp.yaml")],
+                              [*common, "--output_dir", str(output), *extra], offline_env)
 
     launch(tmp_path / "whole")
     interrupted = tmp_path / "interrupted"
