@@ -17,6 +17,12 @@ Several processes on CPU (gloo DDP; the script sets `use_cpu=True` when no GPU i
 
     accelerate launch --multi_gpu --num_processes 2 examples/run_image_classification.py --preset quickstart
 
+FSDP2 (`examples/accelerate_configs/fsdp.yaml`; on CPU add `--num_processes 2 --mixed_precision no`: accelerate alone
+would run it as DDP there, `fsdp_on_cpu` below lets its FSDP2 path run):
+
+    accelerate launch --config_file examples/accelerate_configs/fsdp.yaml --num_processes 2 --mixed_precision no \
+        examples/run_image_classification.py --preset quickstart
+
 Fine-tune a saved DART folder on your own data with a new head:
 
     python examples/run_image_classification.py --model_name_or_path path/to/dart-folder \
