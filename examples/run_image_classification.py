@@ -18,8 +18,8 @@ Several processes on CPU (gloo DDP; the script sets `use_cpu=True` when no GPU i
     accelerate launch --multi_gpu --num_processes 2 examples/run_image_classification.py --preset quickstart
 
 FSDP2 (`examples/accelerate_configs/fsdp.yaml`; on CPU add `--num_processes 2 --mixed_precision no`: accelerate alone
-would run it as DDP there, `fsdp_on_cpu` below lets its FSDP2 path run). The v1/v2 score heads and the uniform scorer
-only: FSDP2 refuses the saliency head's scalar parameters (so not `--preset quickstart`):
+would run it as DDP there, `fsdp_on_cpu` below lets its FSDP2 path run). Every score head shards; `--model_ema` is
+refused (the weights are sharded):
 
     accelerate launch --config_file examples/accelerate_configs/fsdp.yaml examples/run_image_classification.py \
         --preset deit_imagenet --model_ema false --train_dir ... --validation_dir ...

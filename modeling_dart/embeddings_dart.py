@@ -105,7 +105,7 @@ class DartSaliencyHead(nn.Module):
         self.grid_size = grid_size
         self.fc1 = nn.Linear(in_features, hidden)
         self.fc2 = nn.Linear(hidden, 1)
-        self.prior_weight = nn.Parameter(torch.ones(()))
+        self.prior_weight = nn.Parameter(torch.ones(1))
 
     def summarize(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The parameter-free part: (batch, channels, h, w) features -> the standardised prior `(batch, 1, grid,
@@ -163,7 +163,7 @@ class DartScorer(nn.Module):
         channels = trunk.out_channels
         if self.version == "saliency":
             self.head = DartSaliencyHead(channels, config.scorer_hidden_size, self.grid_size)
-            self.log_temperature = nn.Parameter(torch.tensor(math.log(config.scorer_temperature)))
+            self.log_temperature = nn.Parameter(torch.full((1,), math.log(config.scorer_temperature)))
             self.max_density_ratio = float(config.scorer_max_density_ratio)
         else:
             self.head = DartScoreHead(channels, config.scorer_hidden_size, 1 if self.version == "v1" else channels)

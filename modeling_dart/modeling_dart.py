@@ -13,6 +13,8 @@ from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import ConversionOps, WeightConverter
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -30,6 +32,40 @@ from .embeddings_dart import (
     DartTokenGeometryEmbedding,
 )
 from .mamba_dart import DartBiMambaMixer, DartMambaBlock, DartRMSNorm
+
+
+# ------------------------------------------------------------------------------------------- checkpoint loading
+class _AsOneElementVector(ConversionOps):
+    """Loads a 0-d tensor into a `(1,)` parameter (a `(1,)` tensor passes unchanged).
+
+    The saliency head's `prior_weight` and the scorer's `log_temperature` were 0-d parameters, and FSDP2's
+    `fully_shard` refuses 0-d parameters, so they are `(1,)` now. Folders saved with 0-d ones still load; folders are
+    saved with `(1,)` tensors (the reverse operation is this one: no change).
+    """
+
+    @torch.no_grad()
+    def convert(self, input_dict, source_patterns, target_patterns, **kwargs):
+        (value,) = input_dict.values()
+        tensor = value[0] if isinstance(value, list) else value
+        if tensor.numel() != 1:
+            raise ValueError(f"{kwargs.get('full_layer_name', target_patterns[0])}: expected one value, got a "
+                             f"tensor of shape {tuple(tensor.shape)}")
+        return {target_patterns[0]: tensor.reshape(1)}
+
+    @property
+    def reverse_op(self) -> ConversionOps:
+        return _AsOneElementVector()
+
+
+def _one_element_parameters() -> list[WeightConverter]:
+    return [WeightConverter(name, name, operations=[_AsOneElementVector()])
+            for name in (r"scorer.head.prior_weight", r"scorer.log_temperature")]
+
+
+# Registered under the model type, so that it applies to every DART class, also when the folder's remote code defines
+# them (Transformers applies conversions to custom code only when they were registered like this). Registering again
+# (the package and a folder's remote code in one process) replaces the same list.
+register_checkpoint_conversion_mapping("dart", _one_element_parameters(), overwrite=True)
 
 
 # ------------------------------------------------------------------------------------------------------- outputs

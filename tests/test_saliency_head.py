@@ -150,3 +150,65 @@ def test_saliency_depth_follows_the_input_size():
     large = DartConfig(image_size=448, score_grid_size=14, scorer_trunk="efficientnet_lite0", scorer_head="saliency")
     assert large.resolved_scorer_trunk_depth() == 6  # stride 8
     assert DartConfig(scorer_head="v1").resolved_scorer_trunk_depth() == 11  # the original's
+
+
+@pytest.mark.parametrize("backbone", ["vit", "vim"])
+@pytest.mark.parametrize("head", ["v1", "v2", "saliency"])
+def test_no_parameter_is_zero_dimensional(backbone, head):
+    """FSDP2's `fully_shard` refuses 0-d parameters (it shards along dim 0): the saliency head's `prior_weight` and
+    the scorer's `log_temperature` are one-element vectors."""
+    model = DartForImageClassification(tiny_config(backbone=backbone, scorer_head=head))
+    zero_dim = [name for name, parameter in model.named_parameters() if parameter.dim() == 0]
+    assert zero_dim == []
+
+
+def test_folders_with_zero_dimensional_saliency_parameters_still_load(tmp_path):
+    """Folders saved while `prior_weight` and `log_temperature` were 0-d load into the `(1,)` parameters, with the
+    package and with the folder's remote code, and give the same logits; they are saved back as `(1,)`."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file, save_file
+
+    from tests.test_modeling import REMOTE_SCRIPT
+
+    torch.manual_seed(0)
+    model = DartForImageClassification(tiny_config(scorer_head="saliency", freeze_scorer_trunk=False)).eval()
+    scorer = model.dart.embeddings.scorer
+    with torch.no_grad():
+        scorer.head.prior_weight.fill_(0.75)
+        scorer.log_temperature.fill_(math.log(1.5))
+        scorer.head.fc2.weight.normal_()  # a correction that counts
+    folder = tmp_path / "legacy"
+    model.save_pretrained(folder)
+    from modeling_dart import DartImageProcessor
+
+    DartImageProcessor().save_pretrained(folder)
+    names = ("dart.embeddings.scorer.head.prior_weight", "dart.embeddings.scorer.log_temperature")
+    weights = load_file(folder / "model.safetensors")
+    weights.update({name: weights[name].reshape(()) for name in names})  # the earlier format
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+
+    loaded, info = DartForImageClassification.from_pretrained(folder, output_loading_info=True)
+    assert not any(info.values()), info
+    assert loaded.dart.embeddings.scorer.head.prior_weight.tolist() == [0.75]
+    assert loaded.dart.embeddings.scorer.log_temperature.tolist() == [torch.tensor(math.log(1.5)).item()]
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(x).logits
+        torch.testing.assert_close(loaded.eval()(x).logits, expected, atol=0, rtol=0)
+    loaded.save_pretrained(tmp_path / "resaved")
+    assert {tuple(load_file(tmp_path / "resaved" / "model.safetensors")[name].shape) for name in names} == {(1,)}
+
+    torch.save(x, tmp_path / "x.pt")
+    (tmp_path / "remote.py").write_text(REMOTE_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HOME=str(tmp_path / "hf"))
+    result = subprocess.run([sys.executable, str(tmp_path / "remote.py"), str(folder), str(tmp_path / "x.pt")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["module"].startswith("transformers_modules")
+    torch.testing.assert_close(torch.tensor(report["logits"]), expected, atol=1e-6, rtol=0)

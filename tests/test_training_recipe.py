@@ -673,10 +673,12 @@ def test_fsdp_config_trains_through_accelerate_on_two_cpu_processes(tmp_path, of
     clipping: the averaged gradients are the same numbers), and the saved folder is a normal DART folder (full
     weights, DART's own remote code: FSDP's wrapper class once put torch's FSDP files and its own name there)."""
     sgd = ["--optim", "sgd", "--learning_rate", "0.5", "--max_grad_norm", "0", "--max_steps", "3", "--do_eval", "true"]
+    # the quick start's saliency head: FSDP2 refused its parameters while they were 0-d
+    saliency = [TINY_MODEL + ",scorer_head=saliency" if arg == TINY_MODEL else arg for arg in TINY_RUN]
     runs = {}
     for name, launch in (("fsdp", ["--config_file", str(CONFIGS / "fsdp.yaml")]), ("ddp", ["--multi_gpu"])):
         output = tmp_path / name
-        _launch_two_processes(launch, [*TINY_RUN, *sgd, "--ddp_find_unused_parameters", "false", "--output_dir",
+        _launch_two_processes(launch, [*saliency, *sgd, "--ddp_find_unused_parameters", "false", "--output_dir",
                                        str(output)], offline_env)
         runs[name] = output
     results = {name: json.loads((output / "all_results.json").read_text()) for name, output in runs.items()}
@@ -686,7 +688,9 @@ def test_fsdp_config_trains_through_accelerate_on_two_cpu_processes(tmp_path, of
     assert sharded.keys() == reference.keys()
     for key in reference:
         torch.testing.assert_close(sharded[key], reference[key], atol=1e-6, rtol=0, msg=key)
+    assert sharded["dart.embeddings.scorer.log_temperature"].shape == (1,)
     config = json.loads((runs["fsdp"] / "config.json").read_text())
+    assert config["scorer_head"] == "saliency"
     assert config["auto_map"]["AutoModelForImageClassification"] == "modeling_dart.DartForImageClassification"
     assert config["architectures"] == ["DartForImageClassification"]
     files = {path.name for path in runs["fsdp"].iterdir()}
