@@ -11,7 +11,7 @@ Comparisons (random weights, eval mode, no_grad, SDPA attention on both sides):
 3. share of the DART embeddings (`model.dart.embeddings(...)`: scorer, partition, sampling, projection) in the
    forward time of DART-DeiT-S at 196 tokens.                                         target: < 25%
    with a breakdown: scorer trunk / scorer head / partition + sampling + projection (and inside it the two
-   `grid_sample` stages and the projection conv) / backbone alone.
+   bilinear sampling stages, `sample_regions`, and the projection conv) / backbone alone.
 
 Note: Transformers' DeiT always carries a distillation token, so its sequence is 198 long (cls + distillation + 196
 patches) against 197 for DART (cls + 196 tokens); the difference (0.5% more tokens on the peer's side) is ignored.
@@ -90,7 +90,7 @@ def attn_implementation(model: nn.Module) -> str:
 
 # ------------------------------------------------------------------------------------------ stage breakdown
 class EmbeddingStageTimer:
-    """Times the two grid_sample stages (`sample_regions`) and the projection conv inside `DartEmbeddings.forward`.
+    """Times the two bilinear sampling stages (`sample_regions`) and the projection conv inside `DartEmbeddings.forward`.
 
     Patches `modeling_dart.embeddings_dart.sample_regions` (looked up at call time by the forward) and hooks the
     projection module, for the lifetime of the context only.
@@ -360,7 +360,7 @@ def main(argv=None) -> int:
     for name, timing in stage_timings.items():
         brk.append([name, timing.median * 1e3, timing.median / full, timing.minimum * 1e3,
                     f"{timing.cpu_median / full_cpu:.1%}"])
-    brk.insert(5, ["  of which sampling (2x grid_sample + grids)", sampling_ms,
+    brk.insert(5, ["  of which sampling (rows, then patches)", sampling_ms,
                    (sampling_ms or 0) / 1e3 / full, None, None])
     brk.insert(6, ["  of which projection Conv2d(3, D, 16, 16)", projection_ms, (projection_ms or 0) / 1e3 / full,
                    None, None])

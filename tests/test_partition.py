@@ -14,6 +14,7 @@ from modeling_dart.partition_dart import (
     piecewise_linear_quantiles,
     row_resampling_weights,
     sample_regions,
+    sample_strip,
     strip_resampling_weights,
     token_boxes,
     token_pieces,
@@ -119,16 +120,61 @@ def loop_sample_reference(pixels, row_starts, row_heights, edges, patch):
     return torch.cat(out)
 
 
-def test_batched_sampling_matches_per_row_loop():
+@pytest.mark.parametrize("height, width, rows, patch", [(40, 48, 3, 4), (8, 12, 2, 16)])
+def test_batched_sampling_matches_per_row_loop(height, width, rows, patch):
+    """The second case samples rows finer than the pixels, so the last row's samples pass the border (clamped)."""
     gen = torch.Generator().manual_seed(1)
-    pixels = torch.randn(2, 3, 40, 48, generator=gen, dtype=torch.float64)
-    heights = torch.rand(2, 3, generator=gen, dtype=torch.float64) + 0.2
-    heights = heights / heights.sum(-1, keepdim=True) * 40
+    pixels = torch.randn(2, 3, height, width, generator=gen, dtype=torch.float64, requires_grad=True)
+    heights = torch.rand(2, rows, generator=gen, dtype=torch.float64) + 0.2
+    heights = (heights / heights.sum(-1, keepdim=True) * height).requires_grad_()
     starts = torch.cat([torch.zeros(2, 1, dtype=torch.float64), heights.cumsum(-1)[:, :-1]], 1)
     widths = torch.rand(2, 10, generator=gen, dtype=torch.float64) + 0.1
-    edges = torch.cat([torch.zeros(2, 1, dtype=torch.float64), (widths / widths.sum(-1, keepdim=True)).cumsum(-1)], 1) * 48 * 3
-    ours = sample_regions(pixels, starts, heights, edges, 4)
-    torch.testing.assert_close(ours, loop_sample_reference(pixels, starts, heights, edges, 4), atol=1e-10, rtol=0)
+    edges = torch.cat([torch.zeros(2, 1, dtype=torch.float64), (widths / widths.sum(-1, keepdim=True)).cumsum(-1)], 1)
+    edges = (edges * width * rows).requires_grad_()
+    weights = torch.randn(2, 3, patch, 10 * patch, generator=gen, dtype=torch.float64)
+    results = []
+    for sampler in (sample_regions, loop_sample_reference):
+        out = sampler(pixels, starts, heights, edges, patch)
+        results.append((out, *torch.autograd.grad((out * weights).sum(), (pixels, heights, edges))))
+    for ours, reference in zip(*results):
+        torch.testing.assert_close(ours, reference, atol=1e-10, rtol=0)
+
+
+def _strip_reference(strip, edges, patch):
+    """float64 `grid_sample` of the strip at the patches' points (the sampling the original does, without rounding)."""
+    strip, edges = strip.double(), edges.double()
+    batch, _, rows, total = strip.shape
+    steps = torch.arange(patch, dtype=torch.float64) / patch
+    xs = (edges[:, :-1, None] + (edges[:, 1:] - edges[:, :-1])[..., None] * steps).reshape(batch, 1, -1)
+    xs = xs.expand(batch, rows, -1)
+    ys = torch.arange(rows, dtype=torch.float64).view(1, rows, 1).expand_as(xs)
+    grid = torch.stack([2 * xs / (total - 1) - 1, 2 * ys / (rows - 1) - 1], -1)
+    return F.grid_sample(strip, grid, align_corners=True)
+
+
+def test_float32_sampling_along_a_long_strip_does_not_round_the_coordinates():
+    """At 448 the strip is 14 x 448 = 6272 pixels long, where a float32 coordinate is only good to ~5e-4 pixels; the
+    samples must still be those of the exact coordinates (float32 `grid_sample` on that strip is off by ~1e-3 on noise,
+    and by a different amount under each operation order: eager, compiled, exported)."""
+    gen = torch.Generator().manual_seed(3)
+    batch, patch, total, tokens = 2, 16, 14 * 448, 196
+    strip = torch.randn(batch, 3, patch, total, generator=gen)
+    widths = torch.rand(batch, tokens, generator=gen, dtype=torch.float64) + 0.05
+    edges = (torch.cat([torch.zeros(batch, 1, dtype=torch.float64), widths.cumsum(-1)], 1) / widths.sum(-1, keepdim=True)
+             * total).float()
+    ours = sample_strip(strip, edges, patch)
+    assert ours.dtype == torch.float32 and ours.shape == (batch, 3, patch, tokens * patch)
+    torch.testing.assert_close(ours.double(), _strip_reference(strip, edges, patch), atol=2e-5, rtol=0)
+
+
+def test_strip_sampling_gradcheck_off_the_pixel_centres():
+    gen = torch.Generator().manual_seed(4)
+    strip = torch.randn(1, 2, 3, 20, generator=gen, dtype=torch.float64, requires_grad=True)
+    widths = torch.rand(1, 5, generator=gen, dtype=torch.float64) + 0.3
+    edges = torch.cat([torch.zeros(1, 1, dtype=torch.float64), widths.cumsum(-1) / widths.sum() * 18.6], 1) + 0.37
+    edges.requires_grad_()
+    assert torch.autograd.gradcheck(lambda s, e: sample_strip(s, e, 3), (strip, edges))
+    torch.testing.assert_close(sample_strip(strip, edges, 3), _strip_reference(strip, edges, 3), atol=1e-12, rtol=0)
 
 
 def _embeddings64(**overrides):
