@@ -1018,5 +1018,16 @@ def _mp_fn(index):  # for xla_spawn (TPUs)
     main()
 
 
+def _close_process_group():
+    """Tear the process group down before exit (torch asks for it): left to interpreter exit, a launch on CPU
+    processes aborted now and then after finishing ("terminate called without an active exception", exit -6)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     main()
+    _close_process_group()
