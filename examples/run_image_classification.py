@@ -270,6 +270,11 @@ class DataTrainingArguments:
                 "Give a dataset: `--dataset_name` (Hub), or `--train_dir` / `--validation_dir` (local imagefolder), "
                 "or `--preset quickstart` for the bundled data."
             )
+        for name in ("train_dir", "validation_dir"):  # datasets' own message ("... corresponds to no data") names none
+            folder = getattr(self, name)
+            if folder is not None and not os.path.isdir(folder):
+                raise ValueError(f"`--{name}` must be a folder of images, one sub-folder per class; {folder!r} is not "
+                                 "a folder.")
         if not 0 < self.min_crop_scale <= 1:
             raise ValueError(f"`--min_crop_scale` must be in (0, 1], got {self.min_crop_scale}.")
         if self.rand_augment is not None:

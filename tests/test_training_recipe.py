@@ -747,7 +747,9 @@ def test_recipe_arguments_are_validated(runner):
     for extra, name in ((["--rand_augment", "randaug"], "rand_augment"), (["--random_erasing", "2"], "random_erasing"),
                         (["--mixup", "-1"], "mixup"), (["--repeated_augmentation", "0"], "repeated_augmentation"),
                         (["--layer_decay", "1.5"], "layer_decay"), (["--model_ema_decay", "1"], "model_ema_decay"),
-                        (["--base_batch_size", "0"], "base_batch_size")):
+                        (["--base_batch_size", "0"], "base_batch_size"),
+                        (["--train_dir", str(DATA / "no_such_split")], "train_dir"),
+                        (["--validation_dir", str(DATA / "train" / "no_such_class")], "validation_dir")):
         with pytest.raises(ValueError, match=name):
             runner.parse_args([*base, *extra])
     assert math.isfinite(runner.parse_args(base)[2].learning_rate)
