@@ -10,6 +10,13 @@ both printed when the cache is fresh). Before timing, `torch._dynamo.explain` co
 and the compiled logits are compared with eager's (on
 white noise and on three views of the bundled photo). Eager and compiled calls are timed interleaved (median of
 `--runs` rounds). Target: compiled >= 1.2x faster than eager.
+
+`--breakdown` also profiles one eager and one compiled call (torch.profiler, self CPU time per operator) and splits
+each into the library kernels that eager and compiled graphs both call -- matrix products (MKL / oneDNN linear
+layers), convolutions (oneDNN), attention (SDPA's CPU flash kernel) -- and everything else (eager's element-wise,
+normalisation and indexing operators; the compiled graph's generated C++ kernels). Inductor can only shrink the
+"everything else" part, so `eager / (eager's library kernels)` bounds the speed-up a compiled graph can reach while it
+calls the same kernels.
 """
 
 from __future__ import annotations
@@ -34,6 +41,13 @@ from benchmark_deit import build_dart
 import torch  # noqa: E402
 
 TARGET = 1.2
+# Operators (profiler names) that eager and compiled graphs both hand to a library kernel, by kind.
+LIBRARY_KERNELS = {
+    "matrix products": ("aten::addmm", "aten::mm", "aten::bmm", "mkl::_mkl_linear", "mkldnn::_linear_pointwise"),
+    "convolutions": ("mkldnn::_convolution_pointwise", "mkldnn::_convolution_pointwise_", "aten::mkldnn_convolution",
+                     "aten::_convolution", "aten::convolution"),
+    "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu",),
+}
 PHOTO = Path(__file__).resolve().parent.parent / "conversion" / "assets" / "chelsea.jpg"
 
 
@@ -64,10 +78,42 @@ def compile_model(model, pixel_values, freezing: bool):
     return compiled, sw.seconds
 
 
+def kernel_breakdown(call, rounds: int = 3) -> dict[str, float]:
+    """Seconds per call of `call`, by kind of library kernel (`LIBRARY_KERNELS`) and "everything else": the
+    profiler's self CPU time of each operator, which it measures on the calling thread from the operator's start to
+    its end (the intra-op threads work inside that span), so the parts add up to about the call's wall time. The
+    profiler's own cost falls on the many small eager operators, which makes the ceiling below generous."""
+    from torch.profiler import ProfilerActivity, profile
+
+    call()
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for _ in range(rounds):
+            call()
+    self_time = {event.key: event.self_cpu_time_total / 1e6 / rounds for event in profiler.key_averages()}
+    split = {kind: sum(self_time.get(name, 0.0) for name in names) for kind, names in LIBRARY_KERNELS.items()}
+    split["everything else"] = sum(self_time.values()) - sum(split.values())
+    return split
+
+
+def print_breakdown(eager_call, compiled_call) -> None:
+    eager, compiled = kernel_breakdown(eager_call), kernel_breakdown(compiled_call)
+    rows = []
+    for kind in eager:
+        rows.append([kind, f"{eager[kind] * 1e3:.0f}", f"{100 * eager[kind] / sum(eager.values()):.1f}%",
+                     f"{compiled[kind] * 1e3:.0f}", f"{100 * compiled[kind] / sum(compiled.values()):.1f}%"])
+    rows.append(["total", f"{sum(eager.values()) * 1e3:.0f}", "100%", f"{sum(compiled.values()) * 1e3:.0f}", "100%"])
+    print(markdown_table(["profiled call (self CPU ms per call)", "eager", "share", "compiled", "share"], rows))
+    library = sum(eager.values()) - eager["everything else"]
+    print(f"\nCeiling of the compiled speed-up with eager's library kernels: {sum(eager.values()) / library:.2f}x "
+          "(everything else compiled away)\n")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser, runs=5, warmup=2)
     parser.add_argument("--no_freezing", action="store_true", help="also time the compile without inductor freezing")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="profile one eager and one compiled call: library kernels against everything else")
     parser.add_argument("--cold_cache", action="store_true",
                         help="compile into a fresh inductor cache (TORCHINDUCTOR_CACHE_DIR) to time a cold compile")
     args = parser.parse_args(argv)
@@ -101,6 +147,8 @@ def main(argv=None) -> int:
             print(f"[{name}: first call (compile) {seconds:.1f} s; load {load_average()}]")
         print()
         results = time_interleaved(calls, args.runs, args.warmup)
+        if args.breakdown:
+            print_breakdown(calls["eager"], calls[variants[0][0]])
 
     eager = results["eager"]
     rows.append(["eager", f"{eager.median * 1e3:.0f}", f"{eager.minimum * 1e3:.0f}", "1.00x", "-", "-", "-", "-"])

@@ -92,3 +92,28 @@ def test_compiled_squeeze_excitation_is_eager_bit_for_bit():
     compiled = torch.compile(block, fullgraph=True)
     with torch.no_grad():
         assert torch.equal(compiled(inputs.clone()), block(inputs.clone()))
+
+
+def test_compile_benchmark_breakdown_finds_the_library_kernels():
+    """`benchmarks/benchmark_compile.py --breakdown` bounds the compiled speed-up by the time eager spends in library
+    kernels, found by their profiler names: a name that stops matching would move their time to "everything else"
+    and inflate the bound."""
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        import benchmark_compile
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    torch.manual_seed(0)
+    linear, conv = torch.nn.Linear(256, 256), torch.nn.Conv2d(8, 16, 3)
+    tokens, image = torch.randn(64, 256), torch.randn(2, 8, 32, 32)
+    query = torch.randn(1, 2, 16, 8)
+    with torch.no_grad():
+        split = benchmark_compile.kernel_breakdown(
+            lambda: (torch.nn.functional.gelu(linear(tokens)), conv(image),
+                     torch.nn.functional.scaled_dot_product_attention(query, query, query)))
+    assert split["matrix products"] > 0 and split["convolutions"] > 0 and split["attention"] > 0, split
+    assert split["everything else"] > 0, split  # the gelu
