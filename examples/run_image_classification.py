@@ -272,7 +272,8 @@ class DataTrainingArguments:
             )
         for name in ("train_dir", "validation_dir"):  # datasets' own message ("... corresponds to no data") names none
             folder = getattr(self, name)
-            if folder is not None and not os.path.isdir(folder):
+            # local folders only: a remote one (`hf://...`, `s3://...`) is datasets' to resolve
+            if folder is not None and "://" not in folder and not os.path.isdir(folder):
                 raise ValueError(f"`--{name}` must be a folder of images, one sub-folder per class; {folder!r} is not "
                                  "a folder.")
         if not 0 < self.min_crop_scale <= 1:
