@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from modeling_dart.mamba_dart import DartMambaBlock, DartRMSNorm, add_and_norm  # noqa: E402
+from modeling_dart.mamba_dart import DartMambaAddNorm, DartMambaBlock  # noqa: E402
 
 BATCH, LENGTH, WIDTH, STATE = 8, 197, 192, 16
 
@@ -60,13 +60,13 @@ class DartMambaStack(nn.Module):
                 for i in range(num_layers)
             ]
         )
-        self.norm_f = DartRMSNorm(WIDTH)
+        self.norm_f = DartMambaAddNorm(WIDTH)
 
     def forward(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
         hidden_states, residual = inputs_embeds, None
         for layer in self.layers:
             hidden_states, residual = layer(hidden_states, residual)
-        return add_and_norm(hidden_states, residual, self.norm_f)[0]
+        return self.norm_f(hidden_states, residual)[0]
 
 
 class TransformersMamba(nn.Module):

@@ -105,7 +105,7 @@ def trunk_features(images: torch.Tensor, trunk: torch.nn.Module, grid: int, keep
     """What the learned arms need of the frozen trunk, for all images, computed once: its features (kept in float16
     to halve the cache; only with `keep_features`, for heads v1/v2), and for the saliency head the parameter-free part of the head computed from
     the float32 features (`DartSaliencyHead.summarize`: the prior map and each cell's mean standardised features)."""
-    from modeling_dart.embeddings_dart import DartSaliencyHead
+    from modeling_dart.scorer_dart import DartSaliencyHead
 
     trunk.eval()
     summarize = DartSaliencyHead(trunk.out_channels, 1, grid).summarize

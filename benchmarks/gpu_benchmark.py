@@ -42,7 +42,8 @@ def timed(calls: dict, runs: int, warmup: int, sync) -> dict[str, float]:
 
 
 def mixer_rows(device, args, sync) -> list[list[str]]:
-    from modeling_dart.mamba_dart import DartBiMambaMixer, is_mamba_kernel_available
+    from modeling_dart.mamba_dart import DartBiMambaMixer
+    from modeling_dart.selective_scan_dart import is_mamba_kernel_available
 
     width, length = (32, 17) if args.smoke else (192, 197)
     torch.manual_seed(0)

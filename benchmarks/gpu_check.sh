@@ -55,7 +55,7 @@ status=(--status "GPU=${cuda_state#ok }")
 
 # ----------------------------------------------------------------------------------------- 2. mamba-ssm kernels
 kernels_available() {
-    "$PYTHON" -c "from modeling_dart.mamba_dart import is_mamba_kernel_available as a; import sys; sys.exit(0 if a() else 1)" \
+    "$PYTHON" -c "from modeling_dart.selective_scan_dart import is_mamba_kernel_available as a; import sys; sys.exit(0 if a() else 1)" \
         >/dev/null 2>&1
 }
 if kernels_available; then

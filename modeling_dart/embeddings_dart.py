@@ -1,5 +1,19 @@
-"""DART embeddings: the scoring network (a CNN trunk of `trunks_dart` + a score head) and the module that turns pixels
-into adaptive tokens."""
+# Copyright 2026 The modeling_dart Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""DART embeddings: pixels -> adaptive tokens. The scorer's map is cut into token rows and patches (`partition_dart`),
+each patch is resampled to `patch_size x patch_size` pixels and projected, and the position table is resampled by
+area overlap."""
 
 from __future__ import annotations
 
@@ -19,245 +33,10 @@ from .partition_dart import (
     strip_resampling_weights,
     token_boxes,
 )
-# (ConvBnAct: re-exported for older imports)
-from .trunks_dart import TRUNKS, ConvBnAct, ScorerTrunk, wide_dtype  # noqa: F401
+from .scorer_dart import _HALF_DTYPES, DartScorer, _scorer_construction_dtype
+from .trunks_dart import wide_dtype
 
-STANDARDIZE_EPS = 1e-8
-FEATURE_STD_EPS = 1e-6
 ROW_MARGINAL_EPS = 1e-8
-
-# ------------------------------------------------------------------------------------------------------- scorer
-@contextlib.contextmanager
-def _scorer_construction_dtype():
-    """Build the scorer in float32 when the default dtype is half (`AutoModel.from_config(config, dtype=bfloat16)`
-    and `torch.set_default_dtype` construct every parameter in the default dtype; `_keep_in_fp32_modules_strict`
-    only acts in `from_pretrained`). Its weights are then initialised in float32 as well, not rounded first."""
-    previous = torch.get_default_dtype()
-    if previous not in _HALF_DTYPES:
-        yield
-        return
-    torch.set_default_dtype(torch.float32)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
-class DartScoreHead(nn.Module):
-    """Two-layer MLP of the score head: `fc2(gelu(fc1(x)))`."""
-
-    def __init__(self, in_features: int, hidden: int, out_features: int):
-        super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden)
-        self.fc2 = nn.Linear(hidden, out_features)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(hidden_states)))
-
-
-def standardize(scores: torch.Tensor, mode: str) -> torch.Tensor:
-    """`(s - mean) / (std + 1e-8)` with the unbiased std over each image (`"image"`) or the whole batch (`"batch"`).
-
-    Args:
-        scores (`torch.Tensor` of shape `(batch, ...)`).
-    """
-    # in float64, rounded once: the result then does not depend on the order of the mean and std reductions (eager,
-    # compiled and differently batched runs agree), which the token geometry would amplify
-    wide = scores.to(wide_dtype(scores))
-    if mode == "batch":
-        return ((wide - wide.mean()) / (wide.std() + STANDARDIZE_EPS)).to(scores.dtype)
-    flat = wide.reshape(scores.shape[0], -1)
-    mean = flat.mean(dim=1).view(-1, *([1] * (scores.dim() - 1)))
-    std = flat.std(dim=1).view(-1, *([1] * (scores.dim() - 1)))
-    return ((wide - mean) / (std + STANDARDIZE_EPS)).to(scores.dtype)
-
-
-_HALF_DTYPES = (torch.float16, torch.bfloat16)
-# The most bytes of the trunk's widest activation per CPU chunk of images. glibc serves blocks above its mmap
-# threshold (at most 32 MiB) as fresh pages on every call; 28 MiB leaves room for the padded copy of that activation
-# (e.g. 13 Lite0 images at 160 pixels made 32.7 MB padded buffers: the frozen trunk took 74-123 ms per batch of 64,
-# 52 ms with 11-image chunks).
-_TRUNK_CHUNK_BYTES = 28 * 2**20
-
-
-def resize_to_grid(maps: torch.Tensor, grid: int) -> torch.Tensor:
-    """`(batch, C, h, w)` -> `(batch, C, grid, grid)`: area average when the map is at least as fine as the grid
-    (each cell averages the positions it covers), bilinear (`align_corners=False`) when it is coarser."""
-    if maps.shape[-2] >= grid and maps.shape[-1] >= grid:
-        return F.adaptive_avg_pool2d(maps, grid)
-    return F.interpolate(maps, size=(grid, grid), mode="bilinear", align_corners=False)
-
-
-class DartSaliencyHead(nn.Module):
-    """Score head `"saliency"`: a feature-saliency prior plus a learned per-cell correction, as one logit map.
-
-    The trunk features are standardised per image and channel over the positions, so the head sees the same scale
-    whatever the trunk, random or pretrained. The prior at a position is the root-mean-square of those standardised
-    features over the channels: how much that position differs from the rest of the image. It is averaged into the
-    score cells and standardised over the map. The correction is an MLP `fc2(gelu(fc1(.)))` on each cell's average
-    standardised features. The logit is `prior_weight * prior + correction`; `fc2` starts at zero, so an untrained
-    head already follows the trunk's feature saliency. (The scorer standardises the logits, so `prior_weight` sets
-    the prior's weight relative to the correction; the sharpness is the scorer's temperature.)
-    """
-
-    def __init__(self, in_features: int, hidden: int, grid_size: int):
-        super().__init__()
-        self.grid_size = grid_size
-        self.fc1 = nn.Linear(in_features, hidden)
-        self.fc2 = nn.Linear(hidden, 1)
-        self.prior_weight = nn.Parameter(torch.ones(1))
-
-    def summarize(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The parameter-free part: (batch, channels, h, w) features -> the standardised prior `(batch, 1, grid,
-        grid)` and each cell's mean standardised features `(batch, grid, grid, channels)` (float32, or float64 for
-        float64). A frozen trunk's summaries can be computed once and reused (see `benchmarks/dart_vs_uniform.py`)."""
-        features = features.to(torch.promote_types(features.dtype, torch.float32))
-        mean = features.mean(dim=(2, 3), keepdim=True)
-        if features.shape[-2] * features.shape[-1] > 1:
-            normalized = (features - mean) / (features.std(dim=(2, 3), keepdim=True) + FEATURE_STD_EPS)
-        else:  # a single position: nothing stands out
-            normalized = features - mean
-        prior = resize_to_grid(normalized.pow(2).mean(dim=1, keepdim=True).add(FEATURE_STD_EPS).sqrt(), self.grid_size)
-        return standardize(prior, "image"), resize_to_grid(normalized, self.grid_size).permute(0, 2, 3, 1)
-
-    def combine(self, prior: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
-        """The learned part: `prior_weight * prior + fc2(gelu(fc1(cells)))` -> `(batch, 1, grid, grid)` logits."""
-        return self.prior_weight * prior + self.fc2(F.gelu(self.fc1(cells))).permute(0, 3, 1, 2)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """(batch, channels, h, w) features -> (batch, 1, grid, grid) logits."""
-        return self.combine(*self.summarize(features))
-
-
-def bounded_exp_density(logits: torch.Tensor, temperature: torch.Tensor, max_ratio: float) -> torch.Tensor:
-    """`exp(b * tanh(temperature * logits / b))` with `b = log(max_ratio) / 2`.
-
-    Strictly positive and smooth; any two cells differ by at most `max_ratio` (the exponent lies in `(-b, b)`), and
-    near zero it is `exp(temperature * logits)`. The original heads' `sigmoid(z) + 0.1` and `sigmoid(2 z)` cap the
-    object/background density ratio of a standardised map at about 2.0x and 2.7x for a small object; this one
-    lets the ratio reach `max_ratio`.
-    """
-    bound = math.log(max_ratio) / 2.0
-    return torch.exp(bound * torch.tanh(temperature * logits / bound))
-
-
-class DartScorer(nn.Module):
-    """Predicts a strictly positive score map `(batch, grid, grid)` from the full-resolution input.
-
-    Head v1: per-position MLP -> bilinear resize to the grid -> standardise -> `sigmoid(s) + 0.1`.
-    Head v2: channel gates `sigmoid(MLP(spatial mean))`, gated channel sum -> resize -> standardise -> `sigmoid(2 s)`.
-    Head saliency: feature-saliency prior + per-cell MLP on the grid ([`DartSaliencyHead`]) -> standardise ->
-    [`bounded_exp_density`] with a learnable temperature: the density ratio between two cells reaches
-    `config.scorer_max_density_ratio`.
-    """
-
-    def __init__(self, config: DartConfig):
-        super().__init__()
-        self.version = config.scorer_head
-        self.grid_size = config.score_grid_size
-        self.freeze_trunk = config.freeze_scorer_trunk
-        trunk = ScorerTrunk(config.scorer_trunk, config.resolved_scorer_trunk_depth(), config.num_channels)
-        self.features = trunk.features
-        self.trunk_name = config.scorer_trunk
-        self.widest_activation_bytes_per_pixel = trunk.widest_activation_bytes_per_pixel
-        channels = trunk.out_channels
-        if self.version == "saliency":
-            self.head = DartSaliencyHead(channels, config.scorer_hidden_size, self.grid_size)
-            self.log_temperature = nn.Parameter(torch.full((1,), math.log(config.scorer_temperature)))
-            self.max_density_ratio = float(config.scorer_max_density_ratio)
-        else:
-            self.head = DartScoreHead(channels, config.scorer_hidden_size, 1 if self.version == "v1" else channels)
-        if self.freeze_trunk:
-            self.features.requires_grad_(False)
-
-    def _apply(self, fn, recurse=True):
-        """Casting to float16/bfloat16 leaves the scorer in float32 (devices still move).
-
-        A half-precision rounding of the scorer's weights moves the scores by ~1%, which moves the token regions by
-        whole pixels and so changes every token's content: a `model.to(torch.bfloat16)` would then no longer be a
-        lower-precision copy of the float32 model but a different tokenizer. The scorer is a small part of the
-        compute (the trunk is ~14% of DART-DeiT-S's multiply-adds), so it stays in float32, as
-        `_keep_in_fp32_modules_strict` keeps it for `from_pretrained(dtype=...)`.
-        """
-
-        def keep_float32(tensor):
-            cast = fn(tensor)
-            if tensor.dtype == torch.float32 and cast.dtype in _HALF_DTYPES:
-                return tensor.to(device=cast.device)
-            return cast
-
-        return super()._apply(keep_float32, recurse)
-
-    def train(self, mode: bool = True):
-        """A frozen trunk stays in eval mode, BatchNorm included, for random and pretrained trunks alike.
-
-        The original leaves the frozen trunk's BatchNorm in train mode while training. That normalises every
-        training image with its batch's statistics (the scores, hence the tokens, of an image then depend on the
-        other images of its batch, and differ between training and evaluation) and it overwrites the running
-        statistics with the training data's, so a "frozen" pretrained trunk drifts from its ImageNet features and
-        evaluates with statistics it was never trained with. Frozen here means the function is fixed: fixed
-        statistics (the pretrained ones, or the initialised mean 0 / variance 1 of a random trunk, whose He-scaled
-        convolutions keep unit-scale activations without batch statistics), no gradients. Inference is eval mode
-        in both codes, so released checkpoints give the same outputs. An unfrozen trunk
-        (`freeze_scorer_trunk=False`) trains its BatchNorms as usual.
-        """
-        super().train(mode)
-        if self.freeze_trunk:
-            self.features.eval()
-        return self
-
-    def extract_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Trunk features `(batch, channels, height / stride, width / stride)` (stride 32 at the original depths)."""
-        if pixel_values.device.type == "cpu" and not pixel_values.is_contiguous(memory_format=torch.channels_last):
-            # depthwise convolutions are much faster channels-last on CPU; for 3 channels an explicit NHWC copy is
-            # ~4x faster than `.contiguous(memory_format=torch.channels_last)` (15 -> 4 ms for 8 images at 448)
-            pixel_values = pixel_values.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
-        if self.freeze_trunk:
-            with torch.no_grad():
-                return self._run_trunk(pixel_values)
-        return self._run_trunk(pixel_values)
-
-    def _run_trunk(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        # On CPU an inference-mode trunk runs a few images at a time: for a whole batch its widest activations (64
-        # channels at half the input resolution in MobileNetV3-Large: ~100 MB for 8 images at 448) are fresh
-        # memory-mapped buffers on every call, and their page faults cost more than the convolutions (measured ~1.3x
-        # faster in chunks of 2). Same result: with fixed BatchNorm statistics every image is processed on its own.
-        if pixel_values.device.type != "cpu" or self.features.training:
-            return self.features(pixel_values)
-        if torch.compiler.is_exporting():
-            # exported graphs take the whole batch: chunking by the batch size would pin it (a dynamic batch exported
-            # at the chunk size came out static)
-            return self.features(pixel_values)
-        image_bytes = self.widest_activation_bytes_per_pixel * pixel_values.shape[-2] * pixel_values.shape[-1]
-        images_per_chunk = max(1, int(_TRUNK_CHUNK_BYTES // image_bytes))
-        if pixel_values.shape[0] <= images_per_chunk:
-            return self.features(pixel_values)
-        return torch.cat([self.features(chunk) for chunk in pixel_values.split(images_per_chunk)])
-
-    def density(self, logits: torch.Tensor, normalization: str = "image") -> torch.Tensor:
-        """Saliency head: `(batch, 1, grid, grid)` logits -> standardised -> bounded exp with the temperature."""
-        raw = standardize(logits[:, 0], normalization)
-        return bounded_exp_density(raw, self.log_temperature.to(raw.dtype).exp(), self.max_density_ratio)
-
-    def forward(self, pixel_values: torch.Tensor, normalization: str = "image", features: torch.Tensor | None = None):
-        """Score map `(batch, grid, grid)`; `features` (the trunk's output for `pixel_values`) skips the trunk."""
-        if features is None:
-            features = self.extract_features(pixel_values)
-        grid = (self.grid_size, self.grid_size)
-        if self.version == "saliency":
-            return self.density(self.head(features), normalization)
-        if self.version == "v1":
-            raw = self.head(features.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, 1, h, w)
-        else:
-            gates = torch.sigmoid(self.head(features.mean(dim=(2, 3))))  # (B, C)
-            raw = torch.einsum("bchw,bc->bhw", features, gates).unsqueeze(1)
-        if raw.shape[-2:] != grid:
-            raw = F.interpolate(raw, size=grid, mode="bilinear", align_corners=False)
-        raw = standardize(raw[:, 0].float(), normalization)  # float32: the 1e-8 guard vanishes in half precision
-        if self.version == "v1":
-            return torch.sigmoid(raw) + 0.1
-        return torch.sigmoid(2.0 * raw)
-
 
 # --------------------------------------------------------------------------------------------------- embeddings
 GEOMETRY_FREQUENCIES = 4  # Fourier octaves per geometry feature: sin/cos(pi * 2^k * x), k = 0..3

@@ -1,3 +1,16 @@
+# Copyright 2026 The modeling_dart Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """CNN trunks of the DART scorer, written in torch only (no torchvision), and the loaders of their pretrained weights.
 
 Every trunk is an `nn.Sequential` named `features` whose entries are a first convolution, the inverted-residual
@@ -16,22 +29,17 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cpu_tuning_dart import conv_weight_layout, fused_conv_activation
+from .trunk_tables_dart import TRUNKS, TrunkSpec, make_divisible
+
 _BN_EPS = 1e-3
 _BN_MOMENTUM = 0.01
-
-
-def _make_divisible(value: float, divisor: int = 8) -> int:
-    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    if rounded < 0.9 * value:
-        rounded += divisor
-    return rounded
 
 
 def _activation(name: str | None) -> nn.Module | None:
@@ -87,39 +95,12 @@ class ConvBnAct(nn.Sequential):
             # safetensors took another path and moved the features by an ulp)
             scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
             weight, bias = conv.weight * scale.view(-1, 1, 1, 1), norm.bias - norm.running_mean * scale
-            if hidden_states.device.type == "cpu" and hidden_states.is_contiguous(memory_format=torch.channels_last):
-                # a channels-last input with a contiguous weight sends 1x1 convolutions down a ~3x slower CPU path
-                weight = weight.contiguous(memory_format=torch.channels_last)
-                if _can_fuse_on_cpu(hidden_states, weight):
-                    return _fused_conv_activation(hidden_states, weight, bias, conv, self[2] if len(self) > 2 else None)
+            fused = fused_conv_activation(hidden_states, weight, bias, conv, self[2] if len(self) > 2 else None)
+            if fused is not None:
+                return fused
+            weight = conv_weight_layout(hidden_states, weight)
             hidden_states = F.conv2d(hidden_states, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
         return self[2](hidden_states) if len(self) > 2 else hidden_states
-
-
-# oneDNN convolution with the activation fused in (what torch.compile emits on CPU): one pass over the output instead
-# of two, and the fast oneDNN kernels for the 1x1 convolutions, which plain `F.conv2d` sends to a slower GEMM path
-_MKLDNN_CONV_POINTWISE = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
-# activation -> (oneDNN attribute, its scalars)
-_FUSED_ACTIVATIONS = {nn.ReLU: ("relu", []), nn.Hardswish: ("hardswish", []), nn.ReLU6: ("hardtanh", [0.0, 6.0])}
-
-
-def _can_fuse_on_cpu(hidden_states: torch.Tensor, weight: torch.Tensor) -> bool:
-    """The fused oneDNN op has no autograd: only without gradients, in float32, where oneDNN is built in."""
-    if torch.compiler.is_compiling():  # traced graphs take the plain ops (the compiler fuses them itself); checked
-        return False  # first: dynamo cannot trace `torch.backends.mkldnn.is_available()` (a graph break)
-    if _MKLDNN_CONV_POINTWISE is None or not torch.backends.mkldnn.is_available():
-        return False
-    if hidden_states.dtype != torch.float32 or weight.dtype != torch.float32:
-        return False
-    return not (torch.is_grad_enabled() and (hidden_states.requires_grad or weight.requires_grad))
-
-
-def _fused_conv_activation(hidden_states, weight, bias, conv: nn.Conv2d, activation: nn.Module | None):
-    name, scalars = ("none", []) if activation is None else _FUSED_ACTIVATIONS[type(activation)]
-    return _MKLDNN_CONV_POINTWISE(
-        hidden_states, weight, bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, name,
-        scalars, "",
-    )
 
 
 def wide_dtype(tensor: torch.Tensor) -> torch.dtype:
@@ -167,7 +148,7 @@ class InvertedResidual(nn.Module):
         layers.append(ConvBnAct(expanded, expanded, kernel_size, stride, groups=expanded, activation=activation,
                                 padding=padding))
         if use_se:
-            layers.append(SqueezeExcitation(expanded, _make_divisible(expanded // 4, 8)))
+            layers.append(SqueezeExcitation(expanded, make_divisible(expanded // 4, 8)))
         layers.append(ConvBnAct(expanded, out_channels, 1, activation=None))
         self.block = nn.Sequential(*layers)
         self.use_residual = stride == 1 and in_channels == out_channels
@@ -179,124 +160,6 @@ class InvertedResidual(nn.Module):
         if not torch.is_grad_enabled():  # inference: `out` is this block's fresh output, add in place
             return out.add_(hidden_states)
         return out + hidden_states
-
-
-# ------------------------------------------------------------------------------------------------------ the table
-@dataclass(frozen=True)
-class TrunkSpec:
-    """One trunk: its blocks, stem and last convolution, and where the original DART heads cut it.
-
-    Attributes:
-        blocks: one row per inverted-residual block: `(kernel, expanded channels, output channels, squeeze-excite,
-            activation, stride)`.
-        stem_channels / stem_activation: the first 3x3 stride-2 convolution.
-        last_channels / last_activation: the 1x1 convolution after the blocks (the last `features` entry).
-        head_depths: `features` entries kept by default for each score head.
-        padding: `"symmetric"` (torchvision) or `"same"` (TensorFlow).
-        input_mean / input_std: the per-channel normalisation the pretrained weights were trained with (what an image
-            processor built for a model with this trunk should use).
-    """
-
-    blocks: tuple
-    stem_channels: int
-    stem_activation: str
-    last_channels: int
-    last_activation: str
-    head_depths: dict
-    padding: str = "symmetric"
-    input_mean: tuple = (0.485, 0.456, 0.406)
-    input_std: tuple = (0.229, 0.224, 0.225)
-
-    @property
-    def num_entries(self) -> int:
-        """`features` entries of the whole trunk: stem + blocks + last convolution."""
-        return len(self.blocks) + 2
-
-    def output_stride(self, depth: int) -> int:
-        """Total stride of the first `depth` entries."""
-        stride = 2
-        for _, _, _, _, _, block_stride in self.blocks[: max(0, depth - 1)]:
-            stride *= block_stride
-        return stride
-
-    def output_channels(self, depth: int) -> int:
-        if depth == self.num_entries:
-            return self.last_channels
-        return self.blocks[depth - 2][2] if depth >= 2 else self.stem_channels
-
-
-_MOBILENET_V3_SMALL = TrunkSpec(
-    blocks=(
-        (3, 16, 16, True, "relu", 2),
-        (3, 72, 24, False, "relu", 2),
-        (3, 88, 24, False, "relu", 1),
-        (5, 96, 40, True, "hardswish", 2),
-        (5, 240, 40, True, "hardswish", 1),
-        (5, 240, 40, True, "hardswish", 1),
-        (5, 120, 48, True, "hardswish", 1),
-        (5, 144, 48, True, "hardswish", 1),
-        (5, 288, 96, True, "hardswish", 2),
-        (5, 576, 96, True, "hardswish", 1),
-        (5, 576, 96, True, "hardswish", 1),
-    ),
-    stem_channels=16, stem_activation="hardswish", last_channels=576, last_activation="hardswish",
-    head_depths={"v1": 11, "v2": 13},
-)
-_MOBILENET_V3_LARGE = TrunkSpec(
-    blocks=(
-        (3, 16, 16, False, "relu", 1),
-        (3, 64, 24, False, "relu", 2),
-        (3, 72, 24, False, "relu", 1),
-        (5, 72, 40, True, "relu", 2),
-        (5, 120, 40, True, "relu", 1),
-        (5, 120, 40, True, "relu", 1),
-        (3, 240, 80, False, "hardswish", 2),
-        (3, 200, 80, False, "hardswish", 1),
-        (3, 184, 80, False, "hardswish", 1),
-        (3, 184, 80, False, "hardswish", 1),
-        (3, 480, 112, True, "hardswish", 1),
-        (3, 672, 112, True, "hardswish", 1),
-        (5, 672, 160, True, "hardswish", 2),
-        (5, 960, 160, True, "hardswish", 1),
-        (5, 960, 160, True, "hardswish", 1),
-    ),
-    stem_channels=16, stem_activation="hardswish", last_channels=960, last_activation="hardswish",
-    head_depths={"v1": 15, "v2": 17},
-)
-
-
-def _efficientnet_blocks(stages, stem_channels):
-    """Expand EfficientNet stages `(repeats, kernel, stride, expansion, output channels)` into block rows."""
-    rows, channels = [], stem_channels
-    for repeats, kernel, stride, expansion, out in stages:
-        for index in range(repeats):
-            rows.append((kernel, channels * expansion, out, False, "relu6", stride if index == 0 else 1))
-            channels = out
-    return tuple(rows)
-
-
-# EfficientNet-Lite0: EfficientNet-B0's stages without squeeze-excite, with ReLU6, stem and last convolution fixed
-_EFFICIENTNET_LITE0 = TrunkSpec(
-    blocks=_efficientnet_blocks(
-        ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112),
-         (4, 5, 2, 6, 192), (1, 3, 1, 6, 320)),
-        stem_channels=32,
-    ),
-    stem_channels=32, stem_activation="relu6", last_channels=1280, last_activation="relu6",
-    # v1 after the last stride-32 stage of width 192 (16 entries), v2 with the last convolution (all 18)
-    head_depths={"v1": 16, "v2": 18},
-    padding="same",
-    # TensorFlow's Lite models take [-1, 1] inputs: the ImageNet weights are most confident with mean = std = 0.5
-    # (espresso 0.95 against 0.78 on scikit-image's coffee photo), and still right with ImageNet's statistics
-    input_mean=(0.5, 0.5, 0.5),
-    input_std=(0.5, 0.5, 0.5),
-)
-
-TRUNKS: dict[str, TrunkSpec] = {
-    "mobilenet_v3_small": _MOBILENET_V3_SMALL,
-    "mobilenet_v3_large": _MOBILENET_V3_LARGE,
-    "efficientnet_lite0": _EFFICIENTNET_LITE0,
-}
 
 
 class ScorerTrunk(nn.Module):
@@ -493,5 +356,6 @@ def load_scorer_trunk_weights(model: nn.Module, source: str | Path) -> list[str]
     return sorted(skipped)
 
 
-__all__ = ["load_scorer_trunk_weights", "read_weights_file", "TRUNKS", "TrunkSpec", "ScorerTrunk", "ConvBnAct", "InvertedResidual", "SqueezeExcitation",
-           "packaged_weights_path", "trunk_state_dict_from_file", "load_trunk_weights", "same_padding"]
+__all__ = ["load_scorer_trunk_weights", "read_weights_file", "ScorerTrunk", "ConvBnAct", "InvertedResidual",
+           "SqueezeExcitation", "packaged_weights_path", "trunk_state_dict_from_file", "load_trunk_weights",
+           "same_padding", "wide_dtype"]

@@ -67,12 +67,12 @@ def test_dynamic_batch_survives_the_chunked_cpu_trunk(monkeypatch):
     """Eager CPU inference runs a large trunk a few images at a time (DART-DeiT-S: 2 images of 448). Traced at the
     chunk size, that chunking pinned the batch (DART-DeiT-S exported for ONNX at batch 2 refused batch 8); traced
     graphs must take the whole batch."""
-    from modeling_dart import embeddings_dart
+    from modeling_dart import cpu_tuning_dart
 
     model, shape = make("vit")
     scorer = model.dart.embeddings.scorer
     image_bytes = scorer.widest_activation_bytes_per_pixel * shape[-2] * shape[-1]
-    monkeypatch.setattr(embeddings_dart, "_TRUNK_CHUNK_BYTES", 2 * image_bytes)  # chunks of 2 images, as DeiT-S
+    monkeypatch.setattr(cpu_tuning_dart, "TRUNK_CHUNK_BYTES", 2 * image_bytes)  # chunks of 2 images, as DeiT-S
     dynamic = {"pixel_values": {0: torch.export.Dim("batch", min=1, max=64)}}
     program = torch.export.export(model, (batch(shape, 2, 0),), dynamic_shapes=dynamic)
     for size, seed in ((2, 1), (5, 2), (1, 3)):

@@ -16,16 +16,9 @@ import torch.nn.functional as F
 if str(pathlib.Path(__file__).resolve().parents[1]) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from modeling_dart import mamba_dart
-from modeling_dart.mamba_dart import (
-    DartBiMambaMixer,
-    DartMambaBlock,
-    DartRMSNorm,
-    add_and_norm,
-    causal_conv1d_silu_time_major,
-    is_mamba_kernel_available,
-    selective_scan,
-)
+from modeling_dart import mamba_dart, selective_scan_dart
+from modeling_dart.mamba_dart import DartBiMambaMixer, DartMambaAddNorm, DartMambaBlock, DartRMSNorm
+from modeling_dart.selective_scan_dart import causal_conv1d_silu_time_major, is_mamba_kernel_available, selective_scan
 
 # ----------------------------------------------------------------------------------------------------------------------
 # References written here, independently of the module: a plain loop over time in float64.
@@ -171,8 +164,8 @@ def test_traced_scan_in_closed_form_blocks_matches_the_reference(monkeypatch, bl
     """The scan that tracing / export / compile use works in closed form over blocks of steps; values and gradients
     must be those of the sequential recurrence, for blocks that split the sequence unevenly, and with decays that
     underflow within a block."""
-    monkeypatch.setattr(mamba_dart, "_is_tracing", lambda: True)
-    monkeypatch.setattr(mamba_dart, "_TRACED_BLOCK", block)
+    monkeypatch.setattr(selective_scan_dart, "_is_tracing", lambda: True)
+    monkeypatch.setattr(selective_scan_dart, "_TRACED_BLOCK", block)
     for strong in (False, True):
         inputs = random_scan_inputs(2, 6, 37, 4, groups=2, seed=21, dtype=torch.float64)
         if strong:
@@ -193,11 +186,11 @@ def test_traced_scan_in_closed_form_blocks_matches_the_reference(monkeypatch, bl
 def test_exported_scan_matches_the_reference(monkeypatch):
     """Under torch.export the recurrence is one `torch.ops.higher_order.scan` over the time steps (the ONNX `Scan`
     node); its values must be those of the sequential recurrence, with decays that underflow too."""
-    monkeypatch.setattr(mamba_dart, "_is_tracing", lambda: True)
+    monkeypatch.setattr(selective_scan_dart, "_is_tracing", lambda: True)
     monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
     called = []
-    exported = mamba_dart._selective_scan_exported
-    monkeypatch.setattr(mamba_dart, "_selective_scan_exported", lambda *a: called.append(1) or exported(*a))
+    exported = selective_scan_dart._selective_scan_exported
+    monkeypatch.setattr(selective_scan_dart, "_selective_scan_exported", lambda *a: called.append(1) or exported(*a))
     for strong in (False, True):
         inputs = random_scan_inputs(2, 6, 37, 4, groups=2, seed=21, dtype=torch.float64)
         if strong:
@@ -224,7 +217,7 @@ def test_selective_scan_strong_decay_is_stable():
 def test_decays_that_would_be_subnormal_are_flushed_to_zero():
     """Subnormal decays slow every multiply-add of the CPU recurrence; they must become exact zeros, nothing else."""
     exponents = torch.tensor([-148.5, -140.0, -127.0, -126.0, -125.9, -60.0, -1.0, 0.0])
-    flushed = mamba_dart._exp2_flush_subnormal_(exponents.clone())
+    flushed = selective_scan_dart._exp2_flush_subnormal_(exponents.clone())
     tiny = torch.finfo(torch.float32).tiny
     assert not ((flushed != 0) & (flushed.abs() < tiny)).any()
     assert (flushed[:4] == 0).all()
@@ -459,7 +452,7 @@ def test_traceable_formulation_matches(monkeypatch):
         return [out.detach(), x.grad] + [p.grad.clone() for p in mixer.parameters()]
 
     expected = run()
-    monkeypatch.setattr(mamba_dart, "_is_tracing", lambda: True)
+    monkeypatch.setattr(selective_scan_dart, "_is_tracing", lambda: True)
     for a, b in zip(run(), expected):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
@@ -502,8 +495,8 @@ def test_kernel_path_plumbing_with_stand_in_kernels(monkeypatch):
     hidden = torch.randn(2, 17, 16)
     with torch.no_grad():
         expected = mixer(hidden)
-    monkeypatch.setattr(mamba_dart, "_kernel_selective_scan", _fake_kernel_selective_scan)
-    monkeypatch.setattr(mamba_dart, "_kernel_causal_conv1d", _fake_kernel_causal_conv1d)
+    monkeypatch.setattr(selective_scan_dart, "_kernel_selective_scan", _fake_kernel_selective_scan)
+    monkeypatch.setattr(selective_scan_dart, "_kernel_causal_conv1d", _fake_kernel_causal_conv1d)
     monkeypatch.setattr(DartBiMambaMixer, "_should_use_kernels", lambda self, hidden_states: True)
     with torch.no_grad():
         torch.testing.assert_close(mixer(hidden), expected, rtol=1e-5, atol=1e-6)
@@ -573,12 +566,12 @@ def test_block_residual_semantics():
     with torch.no_grad():
         hidden, residual = block(embeddings)  # first block: the residual is the input itself
         torch.testing.assert_close(residual, embeddings)
-        torch.testing.assert_close(hidden, block.mixer(block.norm(embeddings)))
+        torch.testing.assert_close(hidden, block.mixer(DartRMSNorm.forward(block.norm, embeddings)))
         hidden2, residual2 = block(hidden, residual)
         torch.testing.assert_close(residual2, hidden + residual)
-        torch.testing.assert_close(hidden2, block.mixer(block.norm(hidden + residual)))
-        normed, _ = add_and_norm(hidden2, residual2, block.norm)
-        torch.testing.assert_close(normed, block.norm(hidden2 + residual2))
+        torch.testing.assert_close(hidden2, block.mixer(DartRMSNorm.forward(block.norm, hidden + residual)))
+        normed, _ = block.norm(hidden2, residual2)
+        torch.testing.assert_close(normed, DartRMSNorm.forward(block.norm, hidden2 + residual2))
 
     # bfloat16 model: residual stream stays float32, hidden states in bfloat16.
     bf16_block = copy.deepcopy(block).to(torch.bfloat16)
@@ -623,14 +616,14 @@ def test_block_gradient_checkpointing():
         def __init__(self, config):
             super().__init__(config)
             self.layers = torch.nn.ModuleList([DartMambaBlock(16, layer_idx=i) for i in range(3)])
-            self.norm_f = DartRMSNorm(16)
+            self.norm_f = DartMambaAddNorm(16)
             self.post_init()
 
         def forward(self, hidden_states):
             residual = None
             for layer in self.layers:
                 hidden_states, residual = layer(hidden_states, residual)
-            return add_and_norm(hidden_states, residual, self.norm_f)[0]
+            return self.norm_f(hidden_states, residual)[0]
 
     torch.manual_seed(0)
     model = TinyMambaStack(TinyConfig()).train()
@@ -661,23 +654,35 @@ def test_mixer_odd_lengths_batch_one_and_length_one():
 
 
 def test_module_imports_alone_without_kernels():
-    """The file is Hub remote code: it must load on its own, with mamba_ssm / causal_conv1d unimportable."""
+    """The files are Hub remote code: the scan must load on its own, and the mixer with only its sibling scan module,
+    with mamba_ssm / causal_conv1d unimportable."""
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp()
+    package = pathlib.Path(folder) / "standalone_mamba"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    for module in (mamba_dart, selective_scan_dart):
+        shutil.copy(module.__file__, package)
     code = (
-        "import sys, importlib.util\n"
+        "import sys\n"
+        f"sys.path.insert(0, {folder!r})\n"
         "sys.modules['mamba_ssm'] = None\n"
         "sys.modules['causal_conv1d'] = None\n"
-        f"spec = importlib.util.spec_from_file_location('standalone_mamba', {mamba_dart.__file__!r})\n"
-        "module = importlib.util.module_from_spec(spec)\n"
-        "spec.loader.exec_module(module)\n"
-        "assert module.is_mamba_kernel_available() is False\n"
+        "from standalone_mamba import mamba_dart, selective_scan_dart\n"
+        "assert selective_scan_dart.is_mamba_kernel_available() is False\n"
         "import torch\n"
-        "print(module.DartBiMambaMixer(8)(torch.randn(1, 3, 8)).shape)\n"
+        "print(mamba_dart.DartBiMambaMixer(8)(torch.randn(1, 3, 8)).shape)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    shutil.rmtree(folder)
     assert result.returncode == 0, result.stderr
     assert "torch.Size([1, 3, 8])" in result.stdout
     # What Transformers' remote-code loader will require (imports inside try blocks are optional).
     from transformers.dynamic_module_utils import get_imports, get_relative_imports
 
     assert set(get_imports(mamba_dart.__file__)) - {"__future__", "math"} == {"torch", "transformers"}
-    assert get_relative_imports(mamba_dart.__file__) == []
+    assert set(get_imports(selective_scan_dart.__file__)) - {"__future__", "math"} == {"torch"}
+    assert get_relative_imports(selective_scan_dart.__file__) == []
+    assert get_relative_imports(mamba_dart.__file__) == ["selective_scan_dart"]

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from modeling_dart import DartConfig, DartForImageClassification
-from modeling_dart.embeddings_dart import DartScorer, bounded_exp_density
+from modeling_dart.scorer_dart import DartScorer, bounded_exp_density
 from tests.conftest import tiny_config
 
 

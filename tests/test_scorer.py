@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from modeling_dart import embeddings_dart, trunks_dart
-from modeling_dart.embeddings_dart import ConvBnAct, DartScorer
+from modeling_dart import cpu_tuning_dart, trunks_dart
+from modeling_dart.scorer_dart import DartScorer
+from modeling_dart.trunks_dart import ConvBnAct
 from tests.conftest import estimate_batchnorm_statistics, tiny_config
 
 TRUNKS = ["mobilenet_v3_small", "mobilenet_v3_large"]
@@ -59,7 +60,7 @@ def test_fast_trunk_without_the_fused_op_matches_too(trunk, monkeypatch):
     scorer = scorer_with_statistics(trunk)
     x = pixels()
     expected = plain_features(scorer, x)
-    monkeypatch.setattr(trunks_dart, "_MKLDNN_CONV_POINTWISE", None)
+    monkeypatch.setattr(cpu_tuning_dart, "_MKLDNN_CONV_POINTWISE", None)
     with torch.no_grad():
         actual = scorer.extract_features(x)
     torch.testing.assert_close(actual, expected, atol=1e-5 * expected.abs().max().item(), rtol=1e-4)
@@ -92,7 +93,7 @@ def test_chunked_batches_give_the_whole_batch_result(trunk, monkeypatch):
     scorer.features.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
     with torch.no_grad():
         whole = scorer.extract_features(x)
-        monkeypatch.setattr(embeddings_dart, "_TRUNK_CHUNK_BYTES", 2 * scorer.widest_activation_bytes_per_pixel * 96 * 128)
+        monkeypatch.setattr(cpu_tuning_dart, "TRUNK_CHUNK_BYTES", 2 * scorer.widest_activation_bytes_per_pixel * 96 * 128)
         chunked = scorer.extract_features(x)
     assert calls == [5, 2, 2, 1]
     torch.testing.assert_close(chunked, whole, atol=1e-5 * whole.abs().max().item(), rtol=1e-4)

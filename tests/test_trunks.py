@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from modeling_dart import DartConfig, DartForImageClassification, DartModel, load_scorer_trunk_weights
-from modeling_dart import configuration_dart
 from modeling_dart.trunks_dart import TRUNKS, ScorerTrunk, packaged_weights_path, same_padding
 from tests.conftest import REPO_ROOT, tiny_config, write_untrusted_checkpoint
 
@@ -33,14 +32,32 @@ def lite0_state():
     return torch.load(lite0_file(), map_location="cpu", weights_only=True)
 
 
-def test_config_tables_agree_with_the_trunks():
-    for name, spec in TRUNKS.items():
-        assert configuration_dart._TRUNK_ENTRIES[name] == spec.num_entries
-        assert configuration_dart._HEAD_DEPTHS[name] == spec.head_depths
-        strides = configuration_dart._TRUNK_STRIDES[name]
-        assert len(strides) == spec.num_entries + 1
-        for depth in range(1, spec.num_entries + 1):
-            assert strides[depth] == spec.output_stride(depth) == ScorerTrunk(name, depth).output_stride
+# written out from torchvision's MobileNetV3 and EfficientNet-Lite0's published block tables, not from the code:
+# `features` entries, the original heads' cut depths, the output stride after each entry count (index = depth) and
+# the v1 head's hidden width (the trunk width at the v1 cut)
+EXPECTED_TRUNKS = {
+    "mobilenet_v3_small": (13, {"v1": 11, "v2": 13}, (1, 2, 4, 8, 8, 16, 16, 16, 16, 16, 32, 32, 32, 32), 96),
+    "mobilenet_v3_large": (17, {"v1": 15, "v2": 17},
+                           (1, 2, 2, 4, 4, 8, 8, 8, 16, 16, 16, 16, 16, 16, 32, 32, 32, 32), 160),
+    "efficientnet_lite0": (18, {"v1": 16, "v2": 18},
+                           (1, 2, 2, 4, 4, 8, 8, 16, 16, 16, 16, 16, 16, 32, 32, 32, 32, 32, 32), 192),
+}
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_TRUNKS))
+def test_trunk_table_facts(name):
+    """The one trunk table gives what the config and the modules read: entries, cut depths, strides, v1 widths."""
+    from modeling_dart import DartConfig
+
+    entries, head_depths, strides, v1_width = EXPECTED_TRUNKS[name]
+    spec = TRUNKS[name]
+    assert spec.num_entries == entries and spec.head_depths == head_depths
+    for depth in range(1, entries + 1):
+        assert spec.output_stride(depth) == strides[depth] == ScorerTrunk(name, depth).output_stride
+    assert DartConfig(scorer_trunk=name).scorer_hidden_size == v1_width
+    assert DartConfig(scorer_trunk=name, scorer_head="v2").scorer_hidden_size == 96
+    for head, depth in head_depths.items():
+        assert DartConfig(scorer_trunk=name, scorer_head=head).resolved_scorer_trunk_depth() == depth
 
 
 @pytest.mark.parametrize("name", list(TRUNKS))
