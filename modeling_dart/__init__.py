@@ -1,13 +1,18 @@
 """DART (Differentiable Dynamic Adaptive Region Tokenizer) for Hugging Face Transformers.
 
-Importing this package registers DART with `AutoConfig`, `AutoModel`, `AutoModelForImageClassification`,
-`AutoModelForVideoClassification`, `AutoImageProcessor` (the image processor) and the video-processor mapping (the
-video processor), so that `from_pretrained` and `pipeline(...)` work on DART folders.
+Importing this package registers the two DART families with the Auto classes, so that `from_pretrained` and
+`pipeline(...)` work on DART folders:
+
+- images (`DartConfig`, model type `dart`): `AutoModel` -> `DartModel`, `AutoModelForImageClassification` ->
+  `DartForImageClassification`, `AutoImageProcessor` -> `DartImageProcessor`;
+- videos (`DartVideoConfig`, model type `dart_video`): `AutoModel` -> `DartVideoMambaModel`,
+  `AutoModelForVideoClassification` -> `DartVideoMambaForVideoClassification`, `AutoVideoProcessor` ->
+  `DartVideoProcessor`. Folders saved with `model_type: dart` and `backbone: videomamba` load as the video family.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForVideoClassification
 
-from .configuration_dart import DartConfig
+from .configuration_dart import DartConfig, DartVideoConfig
 from .image_processing_dart import (
     DartImageProcessor,
     DartImageProcessorPil,
@@ -40,15 +45,21 @@ from .video_processing_dart import (
 __version__ = "0.1.0"
 
 AutoConfig.register("dart", DartConfig, exist_ok=True)
+AutoConfig.register("dart_video", DartVideoConfig, exist_ok=True)
 AutoModel.register(DartConfig, DartModel, exist_ok=True)
 AutoModelForImageClassification.register(DartConfig, DartForImageClassification, exist_ok=True)
-register_image_processor(DartConfig)
-AutoModelForVideoClassification.register(DartConfig, DartVideoMambaForVideoClassification, exist_ok=True)
-register_video_processor(DartConfig)
+AutoModel.register(DartVideoConfig, DartVideoMambaModel, exist_ok=True)
+AutoModelForVideoClassification.register(DartVideoConfig, DartVideoMambaForVideoClassification, exist_ok=True)
+# both processors for both configs: `pipeline()` probes the image and the video processor of every folder, and an
+# unregistered pair would send it to the folder's remote code (a prompt when `trust_remote_code` is unset)
+for _config_class in (DartConfig, DartVideoConfig):
+    register_image_processor(_config_class)
+    register_video_processor(_config_class)
 
 # Folders written by `save_pretrained` carry the modeling code and an `auto_map`, so that they also load with
 # `trust_remote_code=True` where this package is not installed.
 DartConfig.register_for_auto_class()
+DartVideoConfig.register_for_auto_class()
 DartModel.register_for_auto_class("AutoModel")
 DartForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 DartImageProcessor.register_for_auto_class("AutoImageProcessor")
@@ -58,6 +69,7 @@ DartVideoProcessor.register_for_auto_class("AutoVideoProcessor")
 
 __all__ = [
     "DartConfig",
+    "DartVideoConfig",
     "DartImageProcessor",
     "DartImageProcessorPil",
     "DartTrainTransform",

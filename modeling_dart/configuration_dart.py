@@ -1,29 +1,32 @@
-"""DART model configuration."""
+# Copyright 2026 The modeling_dart Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Configurations of the DART model families: `DartConfig` (images: DeiT and Vision Mamba backbones) and
+`DartVideoConfig` (videos: VideoMamba backbone)."""
 
 from __future__ import annotations
 
+import difflib
 import math
+import warnings
 
 from transformers import PreTrainedConfig
 
-_BACKBONES = ("vit", "vim", "videomamba")
-_TRUNKS = ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_lite0")
+from .trunk_tables_dart import TRUNKS, default_scorer_hidden_size
+
+_IMAGE_BACKBONES = ("vit", "vim")
+_VIDEO_BACKBONES = ("videomamba",)
 _HEADS = ("v1", "v2", "saliency")
-# `features` entries of each trunk (first conv + inverted residual blocks + last 1x1 conv), as in torchvision; the
-# tables themselves live in `trunks_dart.TRUNKS` (a test checks that the two agree)
-_TRUNK_ENTRIES = {"mobilenet_v3_small": 13, "mobilenet_v3_large": 17, "efficientnet_lite0": 18}
-# default depths: the original heads cut the trunks at stride 32 (v1 before the last blocks, v2 after the last conv)
-_HEAD_DEPTHS = {
-    "mobilenet_v3_small": {"v1": 11, "v2": 13},
-    "mobilenet_v3_large": {"v1": 15, "v2": 17},
-    "efficientnet_lite0": {"v1": 16, "v2": 18},
-}
-# output stride after each number of `features` entries (index = depth), for the "saliency" head's automatic depth
-_TRUNK_STRIDES = {
-    "mobilenet_v3_small": (1, 2, 4, 8, 8, 16, 16, 16, 16, 16, 32, 32, 32, 32),
-    "mobilenet_v3_large": (1, 2, 2, 4, 4, 8, 8, 8, 16, 16, 16, 16, 16, 16, 32, 32, 32, 32),
-    "efficientnet_lite0": (1, 2, 2, 4, 4, 8, 8, 16, 16, 16, 16, 16, 16, 32, 32, 32, 32, 32, 32),
-}
 _NORMALIZATIONS = ("image", "batch")
 _CLS_POSITIONS = ("head", "middle")
 _VIDEO_POOLING = ("frame", "clip")
@@ -35,8 +38,9 @@ MAX_TOKENS_PER_CELL = 16
 
 class DartConfig(PreTrainedConfig):
     r"""
-    Configuration of a DART model: a Differentiable Dynamic Adaptive Region Tokenizer feeding a DeiT (`backbone="vit"`),
-    Vision Mamba (`backbone="vim"`) or VideoMamba (`backbone="videomamba"`) backbone.
+    Configuration of a DART image model: a Differentiable Dynamic Adaptive Region Tokenizer feeding a DeiT
+    (`backbone="vit"`) or Vision Mamba (`backbone="vim"`) backbone. The VideoMamba family has its own
+    [`DartVideoConfig`]; `DartConfig(backbone="videomamba", ...)` returns one.
 
     DART predicts a score map on a `score_grid_size x score_grid_size` grid with a small scoring network (frozen
     MobileNetV3 trunk + trainable head), inverts its row marginal and its per-row density into `num_tokens` patches of
@@ -45,8 +49,7 @@ class DartConfig(PreTrainedConfig):
 
     Args:
         backbone (`str`, *optional*, defaults to `"vit"`):
-            `"vit"` (DeiT blocks), `"vim"` (bidirectional Mamba, cls token in the middle, outputs averaged) or
-            `"videomamba"` (bidirectional Mamba, cls token first, outputs summed).
+            `"vit"` (DeiT blocks) or `"vim"` (bidirectional Mamba, cls token in the middle, outputs averaged).
         image_size (`int`, *optional*, defaults to 448):
             Resolution the model was trained at (the image processor's crop). Any input size works at call time.
         patch_size (`int`, *optional*, defaults to 16):
@@ -80,8 +83,7 @@ class DartConfig(PreTrainedConfig):
             stride 8, 12x12 for 96 pixels). For the saliency head the default follows the input size: the deepest
             trunk whose output stride is at most `max(4, image_size / (4 * score_grid_size))`, so that every score
             cell averages about 4x4 feature positions or more (e.g. stride 4 for 160-pixel inputs on a 10x10 grid,
-            stride 8 for 448 on 14x14). Measured on the sparse-canvas benchmark, the pretrained Lite0 features at
-            stride 4 placed more of the density on the objects than stride 8, 16 or 32.
+            stride 8 for 448 on 14x14).
         scorer_max_density_ratio (`float`, *optional*, defaults to 1e4):
             Saliency head: the largest ratio between the scores (hence the token densities) of two cells. The
             density is `exp(b * tanh(t * z / b))` of the standardised logit `z`, with `b = log(ratio) / 2`.
@@ -98,8 +100,7 @@ class DartConfig(PreTrainedConfig):
             in the token order, as Fourier features mapped by a zero-initialised linear layer (so a new model starts
             exactly as without it). The resampled position embedding averages the position table over a token's
             region and says little about the token's size; a token that covers 3 pixels and one that covers 40 are
-            resampled to the same `patch_size`. On the sparse-canvas benchmark (36 tokens, 600 steps, one seed) it
-            took the pretrained-trunk DART from 30.8% to 49.4% and the oracle from 39.7% to 55.2%.
+            resampled to the same `patch_size`.
         hidden_size (`int`, *optional*, defaults to 192):
             Token width.
         num_hidden_layers (`int`, *optional*, defaults to 12):
@@ -145,12 +146,6 @@ class DartConfig(PreTrainedConfig):
             `videomamba`.
         use_mamba_kernels (`bool`, *optional*, defaults to `True`):
             Use the mamba-ssm / causal-conv1d CUDA kernels when the tensors are on CUDA and the packages import.
-        num_frames (`int`, *optional*, defaults to 8):
-            Frames per clip (video).
-        tubelet_size (`int`, *optional*, defaults to 1):
-            Temporal patch size (video; only 1 is supported).
-        video_score_pooling (`str`, *optional*, defaults to `"frame"`):
-            `"frame"` scores every frame on its own; `"clip"` scores the mean frame once, so all frames share regions.
     """
 
     model_type = "dart"
@@ -198,9 +193,6 @@ class DartConfig(PreTrainedConfig):
         cls_token_position: str | None = None,
         bidirectional_divide_out: bool | None = None,
         use_mamba_kernels: bool = True,
-        num_frames: int = 8,
-        tubelet_size: int = 1,
-        video_score_pooling: str = "frame",
         **kwargs,
     ):
         self.backbone = backbone
@@ -212,9 +204,8 @@ class DartConfig(PreTrainedConfig):
         self.scorer = scorer
         self.scorer_trunk = scorer_trunk
         self.scorer_head = scorer_head
-        if scorer_hidden_size is None and scorer_trunk in _TRUNKS and scorer_head in _HEADS:
-            widths = {"mobilenet_v3_small": 96, "mobilenet_v3_large": 160, "efficientnet_lite0": 192}
-            scorer_hidden_size = widths[scorer_trunk] if scorer_head == "v1" else 96
+        if scorer_hidden_size is None and scorer_trunk in TRUNKS and scorer_head in _HEADS:
+            scorer_hidden_size = default_scorer_hidden_size(scorer_trunk, scorer_head)
         self.scorer_hidden_size = scorer_hidden_size
         self.scorer_trunk_depth = scorer_trunk_depth
         self.scorer_max_density_ratio = scorer_max_density_ratio
@@ -250,11 +241,10 @@ class DartConfig(PreTrainedConfig):
             bidirectional_divide_out = backbone == "vim"
         self.bidirectional_divide_out = bidirectional_divide_out
         self.use_mamba_kernels = use_mamba_kernels
-        self.num_frames = num_frames
-        self.tubelet_size = tubelet_size
-        self.video_score_pooling = video_score_pooling
+        _warn_near_misses(type(self), kwargs)
         super().__init__(**kwargs)
         self._validate_dart()
+        self._dart_validated = True
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -267,97 +257,210 @@ class DartConfig(PreTrainedConfig):
         """Whether the trained input is twice the base grid (448 for a 224 base), as in all released models."""
         return self.image_size == 2 * self.base_image_size
 
-    @property
-    def intermediate_mamba_size(self) -> int:
-        return self.expand * self.hidden_size
-
-    @property
-    def is_mamba(self) -> bool:
-        return self.backbone in ("vim", "videomamba")
-
     def resolved_scorer_trunk_depth(self) -> int:
         """The scorer's number of trunk `features` entries: `scorer_trunk_depth`, or the default of its head."""
         if self.scorer_trunk_depth is not None:
             return self.scorer_trunk_depth
+        spec = TRUNKS[self.scorer_trunk]
         if self.scorer_head != "saliency":
-            return _HEAD_DEPTHS[self.scorer_trunk][self.scorer_head]
-        strides = _TRUNK_STRIDES[self.scorer_trunk]
-        most = max(4, self.image_size // (4 * self.score_grid_size))
-        return max(depth for depth in range(2, len(strides)) if strides[depth] <= max(most, strides[2]))
+            return spec.head_depths[self.scorer_head]
+        most = max(4, self.image_size // (4 * self.score_grid_size), spec.output_stride(2))
+        return max(depth for depth in range(2, spec.num_entries + 1) if spec.output_stride(depth) <= most)
 
     def max_num_tokens(self) -> int:
         return MAX_TOKENS_PER_CELL * self.score_grid_size**2
 
-    # --------------------------------------------------------------- validation
+    # --------------------------------------------------------------------------------------------- validation
+    def __new__(cls, *args, **kwargs):
+        # `DartConfig(backbone="videomamba", ...)` (and `from_dict` of a folder saved before `DartVideoConfig`
+        # existed) builds the video family's config, so that every Auto class picks the video model
+        if cls is DartConfig and kwargs.get("backbone") in _VIDEO_BACKBONES:
+            cls = DartVideoConfig
+        return super().__new__(cls)
+
+    def __setattr__(self, name, value):
+        # after construction, a field set on its own is checked as at construction (type and range; relations
+        # between fields are checked when a model is built from the config); a refused value is not kept
+        check = self._field_checks().get(name) if self.__dict__.get("_dart_validated", False) else None
+        previous = self.__dict__.get(name)
+        super().__setattr__(name, value)
+        if check is not None:
+            try:
+                check(self, name)
+            except (ValueError, TypeError):
+                super().__setattr__(name, previous)
+                raise
+
+    def to_dict(self) -> dict:
+        serialized = super().to_dict()
+        serialized.pop("_dart_validated", None)
+        return serialized
+
+    @classmethod
+    def _field_checks(cls) -> dict:
+        checks = {name: _choice(allowed) for name, allowed in cls._choices().items()}
+        checks.update(dict.fromkeys(cls._positive_ints, _positive_int))
+        checks.update(dict.fromkeys(("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"), _rate))
+        checks.update(dict.fromkeys(("initializer_range", "layer_norm_eps", "layer_norm_epsilon", "scorer_temperature"),
+                                    _positive_float))
+        checks.update(dict.fromkeys(cls._bools, _boolean))
+        checks["scorer_max_density_ratio"] = _density_ratio
+        return checks
+
+    _positive_ints = (
+        "image_size", "patch_size", "num_channels", "score_grid_size", "num_tokens", "scorer_hidden_size",
+        "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "state_size", "conv_kernel",
+        "expand", "time_step_rank",
+    )
+    _bools = (
+        "freeze_scorer_trunk", "token_geometry_embedding", "qkv_bias", "use_conv_bias", "use_bias", "residual_in_fp32",
+        "bidirectional_divide_out", "use_mamba_kernels",
+    )
+
+    @classmethod
+    def _choices(cls) -> dict:
+        return {
+            "backbone": _IMAGE_BACKBONES, "scorer": _SCORERS, "scorer_trunk": tuple(TRUNKS), "scorer_head": _HEADS,
+            "score_normalization": _NORMALIZATIONS, "cls_token_position": _CLS_POSITIONS,
+        }
+
     def _validate_dart(self) -> None:
-        def choice(name, allowed):
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(f"DartConfig: `{name}` must be one of {allowed}, got {value!r}.")
-
-        def positive_int(name):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"DartConfig: `{name}` must be a positive integer, got {value!r}.")
-
-        def rate(name):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ValueError(f"DartConfig: `{name}` must be a float in [0, 1), got {value!r}.")
-
-        def positive_float(name):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"DartConfig: `{name}` must be a positive number, got {value!r}.")
-
-        choice("backbone", _BACKBONES)
-        choice("scorer", _SCORERS)
-        choice("scorer_trunk", _TRUNKS)
-        choice("scorer_head", _HEADS)
-        choice("score_normalization", _NORMALIZATIONS)
-        choice("cls_token_position", _CLS_POSITIONS)
-        choice("video_score_pooling", _VIDEO_POOLING)
-        for name in (
-            "image_size", "patch_size", "num_channels", "score_grid_size", "num_tokens", "scorer_hidden_size",
-            "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "state_size",
-            "conv_kernel", "expand", "time_step_rank", "num_frames", "tubelet_size",
-        ):
-            positive_int(name)
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
-            rate(name)
-        for name in ("initializer_range", "layer_norm_eps", "layer_norm_epsilon", "scorer_temperature"):
-            positive_float(name)
-        if not isinstance(self.token_geometry_embedding, bool):
-            raise TypeError(
-                f"DartConfig: `token_geometry_embedding` must be a bool, got {self.token_geometry_embedding!r}."
-            )
-        ratio = self.scorer_max_density_ratio
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 1.0 < ratio < 1e12:
-            raise ValueError(f"DartConfig: `scorer_max_density_ratio` must be a number in (1, 1e12), got {ratio!r}.")
+        """Check every field and the relations between them; raise `ValueError` / `TypeError` naming the field."""
+        for name, check in self._field_checks().items():
+            check(self, name)
+        name = type(self).__name__
         depth = self.scorer_trunk_depth
         if depth is not None:
-            most = _TRUNK_ENTRIES[self.scorer_trunk]
+            most = TRUNKS[self.scorer_trunk].num_entries
             if isinstance(depth, bool) or not isinstance(depth, int) or not 2 <= depth <= most:
                 raise ValueError(
-                    f"DartConfig: `scorer_trunk_depth` must be None or an integer in [2, {most}] (the `features` "
+                    f"{name}: `scorer_trunk_depth` must be None or an integer in [2, {most}] (the `features` "
                     f"entries of {self.scorer_trunk}), got {depth!r}."
                 )
         if self.backbone == "vit" and self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
-                f"DartConfig: `hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
+                f"{name}: `hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
                 f"({self.num_attention_heads})."
             )
         if self.num_tokens > self.max_num_tokens():
             raise ValueError(
-                f"DartConfig: `num_tokens` must be in [1, {self.max_num_tokens()}] (16 tokens per score-grid cell at "
+                f"{name}: `num_tokens` must be in [1, {self.max_num_tokens()}] (16 tokens per score-grid cell at "
                 f"most), got {self.num_tokens}."
             )
-        if self.tubelet_size != 1:
-            raise ValueError(f"DartConfig: only `tubelet_size=1` is supported, got {self.tubelet_size}.")
         if self.image_size < self.patch_size:
             raise ValueError(
-                f"DartConfig: `image_size` ({self.image_size}) must be at least `patch_size` ({self.patch_size})."
+                f"{name}: `image_size` ({self.image_size}) must be at least `patch_size` ({self.patch_size})."
             )
 
 
-__all__ = ["DartConfig"]
+class DartVideoConfig(DartConfig):
+    r"""
+    Configuration of a DART video model: adaptive-region tokens for every frame feeding a VideoMamba backbone
+    (bidirectional Mamba, cls token first, forward and backward scans summed). Every field of [`DartConfig`] applies,
+    with `backbone="videomamba"`; the video fields are:
+
+    Args:
+        num_frames (`int`, *optional*, defaults to 8):
+            Frames per clip (the length of the temporal position table).
+        tubelet_size (`int`, *optional*, defaults to 1):
+            Temporal patch size (only 1 is supported).
+        video_score_pooling (`str`, *optional*, defaults to `"frame"`):
+            `"frame"` scores every frame on its own; `"clip"` scores the mean frame once, so all frames share regions.
+    """
+
+    model_type = "dart_video"
+
+    def __init__(self, num_frames: int = 8, tubelet_size: int = 1, video_score_pooling: str = "frame", **kwargs):
+        self.num_frames = num_frames
+        self.tubelet_size = tubelet_size
+        self.video_score_pooling = video_score_pooling
+        kwargs.setdefault("backbone", "videomamba")
+        super().__init__(**kwargs)
+
+    _positive_ints = DartConfig._positive_ints + ("num_frames", "tubelet_size")
+
+    @classmethod
+    def _choices(cls) -> dict:
+        return {**super()._choices(), "backbone": _VIDEO_BACKBONES, "video_score_pooling": _VIDEO_POOLING}
+
+    def _validate_dart(self) -> None:
+        super()._validate_dart()
+        if self.tubelet_size != 1:
+            raise ValueError(f"DartVideoConfig: only `tubelet_size=1` is supported, got {self.tubelet_size}.")
+        if self.cls_token_position != "head":
+            raise ValueError(
+                f"DartVideoConfig: VideoMamba puts the cls token first (`cls_token_position='head'`), got "
+                f"{self.cls_token_position!r}."
+            )
+
+
+# ------------------------------------------------------------------------------------------------ field checks
+def _choice(allowed):
+    def check(config, name):
+        value = getattr(config, name)
+        if value not in allowed:
+            raise ValueError(f"{type(config).__name__}: `{name}` must be one of {allowed}, got {value!r}.")
+
+    return check
+
+
+def _positive_int(config, name):
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{type(config).__name__}: `{name}` must be a positive integer, got {value!r}.")
+
+
+def _rate(config, name):
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{type(config).__name__}: `{name}` must be a float in [0, 1), got {value!r}.")
+
+
+def _positive_float(config, name):
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{type(config).__name__}: `{name}` must be a positive finite number, got {value!r}.")
+
+
+def _boolean(config, name):
+    value = getattr(config, name)
+    if not isinstance(value, bool):
+        raise TypeError(f"{type(config).__name__}: `{name}` must be a bool (True or False), got {value!r}.")
+
+
+def _density_ratio(config, name):
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1.0 < value < 1e12:
+        raise ValueError(f"{type(config).__name__}: `{name}` must be a number in (1, 1e12), got {value!r}.")
+
+
+def _warn_near_misses(config_class: type, kwargs: dict) -> None:
+    """Warn about a keyword that is not a field but one edit away from one (`num_token` for `num_tokens`): Transformers
+    keeps unknown keywords as attributes, so a typo would otherwise change nothing, silently."""
+    fields = set(config_class._field_checks()) | {"scorer_trunk_depth"}
+    for key in kwargs:
+        if key in fields or key.startswith("_"):
+            continue
+        close = [name for name in difflib.get_close_matches(key, fields, n=3, cutoff=0.8) if _one_edit(key, name)]
+        if close:
+            warnings.warn(
+                f"{config_class.__name__}: unknown argument `{key}` is kept as an attribute and changes nothing; did "
+                f"you mean `{close[0]}`?",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """Whether `b` is one insertion, deletion, substitution or adjacent swap away from `a`."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]
+                                   and a[diff[1]] == b[diff[0]])
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    return any(long[:i] + long[i + 1:] == short for i in range(len(long)))
+
+
+__all__ = ["DartConfig", "DartVideoConfig"]

@@ -48,6 +48,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from transformers import AutoModelForImageClassification
 
 from .configuration_dart import DartConfig
 from .conversion_utils import (
@@ -179,14 +180,16 @@ def load_trunk_weights_hook(model, source) -> list[str]:
     return list(skipped or [])
 
 
-def _build_model(config_kwargs: dict[str, Any]):
-    from .modeling_dart import DartForImageClassification
-
+def _build_model(config_kwargs: dict[str, Any], model_class=None):
+    """`model_class(config)` in eval mode; by default the class that `AutoModelForImageClassification` registers for
+    `DartConfig` (this module sits below the model classes and never imports them)."""
     try:
         config = DartConfig(**config_kwargs)
-    except ValueError as error:
+    except (ValueError, TypeError) as error:
         raise ConversionError(f"cannot build a DART config for this source: {error}") from error
-    return DartForImageClassification(config).eval()
+    if model_class is None:
+        return AutoModelForImageClassification.from_config(config).eval()
+    return model_class(config).eval()
 
 
 def _fill(model, converted: dict[str, torch.Tensor]) -> None:
@@ -320,7 +323,7 @@ def _load_transformers_source(source, hub_kwargs: dict[str, Any]):
 def convert_transformers_vit(source, *, scorer="uniform", scorer_trunk=None, scorer_head=None,
                              scorer_trunk_depth=None, freeze_scorer_trunk=None, scorer_trunk_weights=None,
                              image_size=None, score_grid_size=None, num_tokens=None, distillation_head="average",
-                             **hub_kwargs):
+                             model_class=None, **hub_kwargs):
     """`(model, processor_kwargs, report)` for a Transformers ViT / DeiT image classifier (see the module docstring)."""
     if distillation_head not in DISTILLATION_HEADS:
         raise ValueError(f"`distillation_head` must be one of {DISTILLATION_HEADS}, got {distillation_head!r}.")
@@ -367,7 +370,7 @@ def convert_transformers_vit(source, *, scorer="uniform", scorer_trunk=None, sco
         attention_probs_dropout_prob=cfg.attention_probs_dropout_prob, initializer_range=cfg.initializer_range,
         layer_norm_eps=cfg.layer_norm_eps, qkv_bias=cfg.qkv_bias, id2label=id2label,
         label2id={v: k for k, v in id2label.items()}, **scorer_kwargs,
-    ))
+    ), model_class)
     position_key = f"{prefix}.embeddings.position_embeddings"
     special_rows = 2 if distilled else 1
 
@@ -430,7 +433,7 @@ VIM_WHAT = "a Vision Mamba checkpoint of the original release"
 
 def convert_vim_checkpoint(path, *, weights="model", scorer="uniform", scorer_trunk=None, scorer_head=None,
                            scorer_trunk_depth=None, freeze_scorer_trunk=None, scorer_trunk_weights=None,
-                           image_size=None, score_grid_size=None, num_tokens=None):
+                           image_size=None, score_grid_size=None, num_tokens=None, model_class=None):
     """`(model, processor_kwargs, report)` for an original Vim `.pth` (cls token in the middle of the sequence)."""
     scorer_kwargs = _scorer_config(scorer, scorer_trunk, scorer_head, scorer_trunk_depth, freeze_scorer_trunk,
                                    scorer_trunk_weights)
@@ -460,7 +463,7 @@ def convert_vim_checkpoint(path, *, weights="model", scorer="uniform", scorer_tr
         num_tokens=tokens, hidden_size=hidden, residual_in_fp32=True, layer_norm_epsilon=1e-5,
         cls_token_position="middle", bidirectional_divide_out=True, id2label=id2label,
         label2id={v: k for k, v in id2label.items()}, **sizes, **scorer_kwargs,
-    ))
+    ), model_class)
 
     def adapt(key: str, tensor: torch.Tensor) -> torch.Tensor:
         if key == "pos_embed":
@@ -495,8 +498,8 @@ def convert_backbone(source, *, weights: str = "model", **options):
 
 
 def wrap_pretrained_backbone(source, **options):
-    """A `DartForImageClassification` wrapping `source` (see the module docstring for the options); the conversion
-    report is kept in `model.conversion_report`."""
+    """A DART image classifier wrapping `source` (see the module docstring for the options; `model_class` picks the
+    class, by default `DartForImageClassification`); the conversion report is kept in `model.conversion_report`."""
     model, _, report = convert_backbone(source, **options)
     model.conversion_report = report
     return model

@@ -9,12 +9,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.conversion_mapping import register_checkpoint_conversion_mapping
-from transformers.core_model_loading import ConversionOps, WeightConverter
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -24,48 +21,9 @@ from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_dart import DartConfig
-from .embeddings_dart import (
-    DartEmbeddings,
-    DartEmbeddingsOutput,
-    DartSaliencyHead,
-    DartScorer,
-    DartTokenGeometryEmbedding,
-)
-from .mamba_dart import DartBiMambaMixer, DartMambaBlock, DartRMSNorm
-
-
-# ------------------------------------------------------------------------------------------- checkpoint loading
-class _AsOneElementVector(ConversionOps):
-    """Loads a 0-d tensor into a `(1,)` parameter (a `(1,)` tensor passes unchanged).
-
-    The saliency head's `prior_weight` and the scorer's `log_temperature` were 0-d parameters, and FSDP2's
-    `fully_shard` refuses 0-d parameters, so they are `(1,)` now. Folders saved with 0-d ones still load; folders are
-    saved with `(1,)` tensors (the reverse operation is this one: no change).
-    """
-
-    @torch.no_grad()
-    def convert(self, input_dict, source_patterns, target_patterns, **kwargs):
-        (value,) = input_dict.values()
-        tensor = value[0] if isinstance(value, list) else value
-        if tensor.numel() != 1:
-            raise ValueError(f"{kwargs.get('full_layer_name', target_patterns[0])}: expected one value, got a "
-                             f"tensor of shape {tuple(tensor.shape)}")
-        return {target_patterns[0]: tensor.reshape(1)}
-
-    @property
-    def reverse_op(self) -> ConversionOps:
-        return _AsOneElementVector()
-
-
-def _one_element_parameters() -> list[WeightConverter]:
-    return [WeightConverter(name, name, operations=[_AsOneElementVector()])
-            for name in (r"scorer.head.prior_weight", r"scorer.log_temperature")]
-
-
-# Registered under the model type, so that it applies to every DART class, also when the folder's remote code defines
-# them (Transformers applies conversions to custom code only when they were registered like this). Registering again
-# (the package and a folder's remote code in one process) replaces the same list.
-register_checkpoint_conversion_mapping("dart", _one_element_parameters(), overwrite=True)
+from .embeddings_dart import DartEmbeddings, DartEmbeddingsOutput, DartTokenGeometryEmbedding
+from .mamba_dart import DartBiMambaMixer, DartDropPath, DartMambaAddNorm, DartMambaBlock, DartRMSNorm
+from .scorer_dart import DartSaliencyHead, DartScorer
 
 
 # ------------------------------------------------------------------------------------------------------- outputs
@@ -133,15 +91,6 @@ class DartImageClassifierOutput(ModelOutput):
 
 
 # ----------------------------------------------------------------------------------------------------- ViT parts
-def drop_path(hidden_states: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
-    """Stochastic depth: drop whole samples of a residual branch with probability `rate` (scaled at train time)."""
-    if rate == 0.0 or not training:
-        return hidden_states
-    keep = 1.0 - rate
-    mask = hidden_states.new_empty((hidden_states.shape[0],) + (1,) * (hidden_states.dim() - 1)).bernoulli_(keep)
-    return hidden_states * mask / keep
-
-
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -210,13 +159,13 @@ class DartLayer(GradientCheckpointingLayer):
         self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = DartMLP(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.drop_path_rate = drop_path_rate
+        self.drop_path = DartDropPath(drop_path_rate)
 
     def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
         attended, _ = self.attention(self.layernorm_before(hidden_states), **kwargs)
-        hidden_states = hidden_states + drop_path(self.dropout(attended), self.drop_path_rate, self.training)
+        hidden_states = hidden_states + self.drop_path(self.dropout(attended))
         mlp_out = self.mlp(self.layernorm_after(hidden_states))
-        return hidden_states + drop_path(self.dropout(mlp_out), self.drop_path_rate, self.training)
+        return hidden_states + self.drop_path(self.dropout(mlp_out))
 
 
 def _drop_path_rates(config: DartConfig) -> list[float]:
@@ -240,23 +189,6 @@ class DartViTEncoder(nn.Module):
         for layer in self.layer:
             hidden_states = layer(hidden_states, **kwargs)
         return BaseModelOutput(last_hidden_state=self.layernorm(hidden_states))
-
-
-class DartMambaFinalNorm(DartRMSNorm):
-    """The final `add + RMSNorm` of the Mamba stack (`norm_f`, same weight name), as a module that also returns the
-    summed residual stream, so that the stream after the last block can be recorded as the last hidden state.
-
-    `forward(hidden_states, residual)` returns `(normalized, residual)` with the semantics of `add_and_norm`.
-    """
-
-    def __init__(self, hidden_size: int, eps: float = 1e-5, residual_in_fp32: bool = True):
-        super().__init__(hidden_size, eps=eps)
-        self.residual_in_fp32 = residual_in_fp32
-
-    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor | None = None):
-        summed = hidden_states.float() if residual is None else hidden_states.float() + residual.float()
-        normalized = super().forward(summed).to(self.weight.dtype)
-        return normalized, (summed if self.residual_in_fp32 else summed.to(hidden_states.dtype))
 
 
 class DartMambaEncoder(nn.Module):
@@ -292,7 +224,7 @@ class DartMambaEncoder(nn.Module):
                 for i, rate in enumerate(_drop_path_rates(config))
             ]
         )
-        self.norm_f = DartMambaFinalNorm(config.hidden_size, config.layer_norm_epsilon, config.residual_in_fp32)
+        self.norm_f = DartMambaAddNorm(config.hidden_size, config.layer_norm_epsilon, config.residual_in_fp32)
         self.gradient_checkpointing = False
         for mixer in self.modules():  # the mixers initialise their own projections (Mamba's dt/A/D scheme)
             if isinstance(mixer, DartBiMambaMixer):
@@ -340,7 +272,7 @@ class DartPreTrainedModel(PreTrainedModel):
         "hidden_states": [
             OutputRecorder(DartLayer, index=0),
             OutputRecorder(DartMambaBlock, index=1, capture_initial_hidden_state=False),
-            OutputRecorder(DartMambaFinalNorm, index=1, capture_initial_hidden_state=False),
+            OutputRecorder(DartMambaAddNorm, index=1, layer_name="norm_f", capture_initial_hidden_state=False),
         ],
         "attentions": OutputRecorder(DartSelfAttention, index=1),
     }
@@ -482,6 +414,10 @@ class DartModel(DartPreTrainedModel):
     """The bare DART model: adaptive tokens + backbone (DeiT blocks or bidirectional Mamba), no head.""" + DART_INPUTS_DOCSTRING
 
     def __init__(self, config: DartConfig):
+        if config.backbone not in ("vit", "vim"):
+            raise ValueError(f"DartModel takes an image backbone ('vit' or 'vim'), got backbone={config.backbone!r}; "
+                             "VideoMamba configs (DartVideoConfig) build DartVideoMambaModel.")
+        config._validate_dart()
         super().__init__(config)
         self.embeddings = DartEmbeddings(config)
         if config.backbone == "vit":
@@ -524,33 +460,74 @@ class DartModel(DartPreTrainedModel):
         )
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: DartConfig) -> torch.Tensor:
-    """Loss for `labels` following `config.problem_type` (inferred like Transformers' classifiers when unset)."""
-    num_labels = logits.shape[-1]
-    if config.problem_type is None:
+_PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+
+def check_classification_labels(labels, logits: torch.Tensor, config) -> tuple[torch.Tensor, str]:
+    """Validate `labels` for classification `logits` `(batch, num_labels)`; return them in the loss's dtype and the
+    problem type.
+
+    The problem type is `config.problem_type`, or inferred as Transformers' classifiers do (one label: regression;
+    integer labels: single-label; float labels: multi-label). The caller stores an inferred type in the config only
+    after the labels passed, so a wrong first call does not change how later calls are read.
+
+    - single-label: integer class indices `(batch,)` in `[0, num_labels)`, or -100 (ignored);
+    - multi-label: `(batch, num_labels)` targets in `[0, 1]`;
+    - regression: `(batch,)` or `(batch, 1)` with one label, `(batch, num_labels)` otherwise.
+    """
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"`labels` must be a torch.Tensor, got {type(labels).__name__}.")
+    batch, num_labels = logits.shape
+    problem_type = config.problem_type
+    if problem_type is None:
         if num_labels == 1:
-            config.problem_type = "regression"
-        elif labels.dtype in (torch.long, torch.int):
-            config.problem_type = "single_label_classification"
+            problem_type = "regression"
+        elif not labels.is_floating_point() and labels.dtype != torch.bool:
+            problem_type = "single_label_classification"
         else:
-            config.problem_type = "multi_label_classification"
-    labels = labels.to(logits.device)
-    if config.problem_type == "regression":
-        return MSELoss()(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype)) if num_labels == 1 else MSELoss()(
-            logits, labels.to(logits.dtype)
-        )
-    if config.problem_type == "single_label_classification":
-        return CrossEntropyLoss()(logits.view(-1, num_labels), labels.view(-1))
-    if config.problem_type == "multi_label_classification":
-        return BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
-    raise ValueError(f"Unknown `problem_type` {config.problem_type!r}.")
+            problem_type = "multi_label_classification"
+    elif problem_type not in _PROBLEM_TYPES:
+        raise ValueError(f"`config.problem_type` must be one of {_PROBLEM_TYPES} or None, got {problem_type!r}.")
+    if labels.dim() == 0 or labels.shape[0] != batch:
+        raise ValueError(f"`labels` must have one entry per image (batch size {batch}), got shape {tuple(labels.shape)}.")
+    if labels.is_complex():
+        raise TypeError(f"`labels` must be real numbers, got {labels.dtype}.")
+    if problem_type == "single_label_classification":
+        if labels.is_floating_point() or labels.dtype == torch.bool:
+            raise TypeError(
+                f"`labels` for single-label classification must be integer class indices, got {labels.dtype} (float "
+                f"labels of shape (batch, num_labels) mean multi-label classification)."
+            )
+        if labels.dim() != 1:
+            raise ValueError(f"`labels` for single-label classification must have shape ({batch},), got "
+                             f"{tuple(labels.shape)}.")
+        bad = labels[(labels != -100) & ((labels < 0) | (labels >= num_labels))]
+        if bad.numel():
+            raise ValueError(f"`labels` must be class indices in [0, {num_labels}) (or -100 to ignore), got "
+                             f"{bad[0].item()}.")
+        return labels.long(), problem_type
+    expected = (batch,) if problem_type == "regression" and num_labels == 1 else (batch, num_labels)
+    if tuple(labels.shape) != expected and not (num_labels == 1 and tuple(labels.shape) == (batch, 1)):
+        raise ValueError(f"`labels` for {problem_type.replace('_', ' ')} must have shape {expected}, got "
+                         f"{tuple(labels.shape)}.")
+    labels = labels.to(logits.dtype)
+    if not torch.isfinite(labels).all():
+        raise ValueError("`labels` must be finite.")
+    if problem_type == "multi_label_classification" and ((labels < 0) | (labels > 1)).any():
+        raise ValueError("`labels` for multi-label classification must be targets in [0, 1].")
+    return labels, problem_type
 
 
-def classify(model: nn.Module, outputs: ModelOutput, labels, output_class: type[ModelOutput]) -> ModelOutput:
-    """Shared tail of the image and video classifiers: logits from the pooled cls token, the loss, and every field of
-    the base model's output that `output_class` declares (hidden states, regions, score map, edges)."""
+def classify(model: PreTrainedModel, outputs: ModelOutput, labels, output_class: type[ModelOutput]) -> ModelOutput:
+    """Shared tail of the image and video classifiers: logits from the pooled cls token, the loss (Transformers'
+    `loss_function` for classification, after [`check_classification_labels`]), and every field of the base model's
+    output that `output_class` declares (hidden states, regions, score map, edges)."""
     logits = model.classifier(outputs.pooler_output)
-    loss = classification_loss(logits, labels, model.config) if labels is not None else None
+    loss = None
+    if labels is not None:
+        labels, problem_type = check_classification_labels(labels, logits, model.config)
+        model.config.problem_type = problem_type
+        loss = model.loss_function(labels.to(logits.device), logits, model.config)
     carried = {name: outputs.get(name) for name in output_class.__dataclass_fields__ if name not in ("loss", "logits")}
     return output_class(loss=loss, logits=logits, **carried)
 
@@ -583,26 +560,24 @@ class DartForImageClassification(DartPreTrainedModel):
         )
         return classify(self, outputs, labels, DartImageClassifierOutput)
 
+    @classmethod
+    def from_pretrained_backbone(cls, source, **options) -> DartForImageClassification:
+        """Wrap a pretrained backbone in DART: a Transformers `ViTForImageClassification`, `DeiTForImageClassification`
+        or `DeiTForImageClassificationWithTeacher` (folder, Hub id or loaded model), or an original Vim release `.pth`.
 
-def _from_pretrained_backbone(cls, source, **options) -> DartForImageClassification:
-    """Wrap a pretrained backbone in DART: a Transformers `ViTForImageClassification`, `DeiTForImageClassification`
-    or `DeiTForImageClassificationWithTeacher` (folder, Hub id or loaded model), or an original Vim release `.pth`.
-
-    Options (all keyword): `scorer` (`"uniform"` or `"learned"`), `scorer_trunk`, `scorer_head`, `scorer_trunk_depth`,
-    `freeze_scorer_trunk`, `scorer_trunk_weights`, `image_size`, `score_grid_size`, `num_tokens`,
-    `distillation_head` (`"average"` or `"cls"`), `weights` (`"model"` / `"model_ema"` of a `.pth`), and the Hub's
-    `revision` / `token` / `cache_dir`. See `modeling_dart.from_backbone` for what maps where; the conversion report
-    is in `model.conversion_report`. Needs the `modeling_dart` package (not available from remote code alone).
-    """
-    try:  # absolute import inside try: a folder's remote code neither copies nor requires this module
-        from modeling_dart.from_backbone import wrap_pretrained_backbone
-    except ImportError as error:
-        raise ImportError("`from_pretrained_backbone` needs the `modeling_dart` package installed.") from error
-    return wrap_pretrained_backbone(source, **options)
-
-
-DartForImageClassification.from_pretrained_backbone = classmethod(_from_pretrained_backbone)
+        Options (all keyword): `scorer` (`"uniform"` or `"learned"`), `scorer_trunk`, `scorer_head`,
+        `scorer_trunk_depth`, `freeze_scorer_trunk`, `scorer_trunk_weights`, `image_size`, `score_grid_size`,
+        `num_tokens`, `distillation_head` (`"average"` or `"cls"`), `weights` (`"model"` / `"model_ema"` of a `.pth`),
+        and the Hub's `revision` / `token` / `cache_dir`. See `modeling_dart.from_backbone` for what maps where; the
+        conversion report is in `model.conversion_report`. Needs the `modeling_dart` package (remote code alone does
+        not carry the converter).
+        """
+        try:  # absolute import: a folder's remote code neither copies nor requires the converter
+            from modeling_dart.from_backbone import wrap_pretrained_backbone
+        except ImportError as error:
+            raise ImportError("`from_pretrained_backbone` needs the `modeling_dart` package installed.") from error
+        return wrap_pretrained_backbone(source, model_class=cls, **options)
 
 
 __all__ = ["DartPreTrainedModel", "DartModel", "DartForImageClassification", "DartModelOutput",
-           "DartImageClassifierOutput", "classify"]
+           "DartImageClassifierOutput", "check_classification_labels", "classify"]

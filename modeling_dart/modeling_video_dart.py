@@ -24,7 +24,7 @@ from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_dart import DartConfig
+from .configuration_dart import DartVideoConfig
 from .embeddings_dart import DartEmbeddings, DartEmbeddingsOutput
 from .modeling_dart import DartMambaEncoder, DartPreTrainedModel, _mark_trunk, classify
 
@@ -129,13 +129,15 @@ def check_video_pixel_values(pixel_values, num_channels: int, min_size: int) -> 
 class DartVideoMambaPreTrainedModel(DartPreTrainedModel):
     """Base class of the video models: the DART weight initialisation plus the temporal position table."""
 
+    config_class = DartVideoConfig
+    config: DartVideoConfig
     input_modalities = ("video",)
     main_input_name = "pixel_values"
     _no_split_modules = ["DartPatchProjection", "DartEmbeddings", "DartMambaBlock"]
     # the residual-stream recorders of the Mamba stack (see `DartMambaEncoder`); no attention maps to record
     _can_record_outputs = {"hidden_states": DartPreTrainedModel._can_record_outputs["hidden_states"]}
     _remote_auto_map = {
-        "AutoConfig": "configuration_dart.DartConfig",
+        "AutoConfig": "configuration_dart.DartVideoConfig",
         "AutoModel": "modeling_video_dart.DartVideoMambaModel",
         "AutoModelForVideoClassification": "modeling_video_dart.DartVideoMambaForVideoClassification",
     }
@@ -174,13 +176,12 @@ class DartVideoMambaModel(DartVideoMambaPreTrainedModel):
     from its mean frame (`"clip"`), so that every frame uses the same token regions.
     """ + DART_VIDEO_INPUTS_DOCSTRING
 
-    def __init__(self, config: DartConfig):
+    def __init__(self, config: DartVideoConfig):
+        if not isinstance(config, DartVideoConfig):
+            raise TypeError(f"DartVideoMambaModel needs a DartVideoConfig, got {type(config).__name__} (backbone="
+                            f"{getattr(config, 'backbone', None)!r}).")
+        config._validate_dart()
         super().__init__(config)
-        if config.backbone != "videomamba" or config.cls_token_position != "head":
-            raise ValueError(
-                "DartVideoMambaModel needs a DartConfig with backbone='videomamba' and cls_token_position='head', got "
-                f"backbone={config.backbone!r}, cls_token_position={config.cls_token_position!r}."
-            )
         self.embeddings = DartEmbeddings(config)
         self.temporal_position_embeddings = nn.Parameter(torch.zeros(1, config.num_frames, config.hidden_size))
         self.encoder = DartMambaEncoder(config)
@@ -257,7 +258,7 @@ class DartVideoMambaForVideoClassification(DartVideoMambaPreTrainedModel):
             multi-hot floats for multi-label classification (`problem_type`).
 """
 
-    def __init__(self, config: DartConfig):
+    def __init__(self, config: DartVideoConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.dart = DartVideoMambaModel(config)
