@@ -1,8 +1,9 @@
-"""Pure tensor math of the DART tokenizer: differentiable quantiles, area-overlap resampling, sampling grids.
+"""Tensor math of the DART tokenizer: score densities, quantile cuts, area-overlap resampling weights, bilinear
+sampling of token rows and patches, and token boxes.
 
-Every function here is stateless and works on plain tensors, so each can be tested (and gradient-checked) alone.
-Conventions follow the original DART code (see DESIGN.md §1): quantiles are piecewise-linear inverses of a
-cumulative sum over unit cells, with a `1e-8` guard in the denominator; resampling weights are area overlaps.
+Stateless functions of plain tensors. Quantiles are piecewise-linear inverses of a cumulative sum over unit cells
+with a `1e-8` guard in the denominator, and resampling weights are area overlaps, as in the original DART code. The
+reasons behind the numerics are in `docs/design.md` ("Partition math").
 """
 
 from __future__ import annotations
@@ -12,6 +13,23 @@ import torch
 QUANTILE_EPS = 1e-8
 ROW_WEIGHT_MIN = 1e-6
 STRIP_WEIGHT_EPS = 1e-12
+
+
+def score_density(scores: torch.Tensor) -> torch.Tensor:
+    """Normalise non-negative scores to a density over the cells of each image.
+
+    An image whose scores are all zero gets the uniform density, the limit of a constant map; NaN scores stay NaN.
+
+    Args:
+        scores (`torch.Tensor` of shape `(batch, num_cells)`): non-negative.
+
+    Returns:
+        `torch.Tensor` of shape `(batch, num_cells)`: `scores / scores.sum(-1)`, summing to 1 per image.
+    """
+    total = scores.sum(dim=-1, keepdim=True)
+    empty = total == 0
+    density = scores / torch.where(empty, torch.ones_like(total), total)
+    return torch.where(empty, torch.full_like(scores, 1.0 / scores.shape[-1]), density)
 
 
 def piecewise_linear_quantiles(mass: torch.Tensor, num_parts: int) -> torch.Tensor:
@@ -32,9 +50,7 @@ def piecewise_linear_quantiles(mass: torch.Tensor, num_parts: int) -> torch.Tens
     batch, num_cells = mass.shape
     levels = torch.arange(1, num_parts, device=mass.device, dtype=mass.dtype) / num_parts
     cumulative = mass.cumsum(dim=-1)
-    # first index with cumulative >= level, clamped to the last cell: `searchsorted(..., side="left")`, written as the
-    # number of cells whose cumulative mass is below the level (the same for a non-decreasing cumulative sum), since
-    # ONNX has no searchsorted; batch x levels x cells comparisons, a negligible cost at these sizes
+    # the first cell whose cumulative mass reaches the level, counted rather than searched (ONNX has no searchsorted)
     index = (cumulative.detach().unsqueeze(1) < levels.view(1, -1, 1)).sum(dim=-1)
     index = index.clamp(max=num_cells - 1)
     before = torch.cat([cumulative.new_zeros(batch, 1), cumulative[:, :-1]], dim=1)
@@ -101,9 +117,9 @@ def sample_rows(pixel_values: torch.Tensor, row_starts: torch.Tensor, row_height
     """Resample every row of the partition to `patch_size` pixel rows and lay the rows end to end as one strip.
 
     Row `i` is sampled at `y = row_starts[i] + row_heights[i] * k / patch_size`, `k = 0 .. patch_size - 1`, over every
-    input column: this is `grid_sample(..., mode="bilinear", padding_mode="border", align_corners=True)` at those
-    points, which only interpolates along `y` since the columns are the input's own. It is written as two row gathers
-    and a linear blend, which keeps the columns exact and is several times faster than inductor's `grid_sample`.
+    input column, by linear interpolation between the two nearest input rows, `y` clamped to the image (the values of
+    `grid_sample(..., mode="bilinear", padding_mode="border", align_corners=True)` at those points). A NaN position
+    gives NaN pixels.
 
     Args:
         pixel_values (`torch.Tensor` of shape `(batch, channels, height, width)`).
@@ -120,7 +136,8 @@ def sample_rows(pixel_values: torch.Tensor, row_starts: torch.Tensor, row_height
     y = (row_starts.unsqueeze(-1) + row_heights.unsqueeze(-1) * steps).clamp(0, height - 1)  # (B, R, P), border
     whole = y.detach().floor()
     fraction = (y - whole).to(pixel_values.dtype).reshape(batch, 1, -1, 1)
-    top = whole.to(torch.long).reshape(batch, 1, -1, 1)
+    # the clamp only acts on NaN positions, whose integer cast is out of range
+    top = whole.to(torch.long).clamp(0, height - 1).reshape(batch, 1, -1, 1)
     bottom = (top + 1).clamp(max=height - 1)
     shape = (batch, channels, num_rows * patch_size, width)
     top = pixel_values.gather(2, top.expand(shape))
@@ -135,10 +152,8 @@ def strip_sample_points(edges: torch.Tensor, patch_size: int) -> tuple[torch.Ten
     """Where the patches sample the row strip: integer column and fraction of each sample point.
 
     Token `n` samples columns `x = edges[n] + (edges[n+1] - edges[n]) * k / patch_size`, `k = 0 .. patch_size - 1`
-    (and rows `y = k` of the strip, exactly). `x` is split as `floor(edges[n]) + local`, with `local` computed from
-    the token's own fraction and width: the strip is thousands of pixels long, where one float32 step is ~5e-4 pixels,
-    so forming `x` itself would round it by that much, differently for every operation order (eager, compiled,
-    exported). `local` is at most the token's width, and its rounding is ~1e-6 pixels.
+    (and rows `y = k` of the strip, exactly). `x` is returned as `index + fraction`, computed as
+    `floor(edges[n]) + local` from the token's own offset and width, so that no strip-long coordinate is rounded.
 
     Args:
         edges (`torch.Tensor` of shape `(batch, num_tokens + 1)`): in strip pixels.
@@ -161,10 +176,9 @@ def strip_sample_points(edges: torch.Tensor, patch_size: int) -> tuple[torch.Ten
 def sample_strip(strip: torch.Tensor, edges: torch.Tensor, patch_size: int) -> torch.Tensor:
     """Linear interpolation of the row strip at the patches' sample points (see `strip_sample_points`).
 
-    This is `grid_sample(strip, grid, mode="bilinear", padding_mode="zeros", align_corners=True)` on the grid of
-    those points (the strip's rows are sampled at integer `y`, so only `x` interpolates), written as two gathers so
-    that no strip-long coordinate is rounded: column `i` and `i + 1` weighted `1 - f` and `f`, a column past either
-    end of the strip counting as zero.
+    Columns `i` and `i + 1` are weighted `1 - f` and `f`, and a column past either end of the strip counts as zero:
+    the values of `grid_sample(strip, grid, mode="bilinear", padding_mode="zeros", align_corners=True)` at those
+    points (the strip's rows are sampled at integer `y`, so only `x` interpolates).
 
     Args:
         strip (`torch.Tensor` of shape `(batch, channels, patch_size, strip_width)`).
@@ -176,9 +190,8 @@ def sample_strip(strip: torch.Tensor, edges: torch.Tensor, patch_size: int) -> t
     """
     batch, channels, rows, strip_width = strip.shape
     index, fraction = strip_sample_points(edges, patch_size)
-    # a zero column either side: padded column i + 1 is strip column i. A concatenation rather than `F.pad`, since
-    # inductor materialises it, where it would inline a padded strip (and the row sampling behind it) into both
-    # gathers: 8 ms instead of 20 ms for the two sampling stages compiled (batch 8 at 448, 2 threads)
+    # a zero column either side: padded column i + 1 is strip column i (a concatenation, not `F.pad`: see the design
+    # notes)
     zeros = strip.new_zeros(batch, channels, rows, 1)
     padded = torch.cat([zeros, strip, zeros], dim=3)
     left = index.clamp(-1, strip_width) + 1
@@ -195,10 +208,8 @@ def sample_regions(
 ) -> torch.Tensor:
     """Resample every token's region to `patch_size x patch_size` pixels.
 
-    `sample_rows` cuts the rows out of the image, resamples each to `patch_size` pixels high and lays them end to end
-    as one strip; `sample_strip` then interpolates the patches along the strip. Together they are the original's
-    bilinear `grid_sample` calls (`align_corners=True`; border padding across rows, zeros at the strip's ends),
-    without rounding any coordinate to the input's or the strip's scale.
+    `sample_rows` resamples each row to `patch_size` pixels high and lays the rows end to end as one strip;
+    `sample_strip` then interpolates the patches along the strip. Sampling runs in at least float32.
 
     Args:
         pixel_values (`torch.Tensor` of shape `(batch, channels, height, width)`).
@@ -210,7 +221,6 @@ def sample_regions(
     Returns:
         `torch.Tensor` of shape `(batch, channels, patch_size, num_tokens * patch_size)`: the patches side by side.
     """
-    # sample in at least float32: half-precision interpolation weights are only good to ~1e-3
     dtype = torch.promote_types(pixel_values.dtype, torch.float32)
     strip = sample_rows(pixel_values.to(dtype), row_starts, row_heights, patch_size)
     patches = sample_strip(strip, edges.to(dtype), patch_size)
