@@ -65,6 +65,52 @@ def _describe(obj: Any) -> str:
     return f"{type(obj).__module__}.{type(obj).__name__}"
 
 
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+_PREMULTIPLIED_MODES = {"La": "LA", "RGBa": "RGBA"}
+
+
+def _pil_to_array(image: PIL.Image.Image, do_convert_rgb: bool) -> tuple[np.ndarray, bool]:
+    """A PIL image as an `(H, W)` or `(H, W, C)` array of its values, and whether their scale is known.
+
+    - 16-bit modes (`I;16`, `I;16L`, `I;16B`, `I;16N`): their range 0..65535 mapped onto the 8-bit scale 0..255, as
+      float32 (no precision lost); the scale is known.
+    - Mode `I` (32-bit integers, no fixed range): read on the 8-bit scale, as PIL itself converts between `I` and `L`;
+      values outside 0..255 raise `ValueError`.
+    - Mode `F` (32-bit floats, no fixed range): float32, to be checked like any float array.
+    - Mode `1`: 0 and 255. Premultiplied `La` / `RGBa`: un-premultiplied first.
+    - Other modes: converted to RGB by PIL with `do_convert_rgb` (transparency composited onto white), else their own
+      bands (palette modes `P` / `PA` raise `ValueError`: their values are indices).
+    """
+    mode = image.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        return np.asarray(image).astype(np.float32) / np.float32(257), True
+    if mode == "I":
+        array = np.asarray(image)
+        lo, hi = int(array.min()), int(array.max())
+        if lo < 0 or hi > 255:
+            raise ValueError(
+                f"is a PIL image of mode 'I' (32-bit integers) with values in [{lo}, {hi}]; mode 'I' has no fixed "
+                "range and is read on the 8-bit scale [0, 255], as PIL converts it. Convert 16-bit data to mode "
+                "'I;16' (read as 0..65535), e.g. image.convert('I;16'), or pass a float array with a matching "
+                "rescale_factor."
+            )
+        return array.astype(np.uint8), True
+    if mode == "F":
+        return np.asarray(image, dtype=np.float32), False
+    if mode in _PREMULTIPLIED_MODES:
+        image = image.convert(_PREMULTIPLIED_MODES[mode])
+    elif mode == "1":
+        image = image.convert("L")
+    if do_convert_rgb:
+        return _pil_convert_to_rgb(image, return_numpy=True), True
+    if image.mode in ("P", "PA"):
+        raise ValueError(
+            f"is a PIL image of mode {image.mode!r} (palette indices, not pixel values); pass do_convert_rgb=True "
+            "to convert it, or convert it yourself."
+        )
+    return np.asarray(image), True
+
+
 def _flatten_images(images: Any, fetch) -> list:
     """Turn the `images` argument into a flat list of single images (PIL, or 2-D / 3-D arrays and tensors).
 
@@ -129,9 +175,15 @@ class DartImageProcessorPil(PilBackend):
     are converted to RGB when `do_convert_rgb=True` (the default). With `do_convert_rgb=False` the channels pass through
     unchanged, whatever their number (e.g. 1-channel images for a `num_channels=1` model; give `image_mean` /
     `image_std` one value per channel, and `input_data_format` when the channel dimension is ambiguous, i.e. not of
-    size 1, 3 or 4). Integer arrays must hold values in [0, 255]. Float
-    arrays are taken to be on the same 0-255 scale as uint8 when `do_rescale=True`; pass `do_rescale=False` for float
-    images already in [0, 1]. Float images are resized in float precision (no round trip through uint8).
+    size 1, 3 or 4).
+
+    Value scales: integer arrays must hold values in [0, 255]. With `do_rescale=True`, float arrays and tensors are on
+    the same 0-255 scale as uint8 (`[0, 1 / rescale_factor]`); values outside it, and float images within [0, 1]
+    (which would come out black), raise `ValueError`; pass `do_rescale=False` for float images already in [0, 1]. PIL
+    images are read by mode: 16-bit modes (`I;16`, `I;16B`, ...) on their range 0..65535, mapped to the 8-bit scale
+    without rounding; mode `I` like an integer array (0..255); mode `F` like a float array; mode `1` as 0 / 255;
+    8-bit modes (`L`, `LA`, `P`, `PA`, `RGBA`, `RGBa`, `CMYK`, `YCbCr`, `HSV`, `LAB`, ...) through PIL's conversion to
+    RGB. Float images are resized in float precision (no round trip through uint8).
 
     Args:
         do_convert_rgb (`bool`, *optional*, defaults to `True`): Convert grayscale / RGBA / palette images to RGB;
@@ -191,19 +243,13 @@ class DartImageProcessorPil(PilBackend):
     ) -> np.ndarray:
         """Validate one image and convert it to a channels-first `(C, H, W)` numpy array (uint8 or float32): `C = 3`
         with `do_convert_rgb=True`, the image's own channels otherwise."""
+        known_scale = False
         if isinstance(image, PIL.Image.Image):
             if image.width == 0 or image.height == 0:
                 raise ValueError(f"is an empty PIL image of size {image.size}; expected at least 1x1 pixels.")
-            if do_convert_rgb:
-                array = _pil_convert_to_rgb(image, return_numpy=True)
-                return np.ascontiguousarray(np.moveaxis(array, -1, 0))
-            if image.mode in ("P", "PA"):
-                raise ValueError(
-                    f"is a PIL image of mode {image.mode!r} (palette indices, not pixel values); pass "
-                    "do_convert_rgb=True to convert it, or convert it yourself."
-                )
-            # the image's own bands, channels last ((H, W) for one band), checked like any array below
-            image, input_data_format = np.asarray(image), ChannelDimension.LAST
+            # channels last ((H, W) for one band), checked like any array below
+            image, known_scale = _pil_to_array(image, do_convert_rgb)
+            input_data_format = ChannelDimension.LAST
 
         if _is_torch_tensor(image):
             import torch
@@ -216,7 +262,7 @@ class DartImageProcessorPil(PilBackend):
             raise TypeError(f"has type {_describe(image)}; expected {_ALLOWED_TYPES}.")
 
         original_shape = tuple(image.shape)
-        image = self._validate_array_values(image, do_rescale)
+        image = self._validate_array_values(image, do_rescale, rescale_factor, known_scale)
 
         # Channels-first layout.
         if image.ndim == 2:
@@ -266,8 +312,15 @@ class DartImageProcessorPil(PilBackend):
         return np.ascontiguousarray(image)
 
     @staticmethod
-    def _validate_array_values(image: np.ndarray, do_rescale: bool | None) -> np.ndarray:
-        """Check the dtype and values of an array image; returns uint8 or float32."""
+    def _validate_array_values(
+        image: np.ndarray, do_rescale: bool | None, rescale_factor: float | None = None, known_scale: bool = False
+    ) -> np.ndarray:
+        """Check the dtype and values of an array image; returns uint8 or float32.
+
+        Integers must lie in [0, 255]. With `do_rescale`, floats are on the scale of 8-bit images, `[0, 1 /
+        rescale_factor]`: values outside it, and images within [0, 1] (other than all zero), raise `ValueError`,
+        unless `known_scale` (a 16-bit PIL image already mapped to that scale).
+        """
         dtype = image.dtype
         if dtype == np.uint8:
             return image
@@ -289,12 +342,22 @@ class DartImageProcessorPil(PilBackend):
         if not np.isfinite(image).all():
             bad = int((~np.isfinite(image)).sum())
             raise ValueError(f"contains {bad} NaN or infinite value(s); expected finite pixel values.")
-        if do_rescale and image.max() <= 1.0 and image.min() >= 0.0:
-            logger.warning_once(
-                "A float image with values in [0, 1] was passed with do_rescale=True, so it will be multiplied by "
-                "rescale_factor (1/255 by default) again. If the image is already scaled to [0, 1], pass "
-                "do_rescale=False."
-            )
+        if do_rescale and rescale_factor and not known_scale:
+            top = 1.0 / rescale_factor
+            lo, hi = float(image.min()), float(image.max())
+            if lo < 0 or hi > top * (1 + 1e-6):
+                raise ValueError(
+                    f"has float values in [{lo:g}, {hi:g}]; with do_rescale=True floats are read on the scale of "
+                    f"8-bit images, [0, {top:g}] (rescale_factor={rescale_factor:g}). Pass images in [0, 1] with "
+                    "do_rescale=False, images in [-1, 1] as (image + 1) / 2 with do_rescale=False, or clip the "
+                    "values."
+                )
+            if 0 < hi <= 1 < top:
+                raise ValueError(
+                    f"has float values in [{lo:g}, {hi:g}], within [0, 1]; with do_rescale=True floats are read on "
+                    f"the scale of 8-bit images, [0, {top:g}], where this image is almost black. If it is scaled to "
+                    "[0, 1], pass do_rescale=False."
+                )
         return image
 
     # ------------------------------------------------------------------ geometric operations
@@ -427,7 +490,22 @@ def register_image_processor(config_class: type, exist_ok: bool = True) -> None:
 
 def _to_pil_rgb(image: Any) -> PIL.Image.Image:
     if isinstance(image, PIL.Image.Image):
-        return image if image.mode == "RGB" else PIL.Image.fromarray(_pil_convert_to_rgb(image, return_numpy=True))
+        if image.mode == "RGB":
+            return image
+        if image.mode == "F":
+            raise ValueError(
+                "`image` is a PIL image of mode 'F' (floats, no fixed range); the training augmentation works on "
+                "8-bit images: convert it to 'L' or 'RGB' on the scale it is meant to have."
+            )
+        try:
+            array, _ = _pil_to_array(image, do_convert_rgb=True)
+        except ValueError as err:
+            raise ValueError(f"`image` {err}") from err
+        if array.dtype != np.uint8:  # 16-bit, already on the 8-bit scale
+            array = np.round(array).astype(np.uint8)
+        if array.ndim == 2:
+            array = np.repeat(array[..., None], 3, axis=-1)
+        return PIL.Image.fromarray(np.ascontiguousarray(array))
     if _is_torch_tensor(image):
         image = image.detach().cpu().numpy()
     if isinstance(image, np.ndarray):

@@ -219,14 +219,13 @@ def test_float_inputs(processor):
         assert (out - expected).abs().mean().item() <= 0.3 / 255 / STD.min(), name
 
 
-def test_float_input_in_unit_range_with_rescale_warns(processor, caplog):
-    import logging
-
-    logging.Logger.warning_once.cache_clear()  # transformers' warning_once is an lru_cache on Logger
-    image = np.full((64, 64, 3), 0.5, np.float32)
-    with caplog.at_level(logging.WARNING, logger="modeling_dart.image_processing_dart"):
-        processor(image)
-    assert any("pass do_rescale=False" in record.getMessage() for record in caplog.records)
+def test_float_input_in_unit_range_with_rescale_is_refused(processor):
+    """With do_rescale=True floats are on the 0..255 scale; an image within [0, 1] would be divided by 255 again (a
+    black image), so it is refused with the way out. An all-zero image is the same on either scale."""
+    with pytest.raises(ValueError, match=r"values in \[0.5, 0.5\].*pass do_rescale=False"):
+        processor(np.full((64, 64, 3), 0.5, np.float32))
+    zeros = processor(np.zeros((8, 8, 3), np.float32), **RAW)["pixel_values"][0]
+    assert np.array_equal(zeros, np.zeros((3, 8, 8), np.float32))
 
 
 def test_batched_inputs(processor, chelsea):
@@ -255,6 +254,127 @@ def test_palette_and_16bit_pil_modes(processor, chelsea):
     for image in (pil.convert("P"), pil.convert("LA"), pil.convert("CMYK"), pil.convert("I")):
         out = processor(image, return_tensors="pt")["pixel_values"]
         assert out.shape == (1, 3, 448, 448) and torch.isfinite(out).all(), image.mode
+
+
+RAW = {"do_resize": False, "do_center_crop": False, "do_normalize": False, "return_tensors": "np"}
+
+
+@pytest.mark.parametrize("dtype", ["<u2", ">u2"])
+def test_16bit_png_keeps_its_gradient(processor, tmp_path, dtype):
+    """A 16-bit PNG opens as mode I;16 and is read on its real range, 0..65535 (PIL's own conversion to RGB clips
+    at 255: a 0..65535 ramp came out 98% white)."""
+    values = np.array([[0, 1, 257, 1285, 13107, 32896, 52428, 65535]] * 2, dtype=dtype)
+    path = tmp_path / "gradient16.png"
+    PIL.Image.fromarray(values).save(path)
+    image = PIL.Image.open(path)
+    assert image.mode.startswith("I;16")
+    expected = np.array([0, 1 / 65535, 1 / 255, 5 / 255, 0.2, 128 / 255, 0.8, 1.0], np.float32)
+    out = processor(image, **RAW)["pixel_values"][0]
+    assert out.shape == (3, 2, 8)
+    np.testing.assert_allclose(out, np.broadcast_to(expected, (3, 2, 8)), atol=1e-6, rtol=0)
+    own = processor(PIL.Image.fromarray(values), do_convert_rgb=False, **RAW)["pixel_values"][0]
+    np.testing.assert_allclose(own, np.broadcast_to(expected, (1, 2, 8)), atol=1e-6, rtol=0)
+
+
+def test_16bit_ramp_through_the_default_pipeline_is_not_clipped(processor):
+    """A horizontal 0..65535 ramp, resized and centre-cropped symmetrically: its mean stays 0.5 and almost no pixel
+    is white."""
+    ramp = np.round(np.linspace(0, 65535, 600)).astype(np.uint16)[None].repeat(500, axis=0)
+    out = processor(PIL.Image.fromarray(ramp), do_normalize=False, return_tensors="np")["pixel_values"][0]
+    assert out.shape == (3, 448, 448)
+    assert abs(float(out.mean()) - 0.5) < 0.01
+    assert float((out > 0.999).mean()) < 0.01
+
+
+def test_32bit_integer_pil_images_are_read_on_the_8bit_scale(processor):
+    """Mode I has no fixed range: it is read like an integer array (values in 0..255), and other values are refused
+    with the way out (PIL converts 8-bit images to mode I without rescaling them)."""
+    gray = smooth_image(40, 30)[..., 0]
+    as_int = PIL.Image.fromarray(gray.astype(np.int32))
+    assert as_int.mode == "I"
+    out = processor(as_int, **RAW)["pixel_values"][0]
+    assert np.array_equal(out, processor(PIL.Image.fromarray(gray), **RAW)["pixel_values"][0])
+    with pytest.raises(ValueError, match=r"mode 'I'.*\[0, 4095\].*'I;16'"):
+        processor(PIL.Image.fromarray(np.array([[0, 4095]], np.int32)))
+
+
+def test_float_pil_images(processor):
+    """Mode F follows the float-array rule: the 0..255 scale with do_rescale=True, as PIL's own conversion to F
+    gives; values in [0, 1] are refused there (they came out black), and read as they are with do_rescale=False."""
+    unit = np.array([[0.0, 0.25, 0.5, 1.0]] * 3, np.float32)
+    image = PIL.Image.fromarray(unit)
+    assert image.mode == "F"
+    with pytest.raises(ValueError, match=r"\[0, 1\].*do_rescale=False"):
+        processor(image)
+    out = processor(image, do_rescale=False, **RAW)["pixel_values"][0]
+    np.testing.assert_allclose(out, np.broadcast_to(unit, (3, 3, 4)), atol=0, rtol=0)
+    scaled = processor(PIL.Image.fromarray(unit * 255), **RAW)["pixel_values"][0]
+    np.testing.assert_allclose(scaled, np.broadcast_to(unit, (3, 3, 4)), atol=1e-7, rtol=0)
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        processor(PIL.Image.fromarray(unit * 2 - 1))
+
+
+def test_float_arrays_in_minus_one_to_one(processor):
+    """[-1, 1] floats are refused with do_rescale=True (they came out constant); with do_rescale=False they are the
+    caller's own scale and normalised as they are."""
+    image = np.array([[-1.0, -0.5, 0.0, 1.0]] * 2, np.float32)
+    with pytest.raises(ValueError, match=r"values in \[-1, 1\].*\(image \+ 1\) / 2.*do_rescale=False"):
+        processor(image)
+    out = processor(image, do_rescale=False, do_resize=False, do_center_crop=False, return_tensors="np")
+    expected = (np.array([-1.0, -0.5, 0.0, 1.0], np.float32) - MEAN[:, None, None]) / STD[:, None, None]
+    np.testing.assert_allclose(out["pixel_values"][0], np.broadcast_to(expected, (3, 2, 4)), atol=1e-6, rtol=0)
+
+
+def test_floats_beyond_the_rescale_range_are_refused(processor):
+    with pytest.raises(ValueError, match=r"\[0, 300\].*\[0, 255\]"):
+        processor(np.array([[0.0, 300.0]], np.float32))
+    # the range follows rescale_factor: a 16-bit float image with rescale_factor=1/65535
+    out = processor(np.array([[0.0, 300.0, 65535.0]], np.float32), rescale_factor=1 / 65535, **RAW)
+    np.testing.assert_allclose(out["pixel_values"][0], np.broadcast_to([0.0, 300 / 65535, 1.0], (3, 1, 3)),
+                               atol=1e-7, rtol=0)
+
+
+def test_one_bit_pil_images(processor):
+    bits = np.array([[True, False, True]])
+    image = PIL.Image.fromarray(bits)
+    assert image.mode == "1"
+    for kwargs, channels in (({}, 3), ({"do_convert_rgb": False}, 1)):
+        out = processor(image, **kwargs, **RAW)["pixel_values"][0]
+        np.testing.assert_array_equal(out, np.broadcast_to([[1.0, 0.0, 1.0]], (channels, 1, 3)))
+
+
+def test_training_crop_reads_16bit_images_on_their_range():
+    """The whole image, unflipped, at its own size: the 16-bit values rounded to 8 bits (v / 257), not clipped."""
+    values = np.array([[0, 257, 1285, 32896, 52428, 65535]] * 4, np.uint16)
+    out = random_resized_crop_and_flip(PIL.Image.fromarray(values), (4, 6), scale=(1.0, 1.0), ratio=(1.5, 1.5),
+                                       hflip=0.0, rng=0, resample=PIL.Image.NEAREST)
+    assert out.mode == "RGB"
+    expected = np.array([0, 1, 5, 128, 204, 255], np.uint8)
+    np.testing.assert_array_equal(np.asarray(out), np.broadcast_to(expected[None, :, None], (4, 6, 3)))
+    with pytest.raises(ValueError, match=r"`image`.*mode 'F'"):
+        random_resized_crop_and_flip(PIL.Image.fromarray(np.zeros((4, 6), np.float32)), (4, 6))
+
+
+@pytest.mark.parametrize("mode,tolerance", [("RGBX", 0), ("CMYK", 0), ("HSV", 1), ("YCbCr", 3), ("LAB", 24),
+                                            ("RGBA", 0), ("RGBa", 1), ("P", 0)])
+def test_colour_pil_modes_convert_to_their_rgb(processor, mode, tolerance):
+    """Primaries, white and black through each mode: the RGB values come back within the mode's own rounding (in
+    8-bit levels; PIL's LAB round trip moves pure blue by 22); the palette is PIL's web palette, which holds them."""
+    rgb = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255], [0, 0, 0]]], np.uint8)
+    out = processor(PIL.Image.fromarray(rgb).convert(mode), **RAW)["pixel_values"][0]
+    levels = np.moveaxis(out * 255, 0, -1)
+    assert np.abs(levels - rgb).max() <= tolerance + 1e-3, levels
+
+
+@pytest.mark.parametrize("mode", ["LA", "La", "PA", "RGBA", "RGBa"])
+def test_transparent_pil_modes_composite_on_white(processor, mode):
+    """A half-transparent black pixel and an opaque one: on white they read 128/255 (127/255 for premultiplied
+    modes, which hold the colour rounded) and 0."""
+    rgba = PIL.Image.fromarray(np.array([[[0, 0, 0, 128], [0, 0, 0, 255]]], np.uint8))
+    image = (rgba.convert("LA") if mode == "La" else rgba).convert(mode)  # PIL's RGBA -> La drops the alpha
+    out = processor(image, **RAW)["pixel_values"][0]
+    assert out.shape == (3, 1, 2)
+    assert np.all(np.abs(out[:, 0, 0] * 255 - 127.5) <= 1) and np.all(out[:, 0, 1] == 0), out
 
 
 # ---------------------------------------------------------------------------------------------- bad inputs
