@@ -177,9 +177,9 @@ class DartVideoMambaModel(DartVideoMambaPreTrainedModel):
     """ + DART_VIDEO_INPUTS_DOCSTRING
 
     def __init__(self, config: DartVideoConfig):
-        if not isinstance(config, DartVideoConfig):
-            raise TypeError(f"DartVideoMambaModel needs a DartVideoConfig, got {type(config).__name__} (backbone="
-                            f"{getattr(config, 'backbone', None)!r}).")
+        if getattr(config, "model_type", None) != "dart_video" or config.backbone != "videomamba":
+            raise ValueError(f"DartVideoMambaModel needs a DartVideoConfig (backbone='videomamba'), got "
+                             f"{type(config).__name__} with backbone={getattr(config, 'backbone', None)!r}.")
         config._validate_dart()
         super().__init__(config)
         self.embeddings = DartEmbeddings(config)

@@ -45,7 +45,8 @@ def test_hidden_states_are_the_residual_stream_layer_by_layer(backbone):
             final = encoder.layernorm(stream[-1])
         else:  # pre-norm residual blocks: x_{i+1} = x_i + mixer_i(norm_i(x_i)); final norm_f(x_L)
             for block in encoder.layers:
-                stream.append(stream[-1] + block.mixer(block.norm(stream[-1])))
+                normed = F.rms_norm(stream[-1], (stream[-1].shape[-1],), block.norm.weight, block.norm.eps)
+                stream.append(stream[-1] + block.mixer(normed))
             final = F.rms_norm(stream[-1], (stream[-1].shape[-1],), encoder.norm_f.weight, encoder.norm_f.eps)
     assert len(out.hidden_states) == len(stream) == model.config.num_hidden_layers + 1
     for i, (recorded, expected) in enumerate(zip(out.hidden_states, stream)):
