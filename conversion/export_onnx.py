@@ -1,23 +1,36 @@
 #!/usr/bin/env python
-"""Export a DART model folder to ONNX (`torch.onnx.export(..., dynamo=True)`) with a dynamic batch axis, and verify it
-with onnxruntime.
+"""Export a DART image classifier folder to ONNX (`torch.onnx.export(..., dynamo=True)`) with a dynamic batch axis, and
+verify it with onnxruntime.
 
     python conversion/export_onnx.py MODEL_DIR [--output MODEL_DIR/model.onnx] [--overwrite] [--batch_size 2]
         [--no_verify] [--atol 1e-4]
 
-The graph takes `pixel_values` (`(batch, channels, image_size, image_size)`, or `(batch, num_frames, channels, size,
-size)` for VideoMamba folders: the trained input size; the batch is dynamic) and returns `logits`, `regions` (token
-boxes in input pixels) and `score_map`. It is written to `MODEL_DIR/model.onnx` (weights inside the file); an existing
-file is replaced only with `--overwrite`. Verification runs the file with onnxruntime on CPU at the export batch size
-and at batch size 1 and compares the logits with PyTorch's (max abs difference at most `--atol`): exit 1 when they
-differ, 2 for bad input (not a DART folder, existing output), 0 otherwise. Needs the `onnx` extra (onnxscript,
-onnxruntime: `pip install -e ".[onnx]"`).
+The graph takes `pixel_values` (`(batch, channels, image_size, image_size)`: the trained input size; the batch is
+dynamic) and returns `logits`, `regions` (token boxes `(x0, y0, x1, y1)` in input pixels) and `score_map`. The weights
+are stored inside the file.
+
+Before it exports, the script checks every argument and the folder: a DART image classifier (video folders are refused)
+whose weights file holds exactly the model's tensors, with their shapes (a missing or mis-shaped tensor would be
+exported randomly initialised); `--atol` a finite number >= 0; `--batch_size` in [2, 64]; `--output` a `.onnx` path in
+an existing folder, and not an existing file unless `--overwrite` is given.
+
+Verification runs the file with onnxruntime on CPU on crops of the bundled photo (`conversion/assets/chelsea.jpg`),
+prepared by the folder's image processor (the DeiT evaluation recipe at the model's input size when the folder has
+none), at batch sizes 1, `--batch_size` and `--batch_size + 1`, and compares with eager PyTorch: the logits within
+`--atol`, the token regions within `REGION_ATOL_PIXELS` input pixels. The file is written under a temporary name
+(`.NAME.PID.partial.onnx`) next to `--output` and renamed to `--output` once verified (once exported, with
+`--no_verify`); a failed verification or export deletes the temporary file and leaves an existing output untouched.
+
+Exit codes: 0 written (and verified), 1 verification failed (nothing written), 2 bad argument or folder (nothing
+exported). Needs the `onnx` extra (onnxscript, onnxruntime: `pip install -e ".[onnx]"`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,9 +42,34 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # running from a clone without installing
     sys.path.insert(0, str(REPO_ROOT))
 
-from modeling_dart import DartConfig, DartForImageClassification, DartVideoMambaForVideoClassification  # noqa: E402
+from modeling_dart import DartConfig, DartForImageClassification, DartImageProcessor  # noqa: E402
 
 OUTPUT_NAMES = ("logits", "regions", "score_map")
+
+# A traced batch of 1 is specialised by torch.export (the batch axis would not stay dynamic); verification runs eager
+# PyTorch and onnxruntime on up to `batch_size + 1` images, which bounds the largest useful trace.
+MIN_BATCH_SIZE, MAX_BATCH_SIZE = 2, 64
+
+# Box corners agree to 1/32 of an input pixel: they come from float32 strip coordinates (rows * image_size pixels
+# long, spaced 1/2048 px apart at 448) whose rounding the tokenizer scales by the inverse density under an edge, while
+# a wrong geometry moves boxes by whole pixels; a 1/32 px shift changes a bilinear sample by 1/32 of a pixel step.
+REGION_ATOL_PIXELS = 1 / 32
+
+PHOTO = Path(__file__).resolve().parent / "assets" / "chelsea.jpg"
+# Verification crops of the photo, as fractions `(left, top, right, bottom)` of its width and height.
+PHOTO_CROPS = (
+    (0.0, 0.0, 1.0, 1.0),
+    (0.0, 0.0, 0.6, 1.0),
+    (0.4, 0.0, 1.0, 1.0),
+    (0.25, 0.15, 0.75, 0.85),
+    (0.0, 0.0, 0.5, 0.5),
+    (0.5, 0.5, 1.0, 1.0),
+    (0.1, 0.3, 0.9, 0.7),
+)
+
+IMAGE_MODEL_TYPES = {DartConfig.model_type}
+VIDEO_MODEL_TYPES = {"dart_video"}
+VIDEO_BACKBONES = {"videomamba"}
 
 
 class ExportError(ValueError):
@@ -51,8 +89,27 @@ class DartOnnxModule(nn.Module):
         return out.logits, out.regions, out.score_map
 
 
-def load_dart_folder(folder: str | Path) -> nn.Module:
-    """The classifier saved in `folder`, in eval mode. Raises `ExportError` unless it is a DART model folder."""
+def _video_reason(config: dict) -> str | None:
+    """Why the raw `config.json` dict describes a video model, or None for an image model."""
+    if config.get("model_type") in VIDEO_MODEL_TYPES:
+        return f"model_type {config['model_type']!r}"
+    if config.get("backbone") in VIDEO_BACKBONES:
+        return f"backbone {config['backbone']!r}"
+    video_classes = [name for name in config.get("architectures") or [] if "video" in str(name).lower()]
+    if video_classes:
+        return f"architectures {video_classes}"
+    return None
+
+
+def _listed(keys, limit: int = 5) -> str:
+    keys = sorted(str(key) for key in keys)
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def read_dart_config(folder: str | Path) -> DartConfig:
+    """The config of the DART image model saved in `folder`. Raises `ExportError` unless `folder` holds one (a video
+    model, another model type or an invalid config is refused)."""
     folder = Path(folder)
     config_file = folder / "config.json"
     if not folder.is_dir():
@@ -60,30 +117,73 @@ def load_dart_folder(folder: str | Path) -> nn.Module:
     if not config_file.is_file():
         raise ExportError(f"{folder} has no config.json: not a saved model folder.")
     try:
-        model_type = json.loads(config_file.read_text()).get("model_type")
-    except (json.JSONDecodeError, AttributeError) as error:
+        raw = json.loads(config_file.read_text())
+        model_type = raw.get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
         raise ExportError(f"{config_file} is not a valid model config ({error}).") from error
-    if model_type != DartConfig.model_type:
+    if model_type not in IMAGE_MODEL_TYPES | VIDEO_MODEL_TYPES:
         raise ExportError(f"{folder} holds a {model_type!r} model, not a DART model (model_type 'dart').")
-    config = DartConfig.from_pretrained(folder)
-    model_class = DartVideoMambaForVideoClassification if config.backbone == "videomamba" else DartForImageClassification
+    reason = _video_reason(raw)
+    if reason is None:
+        try:
+            config = DartConfig.from_pretrained(folder)
+        except (ValueError, TypeError) as error:
+            raise ExportError(f"{config_file} is not a valid DART config: {error}") from error
+        if config.model_type not in IMAGE_MODEL_TYPES:
+            reason = f"config class {type(config).__name__}"
+    if reason is not None:
+        raise ExportError(f"{folder} holds a video model ({reason}); the exporter handles DART image classifiers.")
+    return config
+
+
+def load_dart_folder(folder: str | Path) -> nn.Module:
+    """The image classifier saved in `folder`, in float32 and eval mode. Raises `ExportError` unless `folder` is a DART
+    image model folder whose weights hold exactly the model's tensors, with their shapes."""
+    from transformers.utils import logging as hf_logging
+
+    config = read_dart_config(folder)
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # the mismatches are reported below, in one line
+    hf_logging.disable_progress_bar()
     try:
-        model = model_class.from_pretrained(folder)
+        model, info = DartForImageClassification.from_pretrained(
+            folder, config=config, dtype=torch.float32, output_loading_info=True, ignore_mismatched_sizes=True
+        )
     except OSError as error:
         raise ExportError(f"cannot load the weights of {folder}: {error}") from error
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    problems = []
+    if info["missing_keys"]:
+        problems.append(f"missing {_listed(info['missing_keys'])}")
+    if info["unexpected_keys"]:
+        problems.append(f"unexpected {_listed(info['unexpected_keys'])}")
+    if info["mismatched_keys"]:
+        shapes = (f"{key} {tuple(saved)} vs {tuple(wanted)}" for key, saved, wanted in info["mismatched_keys"])
+        problems.append(f"mismatched {_listed(shapes)}")
+    if info.get("error_msgs"):
+        problems.append(f"errors {_listed(info['error_msgs'])}")
+    if problems:
+        raise ExportError(f"the weights in {folder} do not match its {type(model).__name__} "
+                          f"({'; '.join(problems)}); refusing to export randomly initialised tensors.")
     return model.eval()
 
 
 def example_inputs(config: DartConfig, batch_size: int, seed: int = 0) -> torch.Tensor:
-    """Random normalised pixels of the model's trained input size."""
+    """Random normalised pixels of the model's trained input size (the example the export traces)."""
     size = (config.num_channels, config.image_size, config.image_size)
-    if config.backbone == "videomamba":
-        size = (config.num_frames, *size)
     return torch.randn(batch_size, *size, generator=torch.Generator().manual_seed(seed))
 
 
 def export(model: nn.Module, path: str | Path, batch_size: int = 2) -> Path:
-    """Write `model` (a DART classifier in eval mode) to `path` as ONNX with a dynamic batch axis."""
+    """Write `model` (a DART image classifier in eval mode) to `path` as ONNX with a dynamic batch axis, traced at
+    `batch_size` (in [MIN_BATCH_SIZE, MAX_BATCH_SIZE])."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise TypeError(f"export: `batch_size` must be an int, got {type(batch_size).__name__}.")
+    if not MIN_BATCH_SIZE <= batch_size <= MAX_BATCH_SIZE:
+        raise ValueError(f"export: `batch_size` must be in [{MIN_BATCH_SIZE}, {MAX_BATCH_SIZE}], got {batch_size}.")
     path = Path(path)
     inputs = example_inputs(model.config, batch_size)
     batch = torch.export.Dim("batch", min=1, max=1024)
@@ -103,6 +203,7 @@ def export(model: nn.Module, path: str | Path, batch_size: int = 2) -> Path:
 
 
 def onnx_session(path: str | Path, threads: int | None = None):
+    """An onnxruntime CPU session of the ONNX file `path` (`threads` intra-op threads, or onnxruntime's default)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -113,50 +214,143 @@ def onnx_session(path: str | Path, threads: int | None = None):
 
 
 def compare(model: nn.Module, session, pixel_values: torch.Tensor) -> dict[str, float]:
-    """Max abs difference between onnxruntime's outputs and PyTorch's, per output."""
+    """Max abs difference between onnxruntime's outputs and PyTorch's, per output (NaN where either is NaN)."""
     with torch.no_grad():
         expected = DartOnnxModule(model)(pixel_values)
     got = session.run(list(OUTPUT_NAMES), {"pixel_values": pixel_values.numpy()})
     return {name: float((torch.from_numpy(g) - e).abs().max()) for name, g, e in zip(OUTPUT_NAMES, got, expected)}
 
 
+def image_processor_for(folder: str | Path, config: DartConfig):
+    """The image processor saved in `folder`, or the DeiT evaluation recipe at `config.image_size` (shorter side
+    resized to `image_size / 0.875`, centre crop) when `folder` has no `preprocessor_config.json`."""
+    folder = Path(folder)
+    if (folder / "preprocessor_config.json").is_file():
+        from transformers import AutoImageProcessor
+
+        try:
+            return AutoImageProcessor.from_pretrained(folder)
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            raise ExportError(f"cannot load the image processor of {folder}: {error}") from error
+    if config.num_channels != 3:
+        raise ExportError(f"{folder} has no preprocessor_config.json and its model takes {config.num_channels} "
+                          "channels: save the model's image processor in it, or pass --no_verify.")
+    size = config.image_size
+    return DartImageProcessor(size={"shortest_edge": int(size / 0.875)}, crop_size={"height": size, "width": size})
+
+
+def photo_batches(processor, batch_sizes) -> list[torch.Tensor]:
+    """One `pixel_values` batch per entry of `batch_sizes`: crops of the bundled photo (`PHOTO_CROPS`, in turn across
+    the batches), prepared by `processor`."""
+    from PIL import Image
+
+    with Image.open(PHOTO) as image:
+        photo = image.convert("RGB")
+    width, height = photo.size
+    crops = [photo.crop((round(left * width), round(top * height), round(right * width), round(bottom * height)))
+             for left, top, right, bottom in PHOTO_CROPS]
+    batches, start = [], 0
+    for batch_size in batch_sizes:
+        images = [crops[(start + i) % len(crops)] for i in range(batch_size)]
+        start += batch_size
+        batches.append(processor(images, return_tensors="pt")["pixel_values"].to(torch.float32))
+    return batches
+
+
+def verification_batches(folder: str | Path, config: DartConfig, batch_size: int) -> list[torch.Tensor]:
+    """The photo batches that verify an export traced at `batch_size` (sizes 1, `batch_size`, `batch_size + 1`).
+    Raises `ExportError` when the folder's processor does not give the model's input shape."""
+    batches = photo_batches(image_processor_for(folder, config), sorted({1, batch_size, batch_size + 1}))
+    wanted = (config.num_channels, config.image_size, config.image_size)
+    got = tuple(batches[0].shape[1:])
+    if got != wanted:
+        raise ExportError(f"the image processor of {folder} gives pixel_values of shape {got} per image, the model "
+                          f"takes {wanted}; fix preprocessor_config.json, or pass --no_verify.")
+    return batches
+
+
+def check_arguments(args: argparse.Namespace) -> Path:
+    """The output path, once every argument is valid. Raises `ExportError` naming the first bad flag."""
+    if not (math.isfinite(args.atol) and args.atol >= 0):
+        raise ExportError(f"--atol must be a finite number >= 0, got {args.atol}.")
+    if not MIN_BATCH_SIZE <= args.batch_size <= MAX_BATCH_SIZE:
+        raise ExportError(f"--batch_size must be in [{MIN_BATCH_SIZE}, {MAX_BATCH_SIZE}] (torch.export fixes a traced "
+                          f"batch of 1; the graph takes any batch size), got {args.batch_size}.")
+    model_dir = Path(args.model_dir)
+    if not model_dir.is_dir():
+        raise ExportError(f"{model_dir} is not a folder; give the folder of a saved DART model (config.json + "
+                          "weights).")
+    output = Path(args.output) if args.output else model_dir / "model.onnx"
+    if output.is_dir():
+        raise ExportError(f"--output {output} is a folder; give the path of a .onnx file.")
+    if output.suffix != ".onnx":
+        raise ExportError(f"--output must name a .onnx file, got {output}.")
+    if not output.parent.is_dir():
+        raise ExportError(f"--output {output}: the folder {output.parent} does not exist.")
+    if output.exists() and not args.overwrite:
+        raise ExportError(f"--output {output} exists; pass --overwrite to replace it.")
+    return output
+
+
+def verify(model: nn.Module, path: Path, batches: list[torch.Tensor], atol: float) -> str | None:
+    """Run the ONNX file `path` on `batches` and compare with `model`; the failure message, or None when onnxruntime's
+    logits agree within `atol` and its regions within `REGION_ATOL_PIXELS`."""
+    session = onnx_session(path)
+    worst = {"logits": 0.0, "regions": 0.0}
+    for pixel_values in batches:
+        diffs = compare(model, session, pixel_values)
+        for name in worst:  # NaN propagates, so a non-finite output fails
+            worst[name] = diffs[name] if math.isnan(diffs[name]) else max(worst[name], diffs[name])
+        print(f"onnxruntime vs PyTorch, {PHOTO.name} crops, batch {pixel_values.shape[0]}: max |d logits| "
+              f"{diffs['logits']:.2e}, |d regions| {diffs['regions']:.2e} px, |d score_map| {diffs['score_map']:.2e}")
+    limits = {"logits": atol, "regions": REGION_ATOL_PIXELS}
+    for name, limit in limits.items():
+        if not worst[name] <= limit:
+            unit = " px" if name == "regions" else ""
+            flag = " (--atol)" if name == "logits" else ""
+            return f"onnxruntime's {name} differ from PyTorch's by {worst[name]:.2e}{unit} > {limit:g}{unit}{flag}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model_dir", help="a folder written by save_pretrained (DART image or video classifier)")
+    parser.add_argument("model_dir", help="a folder written by save_pretrained (DART image classifier)")
     parser.add_argument("--output", default=None, help="ONNX file to write (default: MODEL_DIR/model.onnx)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    parser.add_argument("--batch_size", type=int, default=2, help="batch size of the traced example (default 2)")
+    parser.add_argument("--batch_size", type=int, default=2,
+                        help=f"batch size of the traced example, {MIN_BATCH_SIZE} to {MAX_BATCH_SIZE} (default 2)")
     parser.add_argument("--no_verify", action="store_true", help="skip the onnxruntime check")
     parser.add_argument("--atol", type=float, default=1e-4, help="largest accepted |logits difference| (1e-4)")
     args = parser.parse_args(argv)
 
     try:
-        if args.batch_size < 1:
-            raise ExportError(f"--batch_size must be at least 1, got {args.batch_size}.")
-        output = Path(args.output) if args.output else Path(args.model_dir) / "model.onnx"
-        if output.exists() and not args.overwrite:
-            raise ExportError(f"{output} exists; pass --overwrite to replace it.")
+        output = check_arguments(args)
         model = load_dart_folder(args.model_dir)
+        batches = None if args.no_verify else verification_batches(args.model_dir, model.config, args.batch_size)
     except ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    start = time.perf_counter()
-    export(model, output, args.batch_size)
-    print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - start:.1f} s")
-    if args.no_verify:
-        return 0
-    session = onnx_session(output)
-    worst = 0.0
-    for batch_size in sorted({args.batch_size, 1}):
-        diffs = compare(model, session, example_inputs(model.config, batch_size, seed=batch_size))
-        worst = max(worst, diffs["logits"])
-        print(f"onnxruntime vs PyTorch, batch {batch_size}: max |d logits| {diffs['logits']:.2e}, "
-              f"|d regions| {diffs['regions']:.2e} px, |d score_map| {diffs['score_map']:.2e}")
-    if worst > args.atol:
-        print(f"error: onnxruntime's logits differ from PyTorch's by {worst:.2e} > {args.atol:g}", file=sys.stderr)
-        return 1
-    print("verified")
+    # same folder as the output, so that the rename is atomic; written by the exporter, so it gets the usual mode
+    partial = output.with_name(f".{output.stem}.{os.getpid()}.partial.onnx")
+    try:
+        start = time.perf_counter()
+        export(model, partial, args.batch_size)
+        print(f"exported {partial.stat().st_size / 2**20:.1f} MiB in {time.perf_counter() - start:.1f} s")
+        if batches is not None:
+            failure = verify(model, partial, batches, args.atol)
+            if failure is not None:
+                print(f"error: {failure}; nothing written", file=sys.stderr)
+                return 1
+            print("verified")
+        if output.exists() and not args.overwrite:
+            print(f"error: --output {output} appeared during the export; pass --overwrite to replace it.",
+                  file=sys.stderr)
+            return 2
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
+    print(f"wrote {output}")
     return 0
 
 
