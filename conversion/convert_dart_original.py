@@ -8,13 +8,15 @@ The checkpoint is read with `torch.load(..., weights_only=True)` (only `argparse
 `args` entry of training checkpoints). Every key is accounted for: each original tensor maps to exactly one parameter or
 buffer of the converted model, and each of those is filled; any missing, unexpected or mis-shaped key is an error.
 The depth is read from the checkpoint, so reduced-depth files convert too; everything else must match the variant.
+Weights with NaN or infinite values are refused. The folder is written through a temporary sibling folder that moves
+into place only once it is complete (and verified, with `--verify`); an output folder that holds, or lies inside, the
+checkpoint is refused.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +31,16 @@ from modeling_dart import DartConfig, DartForImageClassification, DartImageProce
 from modeling_dart.conversion_utils import (  # noqa: E402,F401  (shared with the other converters; re-exported)
     VIM_KEY_RULES,
     ConversionError,
+    StagedOutput,
+    UsageError,
     account_keys,
+    check_output_dir,
     compile_rules,
     infer_depth,
     load_original_checkpoint,
     rename_key,
+    report_usage_error,
+    require_finite,
     safe_torch_load,
 )
 from modeling_dart.model_card import write_model_card  # noqa: E402
@@ -208,17 +215,19 @@ def push_folder(output_dir: Path, repo_id: str, private: bool = False) -> None:
 
 
 def write_verify_and_push(output_dir: Path, model, processor, report: dict, card: dict, args) -> None:
-    """The shared tail of the converters: (re)write the folder (weights, config, processor, model card), print the
-    report, then `--verify` (reload and compare every tensor) and `--push_to_hub` as asked in `args`."""
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    model.save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
-    write_model_card(output_dir, model.config, **card)
-    print(json.dumps(report, indent=1))
-    if args.verify:
-        verify_folder(output_dir, model, model.state_dict())
-        print(f"verified: {report['num_keys']} tensors equal after reload; logits reproduced")
+    """The shared tail of the converters: refuse non-finite weights, write the folder (weights, config, processor,
+    model card) through a temporary sibling folder, print the report, `--verify` it (reload and compare every tensor)
+    before it moves into place, then `--push_to_hub` as asked in `args`. A failure leaves `output_dir` as it was; an
+    existing one (`--overwrite`) keeps the files the converter does not write."""
+    require_finite(model.state_dict(), "the converted model")
+    with StagedOutput(output_dir) as folder:
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        write_model_card(folder, model.config, **card)
+        print(json.dumps(report, indent=1))
+        if args.verify:
+            verify_folder(folder, model, model.state_dict())
+            print(f"verified: {report['num_keys']} tensors equal after reload; logits reproduced")
     if args.push_to_hub:
         push_folder(output_dir, args.push_to_hub, private=args.private)
         print(f"pushed {output_dir} to https://huggingface.co/{args.push_to_hub}")
@@ -231,17 +240,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--weights", choices=["model", "model_ema"], default="model",
                         help="which state dict of a training checkpoint to convert (default: model)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into an existing, non-empty output folder: the files the converter writes are "
+                        "replaced, the others kept")
     parser.add_argument("--verify", action="store_true",
                         help="reload the folder, compare every tensor, print the top-5 labels of a bundled photo")
     parser.add_argument("--push_to_hub", metavar="REPO", default=None, help="upload the folder to this Hub repo")
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
     args = parser.parse_args(argv)
 
-    output_dir = Path(args.output_dir)
     try:
-        if output_dir.exists() and any(output_dir.iterdir()) and not args.overwrite:
-            raise ConversionError(f"{output_dir} exists and is not empty; pass --overwrite to replace it")
+        output_dir = check_output_dir(args.output_dir, overwrite=args.overwrite,
+                                      inputs={"--checkpoint": args.checkpoint})
         model, processor, report = convert(args.variant, args.checkpoint, args.weights)
         card = dict(
             title=f"DART {VARIANTS[args.variant].hub_name}",
@@ -256,9 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.verify:
             for label, prob in top5(model, processor, ASSETS / "chelsea.jpg"):
                 print(f"  {prob:7.4f}  {label}")
-    except ConversionError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except (ConversionError, UsageError) as error:
+        return report_usage_error(error)
     return 0
 
 

@@ -12,10 +12,12 @@
 
 Width, depth, frames, classes and the Mamba sizes are read from the checkpoint (t16: width 192, s16: 384, m16: 576;
 depth from `layers.N`; frames from `temporal_pos_embedding`; classes from `head`). The checkpoint is read with
-`torch.load(..., weights_only=True)`; like the original loader it takes the first of `--model_key` (default
-`model|module`) that is present, else the whole file, and strips the `backbone.` / `encoder.` (and `module.`) prefixes.
-Every key is accounted for: each tensor maps to exactly one parameter of the converted model, and each parameter
-outside the scorer is filled; any missing, unexpected or mis-shaped key is an error (exit code 2).
+`torch.load(..., weights_only=True)` by the loader the other converters use: like the original loader it takes the
+first of `--model_key` (default `model|module`) that is present, else a bare state dict (for `model` / `module`), and
+strips the `backbone.` / `encoder.` (and `module.`) prefixes. Every key is accounted for: each tensor maps to exactly
+one parameter of the converted model, and each parameter outside the scorer is filled; any missing, unexpected or
+mis-shaped key, a non-finite weight, or a `--scorer_from` folder with a missing tensor is an error (exit code 2). The
+scorer takes every scorer setting of the `--scorer_from` config (`scorer_*`, `score_*`, `freeze_scorer_trunk`).
 
 Key mapping (original -> converted):
     patch_embed.proj.weight (D, C, 1, P, P) Conv3d -> dart.embeddings.projection.weight (D, C, P, P) ([:, :, 0])
@@ -44,20 +46,27 @@ if str(REPO_ROOT) not in sys.path:  # running from a clone without installing
 from conversion.convert_dart_original import write_verify_and_push  # noqa: E402
 from modeling_dart.conversion_utils import (  # noqa: E402
     ConversionError,
+    UsageError,
     account_keys,
+    check_output_dir,
     compile_rules,
     infer_mamba_sizes,
+    load_complete_model,
+    load_original_checkpoint,
+    positive_int,
     rename_key,
+    report_usage_error,
     require_tensor,
-    safe_torch_load,
 )
-from modeling_dart import DartConfig, DartVideoMambaForVideoClassification, DartVideoProcessor  # noqa: E402
+from modeling_dart import (  # noqa: E402
+    DartConfig,
+    DartForImageClassification,
+    DartVideoMambaForVideoClassification,
+    DartVideoProcessor,
+)
 
 ORIGINAL_REPO = "https://github.com/OpenGVLab/VideoMamba"
 SCORER_PREFIX = "dart.embeddings.scorer."
-# DartConfig fields that describe the scorer; copied from the DART folder given with --scorer_from
-SCORER_CONFIG_FIELDS = ("scorer_trunk", "scorer_head", "scorer_hidden_size", "score_normalization",
-                        "freeze_scorer_trunk")
 KNOWN_WIDTHS = {192: "videomamba_t16", 384: "videomamba_s16", 576: "videomamba_m16"}
 
 KEY_RULES: list[tuple[str, str]] = [
@@ -78,40 +87,10 @@ def convert_key(key: str) -> str | None:
     return rename_key(key, _COMPILED_RULES)
 
 
-# --------------------------------------------------------------------------------------------------- loading
-def load_original_checkpoint(path: str | Path, model_key: str = "model|module") -> tuple[dict[str, torch.Tensor], dict]:
-    """Read a VideoMamba `.pth` safely; return `(state_dict, wrapper)` (the wrapper dict, `{}` for a bare state dict).
-
-    Like VideoMamba's `run_class_finetuning.py`: the first key of `model_key` (`|`-separated) holding a dict is the
-    state dict, otherwise the whole file; `backbone.` / `encoder.` prefixes are stripped (and DDP's `module.`).
-    """
-    checkpoint = safe_torch_load(path)
-    wrapper, state_dict = {}, None
-    for key in model_key.split("|"):
-        if key in checkpoint and isinstance(checkpoint[key], dict):
-            wrapper, state_dict = checkpoint, checkpoint[key]
-            break
-    if state_dict is None:
-        if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-            state_dict = checkpoint
-        else:
-            entries = ", ".join(sorted(map(str, checkpoint)))[:300]
-            raise ConversionError(f"{path} has no '{model_key}' state dict and is not a bare state dict "
-                                  f"(entries: {entries}).")
-    bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise ConversionError(f"non-tensor entries in the state dict: {bad[:5]}")
-    cleaned = {}
-    for key, tensor in state_dict.items():
-        key = key.removeprefix("module.")
-        for prefix in ("backbone.", "encoder."):
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-                break
-        if key in cleaned:
-            raise ConversionError(f"two checkpoint keys map to {key!r} after stripping prefixes")
-        cleaned[key] = tensor
-    return cleaned, wrapper
+def scorer_config_fields(config) -> list[str]:
+    """The config fields that describe the scorer: `scorer`, every `scorer_*` / `score_*` field and
+    `freeze_scorer_trunk` (a field added to the scorer later is included by its name)."""
+    return sorted(name for name in config.to_dict() if "scorer" in name or name.startswith("score_"))
 
 
 def _require(state_dict: dict[str, torch.Tensor], key: str, ndim: int) -> torch.Tensor:
@@ -194,22 +173,17 @@ def read_labels(labels_file: str | Path | None, wrapper: dict, num_labels: int) 
     return labels
 
 
-def load_scorer(folder: str | Path) -> tuple[DartConfig, dict[str, torch.Tensor]]:
-    """The config and `dart.embeddings.scorer.*` tensors of a converted DART folder (e.g. dart-vim-ti)."""
-    from safetensors.torch import load_file
-
+def load_scorer(folder: str | Path):
+    """The config and `dart.embeddings.scorer.*` tensors of a converted DART image folder (e.g. dart-vim-ti). The
+    folder must load completely: a missing, unexpected or mis-shaped tensor is an error naming `--scorer_from`."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ConversionError(f"--scorer_from {folder}: no config.json (expected a converted DART folder).")
-    config = DartConfig.from_pretrained(folder)
+    model = load_complete_model(DartForImageClassification, folder, "--scorer_from")
+    config = model.config
     if config.scorer != "learned":
         raise ConversionError(f"--scorer_from {folder}: its scorer is {config.scorer!r}, it has no scorer weights.")
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise ConversionError(f"--scorer_from {folder}: no .safetensors weights.")
-    tensors = {}
-    for file in files:
-        tensors.update({k: v for k, v in load_file(file).items() if k.startswith(SCORER_PREFIX)})
+    tensors = {k: v for k, v in model.state_dict().items() if k.startswith(SCORER_PREFIX)}
     if not tensors:
         raise ConversionError(f"--scorer_from {folder}: no {SCORER_PREFIX}* tensors in its weights.")
     return config, tensors
@@ -241,11 +215,16 @@ def convert(
     """Return `(model, processor, report)` for a VideoMamba checkpoint."""
     if uniform_scorer == (scorer_from is not None):
         raise ConversionError("choose exactly one of --uniform_scorer and --scorer_from DIR.")
-    state_dict, wrapper = load_original_checkpoint(checkpoint, model_key)
+    for name, value in (("num_tokens", num_tokens), ("image_size", image_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UsageError(f"--{name} must be a positive integer, got {value!r}.")
+    state_dict, wrapper = load_original_checkpoint(checkpoint, model_key, strip_prefixes=("backbone.", "encoder."),
+                                                   return_wrapper=True)
     arch = infer_architecture(state_dict)
     base = arch["score_grid_size"] * arch["patch_size"]
-    kwargs = dict(arch, backbone="videomamba", image_size=image_size or base,
-                  num_tokens=num_tokens or arch["score_grid_size"] ** 2, video_score_pooling=video_score_pooling,
+    kwargs = dict(arch, backbone="videomamba", image_size=base if image_size is None else image_size,
+                  num_tokens=arch["score_grid_size"] ** 2 if num_tokens is None else num_tokens,
+                  video_score_pooling=video_score_pooling,
                   residual_in_fp32=True, layer_norm_epsilon=1e-5, tubelet_size=1)
     scorer_tensors = None
     if uniform_scorer:
@@ -256,8 +235,7 @@ def convert(
             if getattr(scorer_config, field) != kwargs[field]:
                 raise ConversionError(f"--scorer_from {scorer_from}: {field}={getattr(scorer_config, field)} but the "
                                       f"VideoMamba checkpoint has {field}={kwargs[field]}.")
-        kwargs["scorer"] = "learned"
-        kwargs.update({field: getattr(scorer_config, field) for field in SCORER_CONFIG_FIELDS})
+        kwargs.update({field: getattr(scorer_config, field) for field in scorer_config_fields(scorer_config)})
     id2label = read_labels(labels_file, wrapper, kwargs.pop("num_labels"))
     try:
         config = DartConfig(**kwargs, id2label=id2label, label2id={v: k for k, v in id2label.items()})
@@ -296,7 +274,7 @@ def convert(
     return model, processor, report
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="original VideoMamba .pth file")
     parser.add_argument("--output_dir", required=True)
@@ -307,21 +285,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels_file", help="one label per line, or JSON ({id: label} or a list)")
     parser.add_argument("--model_key", default="model|module",
                         help="'|'-separated entries holding the state dict (default: model|module, as the original)")
-    parser.add_argument("--num_tokens", type=int, help="default tokens per frame (default: the base grid, 196)")
-    parser.add_argument("--image_size", type=int,
+    parser.add_argument("--num_tokens", type=positive_int,
+                        help="default tokens per frame (default: the base grid, 196)")
+    parser.add_argument("--image_size", type=positive_int,
                         help="input resolution of the processor (default: the base grid, 224; 448 = high_res)")
     parser.add_argument("--video_score_pooling", choices=["frame", "clip"], default="frame",
                         help="score each frame (default) or the clip's mean frame once")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into an existing, non-empty output folder: the files the converter writes are "
+                        "replaced, the others kept")
     parser.add_argument("--verify", action="store_true", help="reload the folder and compare tensors and logits")
     parser.add_argument("--push_to_hub", metavar="REPO", default=None, help="upload the folder to this Hub repo")
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
-    args = parser.parse_args(argv)
+    return parser
 
-    output_dir = Path(args.output_dir)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    inputs = {"--checkpoint": args.checkpoint, "--scorer_from": args.scorer_from, "--labels_file": args.labels_file}
     try:
-        if output_dir.exists() and any(output_dir.iterdir()) and not args.overwrite:
-            raise ConversionError(f"{output_dir} exists and is not empty; pass --overwrite to replace it")
+        output_dir = check_output_dir(args.output_dir, overwrite=args.overwrite, inputs=inputs)
         model, processor, report = convert(
             args.checkpoint, scorer_from=args.scorer_from, uniform_scorer=args.uniform_scorer,
             labels_file=args.labels_file, model_key=args.model_key, num_tokens=args.num_tokens,
@@ -338,9 +321,8 @@ def main(argv: list[str] | None = None) -> int:
                          "parameters": f"{report['num_parameters']:,}"},
         )
         write_verify_and_push(output_dir, model, processor, report, card, args)
-    except ConversionError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except (ConversionError, UsageError) as error:
+        return report_usage_error(error)
     return 0
 
 

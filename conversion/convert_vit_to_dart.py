@@ -21,8 +21,11 @@ equal to, the source. A source trained on another grid (e.g. 384 input, 24x24) g
 `--score_grid_size` with the interpolation of Transformers' `interpolate_pos_encoding` (bicubic, align_corners=False).
 
 Every source tensor maps onto exactly one DART tensor and every backbone tensor is filled: missing, unexpected or
-mis-shaped keys, and unsupported architectures, stop the conversion with exit code 2. The output folder (safetensors,
-config, preprocessor config, model card, modeling code) is never overwritten without `--overwrite`.
+mis-shaped keys, a source folder that lacks a tensor, non-finite weights and unsupported architectures stop the
+conversion with exit code 2. The output folder (safetensors, config, preprocessor config, model card, modeling code)
+is written through a temporary sibling folder that moves into place once complete; a non-empty one is written into
+only with `--overwrite` (which replaces the files the converter writes and keeps the others), and never when it holds,
+or lies inside, the source.
 """
 
 from __future__ import annotations
@@ -37,7 +40,13 @@ if str(REPO_ROOT) not in sys.path:  # running from a clone without installing
 
 from conversion.convert_dart_original import write_verify_and_push  # noqa: E402
 from modeling_dart import DartImageProcessor  # noqa: E402
-from modeling_dart.conversion_utils import ConversionError  # noqa: E402
+from modeling_dart.conversion_utils import (  # noqa: E402
+    ConversionError,
+    UsageError,
+    check_output_dir,
+    positive_int,
+    report_usage_error,
+)
 from modeling_dart.from_backbone import DISTILLATION_HEADS, SCORERS, convert_backbone  # noqa: E402
 
 TRUNKS = ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_lite0")
@@ -82,27 +91,30 @@ def main(argv: list[str] | None = None) -> int:
                         help="uniform (the source's patch grid; default) or learned (trunk + head to train)")
     parser.add_argument("--scorer_trunk", choices=TRUNKS, help="learned scorer: the CNN trunk (default: the config's)")
     parser.add_argument("--scorer_head", choices=HEADS, help="learned scorer: the score head (default: the config's)")
-    parser.add_argument("--scorer_trunk_depth", type=int, help="learned scorer: how many trunk entries to keep")
+    parser.add_argument("--scorer_trunk_depth", type=positive_int, help="learned scorer: how many trunk entries to keep")
     parser.add_argument("--scorer_trunk_weights", metavar="SOURCE",
                         help="learned scorer: pretrained trunk weights for `load_scorer_trunk_weights` (e.g. "
                         "efficientnet_lite0, or a .pth); without it the trunk is random and left trainable")
     parser.add_argument("--freeze_scorer_trunk", choices=["true", "false"],
                         help="default: frozen with pretrained trunk weights, trainable without")
-    parser.add_argument("--image_size", type=int, help="input resolution (default: score_grid_size * patch_size)")
-    parser.add_argument("--score_grid_size", type=int, help="score/position grid (default: the source's grid)")
-    parser.add_argument("--num_tokens", type=int, help="default number of tokens (default: score_grid_size ** 2)")
+    parser.add_argument("--image_size", type=positive_int, help="input resolution (default: score_grid_size * patch_size)")
+    parser.add_argument("--score_grid_size", type=positive_int, help="score/position grid (default: the source's grid)")
+    parser.add_argument("--num_tokens", type=positive_int, help="default number of tokens (default: score_grid_size ** 2)")
     parser.add_argument("--distillation_head", choices=DISTILLATION_HEADS, default="average",
                         help="DeiT with teacher: average the cls and distillation heads (default) or keep the cls head")
     parser.add_argument("--weights", choices=["model", "model_ema"], default="model",
                         help="Vim .pth: which state dict of a training checkpoint (default: model)")
-    parser.add_argument("--revision", help="Hub revision of the source")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--revision", help="Hub revision of the source (a Hub id only)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into an existing, non-empty output folder: the files the converter writes are "
+                        "replaced, the others kept")
     parser.add_argument("--verify", action="store_true", help="reload the folder and compare tensors and logits")
     parser.add_argument("--push_to_hub", metavar="REPO", default=None, help="upload the folder to this Hub repo")
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
     args = parser.parse_args(argv)
+    if args.revision and Path(args.source).exists():
+        parser.error(f"--revision {args.revision} applies to a Hub id; --source {args.source} is a local path.")
 
-    output_dir = Path(args.output_dir)
     options = {
         "scorer": args.scorer, "scorer_trunk": args.scorer_trunk, "scorer_head": args.scorer_head,
         "scorer_trunk_depth": args.scorer_trunk_depth, "scorer_trunk_weights": args.scorer_trunk_weights,
@@ -114,14 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         options["distillation_head"] = args.distillation_head
         if args.revision:
             options["revision"] = args.revision
+    inputs = {"--source": args.source, "--scorer_trunk_weights": args.scorer_trunk_weights}
     try:
-        if output_dir.exists() and any(output_dir.iterdir()) and not args.overwrite:
-            raise ConversionError(f"{output_dir} exists and is not empty; pass --overwrite to replace it")
+        output_dir = check_output_dir(args.output_dir, overwrite=args.overwrite, inputs=inputs)
         model, processor, report = convert(args.source, **options)
         write_verify_and_push(output_dir, model, processor, report, model_card(args.source, report, model), args)
-    except ConversionError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except (ConversionError, UsageError) as error:
+        return report_usage_error(error)
     return 0
 
 

@@ -5,7 +5,7 @@
 
 1. writes sparse-object canvases (`examples/data/sparse_canvas.py`: real Fashion-MNIST articles of 28-42 pixels on
    160x160 textured backgrounds, 4000 train / 1000 validation, the same for every run) as an `imagefolder` tree under
-   `outputs/quickstart/data`;
+   `outputs/quickstart_data` (beside the output folder: a training run never writes into a folder holding its data);
 2. trains a small DART-DeiT (4 layers, width 96, 36 tokens) whose scorer is the frozen ImageNet EfficientNet-Lite0
    trunk with the saliency head (`run_image_classification.py --preset quickstart`), and prints its validation
    accuracy next to the uniform grid's in `benchmarks/dart_vs_uniform.py`;
@@ -16,7 +16,8 @@
    token lies on the article.
 
 Any argument of `run_image_classification.py` can be added to override the preset, e.g.
-`python examples/quickstart.py --num_train_epochs 5 --output_dir outputs/qs5`.
+`python examples/quickstart.py --num_train_epochs 5 --output_dir outputs/qs5`; a second run into the same output
+folder needs `--overwrite_output_dir true`.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     user_args = list(sys.argv[1:] if argv is None else argv)
     preset = ["--preset", "quickstart"]
     _, data_args, training_args = runner.parse_args(preset + user_args)
-    data_root = Path(training_args.output_dir) / "data"
+    data_root = Path(training_args.output_dir).resolve().parent / "quickstart_data"
     explicit_data = any(arg.split("=")[0] in ("--train_dir", "--validation_dir") for arg in user_args)
     if not explicit_data:
         if training_args.should_save:  # the main process writes the canvases (deterministic: every process agrees)
@@ -148,4 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except runner.UsageError as error:
+        sys.exit(runner.report_usage_error(error))

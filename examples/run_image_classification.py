@@ -58,6 +58,7 @@ import numpy as np
 import torch
 import transformers
 from datasets import load_dataset
+from PIL import Image
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -77,6 +78,14 @@ except ImportError:  # pragma: no cover - running from a checkout without instal
     import modeling_dart  # noqa: F401
 
 from modeling_dart import DartConfig, DartForImageClassification, DartImageProcessor, load_scorer_trunk_weights
+from modeling_dart.conversion_utils import (
+    StagedOutput,
+    UsageError,
+    check_model_source,
+    check_output_dir,
+    load_from_hub,
+    report_usage_error,
+)
 from modeling_dart.trunks_dart import TRUNKS
 from modeling_dart.image_processing_dart import PerWorkerGenerator
 from modeling_dart.model_card import write_model_card
@@ -266,7 +275,7 @@ class DataTrainingArguments:
 
     def __post_init__(self):
         if self.dataset_name is None and self.train_dir is None and self.validation_dir is None:
-            raise ValueError(
+            raise UsageError(
                 "Give a dataset: `--dataset_name` (Hub), or `--train_dir` / `--validation_dir` (local imagefolder), "
                 "or `--preset quickstart` for the bundled data."
             )
@@ -274,20 +283,29 @@ class DataTrainingArguments:
             folder = getattr(self, name)
             # local folders only: a remote one (`hf://...`, `s3://...`) is datasets' to resolve
             if folder is not None and "://" not in folder and not os.path.isdir(folder):
-                raise ValueError(f"`--{name}` must be a folder of images, one sub-folder per class; {folder!r} is not "
+                raise UsageError(f"`--{name}` must be a folder of images, one sub-folder per class; {folder!r} is not "
                                  "a folder.")
+        if not 0 < self.train_val_split < 1:  # also refuses NaN
+            raise UsageError(f"`--train_val_split` must be a fraction in (0, 1), got {self.train_val_split}.")
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"`--{name}` must be a positive number of examples, got {value}.")
         if not 0 < self.min_crop_scale <= 1:
-            raise ValueError(f"`--min_crop_scale` must be in (0, 1], got {self.min_crop_scale}.")
-        if self.rand_augment is not None:
-            RandAugment(self.rand_augment)  # raises a ValueError naming `rand_augment` for a bad policy
-        RandomErasing(self.random_erasing, self.random_erasing_mode, self.random_erasing_count)  # validates them
-        MixupCutmix(1, self.mixup, self.cutmix, self.mixup_prob, self.mixup_switch_prob, 0.0)  # validates them
+            raise UsageError(f"`--min_crop_scale` must be in (0, 1], got {self.min_crop_scale}.")
+        try:
+            if self.rand_augment is not None:
+                RandAugment(self.rand_augment)  # raises a ValueError naming `rand_augment` for a bad policy
+            RandomErasing(self.random_erasing, self.random_erasing_mode, self.random_erasing_count)  # validates them
+            MixupCutmix(1, self.mixup, self.cutmix, self.mixup_prob, self.mixup_switch_prob, 0.0)  # validates them
+        except ValueError as error:
+            raise UsageError(str(error)) from error
         if self.repeated_augmentation < 1:
-            raise ValueError(f"`--repeated_augmentation` must be >= 1, got {self.repeated_augmentation}.")
+            raise UsageError(f"`--repeated_augmentation` must be >= 1, got {self.repeated_augmentation}.")
         if self.shuffle_buffer_size < 1:
-            raise ValueError(f"`--shuffle_buffer_size` must be >= 1, got {self.shuffle_buffer_size}.")
+            raise UsageError(f"`--shuffle_buffer_size` must be >= 1, got {self.shuffle_buffer_size}.")
         if self.streaming and self.repeated_augmentation > 1:
-            raise ValueError("`--repeated_augmentation` needs a map-style dataset; it cannot be used with --streaming.")
+            raise UsageError("`--repeated_augmentation` needs a map-style dataset; it cannot be used with --streaming.")
 
 
 @dataclass
@@ -374,25 +392,30 @@ class DartTrainingArguments(TrainingArguments):
         metadata={"help": "Total training batch over all processes and accumulation steps; sets "
                   "--per_device_train_batch_size (DART's DeiT recipe: 256)."},
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Write into a non-empty --output_dir: the files the run writes replace theirs, the others "
+                  "are kept. Not needed to resume from a checkpoint inside --output_dir."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
         if not 0.0 <= self.model_ema_decay < 1.0:
-            raise ValueError(f"`--model_ema_decay` must be in [0, 1), got {self.model_ema_decay}.")
+            raise UsageError(f"`--model_ema_decay` must be in [0, 1), got {self.model_ema_decay}.")
         if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
-            raise ValueError(f"`--layer_decay` must be in (0, 1], got {self.layer_decay}.")
+            raise UsageError(f"`--layer_decay` must be in (0, 1], got {self.layer_decay}.")
         if self.base_batch_size < 1:
-            raise ValueError(f"`--base_batch_size` must be a positive integer, got {self.base_batch_size}.")
+            raise UsageError(f"`--base_batch_size` must be a positive integer, got {self.base_batch_size}.")
         if self.total_train_batch_size is not None:
             shards = self.world_size * self.gradient_accumulation_steps
             if self.total_train_batch_size < 1 or self.total_train_batch_size % shards:
-                raise ValueError(
+                raise UsageError(
                     f"`--total_train_batch_size` ({self.total_train_batch_size}) must be a positive multiple of "
                     f"world size x gradient accumulation steps ({self.world_size} x {self.gradient_accumulation_steps})."
                 )
             self.per_device_train_batch_size = self.total_train_batch_size // shards
         if self.model_ema and self.fsdp:
-            raise ValueError("`--model_ema` is not supported with FSDP (the weights are sharded); use DDP or DeepSpeed "
+            raise UsageError("`--model_ema` is not supported with FSDP (the weights are sharded); use DDP or DeepSpeed "
                              "ZeRO-2.")
 
 
@@ -490,7 +513,7 @@ def build_config_from_scratch(config_name: str | None, overrides: dict[str, Any]
 
 def set_scorer_trunk_frozen(model: torch.nn.Module, frozen: bool) -> None:
     """Freeze or unfreeze the scorer's MobileNetV3 trunk of a built model (and record it in the config)."""
-    from modeling_dart.embeddings_dart import DartScorer
+    from modeling_dart.scorer_dart import DartScorer
 
     for module in model.modules():
         if isinstance(module, DartScorer):
@@ -504,13 +527,10 @@ def set_drop_path_rate(model: torch.nn.Module, rate: float) -> None:
     """Set the stochastic-depth rate of a built model: it rises linearly from 0 (first block) to `rate` (last), as
     DartConfig's `drop_path_rate` does at construction (and record it in the config)."""
     from modeling_dart.mamba_dart import DartDropPath
-    from modeling_dart.modeling_dart import DartLayer
 
-    blocks = [m for m in model.modules() if isinstance(m, DartLayer)]
-    paths = [m for m in model.modules() if isinstance(m, DartDropPath)]
-    for items, attribute in ((blocks, "drop_path_rate"), (paths, "drop_prob")):
-        for i, item in enumerate(items):
-            setattr(item, attribute, rate * i / (len(items) - 1) if len(items) > 1 else rate)
+    paths = [m for m in model.modules() if isinstance(m, DartDropPath)]  # one per DeiT layer or Mamba block
+    for i, path in enumerate(paths):
+        path.drop_prob = rate * i / (len(paths) - 1) if len(paths) > 1 else rate
     model.config.drop_path_rate = rate
 
 
@@ -543,6 +563,83 @@ def load_accuracy_metric(cache_dir: str | None = None):
     return evaluate.load(str(LOCAL_ACCURACY_METRIC), cache_dir=cache_dir)
 
 
+def _image_classes(flag: str, folder: str) -> list[str]:
+    """The class names of a local imagefolder tree (its sub-folders that hold images), or a `UsageError` naming
+    `flag` for a folder that `datasets` would fail on with a message that names no argument."""
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+    extensions = {extension.lower() for extension in ImageFolder.EXTENSIONS}
+    root = Path(folder)
+    entries = sorted(root.iterdir())
+    if any(entry.is_file() and entry.suffix.lower() in extensions for entry in entries):
+        raise UsageError(f"`{flag}` {folder} holds images directly; expected one sub-folder of images per class.")
+
+    def holds_images(class_dir: Path) -> bool:
+        return any(name.lower().endswith(tuple(extensions)) for _, _, names in os.walk(class_dir) for name in names)
+
+    classes = [entry.name for entry in entries if entry.is_dir() and holds_images(entry)]
+    if not classes:
+        raise UsageError(f"`{flag}` {folder} holds no images ({', '.join(sorted(extensions)[:6])}, ...) in "
+                         "sub-folders; expected one sub-folder of images per class.")
+    return classes
+
+
+def check_image_folders(data_args: DataTrainingArguments) -> None:
+    """Refuse local `--train_dir` / `--validation_dir` trees that cannot give a classification dataset: no images,
+    images without class sub-folders, a single class, or validation classes that the training set lacks."""
+    if data_args.dataset_name is not None:
+        return
+    local = {name: folder for name in ("train_dir", "validation_dir")
+             if (folder := getattr(data_args, name)) is not None and "://" not in folder}
+    classes = {name: _image_classes(f"--{name}", folder) for name, folder in local.items()}
+    reference = "train_dir" if data_args.train_dir is not None else "validation_dir"
+    if reference in classes and len(classes[reference]) < 2:
+        raise UsageError(f"`--{reference}` {local[reference]} has a single class ({classes[reference][0]}); a "
+                         "classifier needs at least two class sub-folders.")
+    if "train_dir" in classes and "validation_dir" in classes:
+        unknown = sorted(set(classes["validation_dir"]) - set(classes["train_dir"]))
+        if unknown:
+            raise UsageError(f"`--validation_dir` {local['validation_dir']} has classes that `--train_dir` lacks: "
+                             f"{unknown[:10]}.")
+
+
+class ImageRows(torch.utils.data.Dataset):
+    """The rows of a map-style `datasets.Dataset`, where an image that cannot be decoded raises a `UsageError` that
+    names the file and the argument it came from (PIL's own error names neither)."""
+
+    errors = (OSError, SyntaxError, Image.DecompressionBombError)
+
+    def __init__(self, rows, image_column: str, flag: str):
+        self.rows, self.image_column, self.flag = rows, image_column, flag
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        try:
+            return self.rows[index]
+        except self.errors as error:
+            raise self._decode_error([index], error) from None
+
+    def __getitems__(self, indices: list) -> list:
+        try:
+            return self.rows.__getitems__(indices)
+        except self.errors as error:
+            raise self._decode_error(indices, error) from None
+
+    def _decode_error(self, indices: list, error: Exception) -> UsageError:
+        import datasets
+
+        raw = self.rows.with_format(None).cast_column(self.image_column, datasets.Image(decode=False))
+        for index in indices:
+            try:
+                self.rows[index]
+            except self.errors as row_error:
+                source = raw[int(index)][self.image_column].get("path") or f"row {index}"
+                return UsageError(f"`{self.flag}`: cannot read the image {source}: {row_error}")
+        return UsageError(f"`{self.flag}`: cannot read an image of rows {list(indices)[:8]}: {error}")
+
+
 def collate_fn(examples: list[dict]) -> dict[str, torch.Tensor]:
     return {
         "pixel_values": torch.stack([torch.as_tensor(example["pixel_values"]) for example in examples]),
@@ -570,7 +667,7 @@ class DartTrainer(Trainer):
         self.repeated_augmentation = repeated_augmentation
         self._mix_step, self._mix_calls = -1, 0
         if getattr(self.args, "model_ema", False) and self.is_fsdp_enabled:
-            raise ValueError("`--model_ema` is not supported with FSDP (the weights are sharded); use DDP or DeepSpeed "
+            raise UsageError("`--model_ema` is not supported with FSDP (the weights are sharded); use DDP or DeepSpeed "
                              "ZeRO-2.")
 
     @property
@@ -711,7 +808,38 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     if checkpoint in ("last", "latest", "true", "True"):
         checkpoint = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
         logger.info(f"Resuming from {checkpoint}" if checkpoint else "No checkpoint to resume from: starting afresh.")
+    elif checkpoint is not None and not os.path.isdir(checkpoint):
+        raise UsageError(f"`--resume_from_checkpoint` {checkpoint} is not a checkpoint folder (or `last`).")
+    # A resume from a checkpoint inside --output_dir continues that run in place; any other run is written into a
+    # temporary sibling folder that replaces or joins --output_dir only when the run succeeds.
+    output_dir = Path(training_args.output_dir).expanduser().resolve()
+    in_place = checkpoint is not None and output_dir in Path(checkpoint).resolve().parents
+    inputs = {"--train_dir": data_args.train_dir, "--validation_dir": data_args.validation_dir,
+              "--dataset_name": data_args.dataset_name, "--model_name_or_path": model_args.model_name_or_path,
+              "--config_name": model_args.config_name, "--image_processor_name": model_args.image_processor_name,
+              "--scorer_trunk_weights": model_args.scorer_trunk_weights}
+    if not in_place:
+        inputs["--resume_from_checkpoint"] = checkpoint
+    check_output_dir(output_dir, overwrite=training_args.overwrite_output_dir or in_place, inputs=inputs,
+                     overwrite_flag="--overwrite_output_dir")
+    check_image_folders(data_args)
+    for flag in ("model_name_or_path", "config_name", "image_processor_name"):
+        check_model_source(f"--{flag}", getattr(model_args, flag))
+    if training_args.push_to_hub and training_args.hub_model_id is None:
+        training_args.hub_model_id = output_dir.name  # the Trainer would name the repo after the temporary folder
 
+    staged = StagedOutput(output_dir, main_process=training_args.should_save, in_place=in_place,
+                          keep_on_failure=lambda folder: any(folder.glob("checkpoint-*")))
+    with staged as folder:
+        training_args.output_dir = str(folder)
+        metrics = train_and_evaluate(model_args, data_args, training_args, checkpoint, output_dir)
+    training_args.output_dir = str(output_dir)
+    return metrics
+
+
+def train_and_evaluate(model_args, data_args, training_args, checkpoint: str | None, output_dir: Path) -> dict:
+    """Load the data and the model, train and evaluate, and write everything into `training_args.output_dir`
+    (`output_dir` names the final folder in the model card and the Hub repo). Returns the metrics."""
     if training_args.scale_lr_by_batch:
         base_lr = training_args.learning_rate
         training_args.learning_rate = scaled_learning_rate(
@@ -727,7 +855,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     # ------------------------------------------------------------------------------------------------ data
     streaming = data_args.streaming
     if streaming and training_args.do_train and training_args.max_steps <= 0:
-        raise ValueError("`--streaming` datasets have no length: give the number of training steps with --max_steps.")
+        raise UsageError("`--streaming` datasets have no length: give the number of training steps with --max_steps.")
     if data_args.dataset_name is not None:
         dataset = load_dataset(
             data_args.dataset_name,
@@ -750,14 +878,14 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     columns = list(features) if features is not None else dataset[reference_split].column_names
     for column in (data_args.image_column_name, data_args.label_column_name):
         if column not in (columns or []):
-            raise ValueError(
+            raise UsageError(
                 f"Column {column!r} not found in the dataset (columns: {columns}); "
                 "set --image_column_name / --label_column_name."
             )
 
     if "validation" not in dataset and "train" in dataset and training_args.do_eval:
         if streaming:
-            raise ValueError("--streaming with --do_eval needs a validation split (--validation_dir, or a dataset "
+            raise UsageError("--streaming with --do_eval needs a validation split (--validation_dir, or a dataset "
                              "with a `validation` split): a stream cannot be split.")
         split = dataset["train"].train_test_split(data_args.train_val_split, seed=training_args.seed)
         dataset["train"], dataset["validation"] = split["train"], split["test"]
@@ -766,7 +894,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     if hasattr(label_feature, "names"):  # a ClassLabel column holds ids already
         labels = list(label_feature.names)
     elif streaming:
-        raise ValueError(f"--streaming needs a ClassLabel column {data_args.label_column_name!r} (its names give the "
+        raise UsageError(f"--streaming needs a ClassLabel column {data_args.label_column_name!r} (its names give the "
                          "labels without reading the whole stream); got " + type(label_feature).__name__)
     else:  # plain values (strings, ints): number them in sorted order
         labels = sorted({str(v) for v in dataset[reference_split][data_args.label_column_name]})
@@ -783,7 +911,10 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     label_kwargs = {"num_labels": len(labels), "label2id": label2id, "id2label": id2label}
 
     # ------------------------------------------------------------------------------------- config and model
-    overrides = parse_config_overrides(model_args.config_overrides)
+    try:
+        overrides = parse_config_overrides(model_args.config_overrides)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
     if model_args.num_tokens is not None:
         overrides["num_tokens"] = model_args.num_tokens
     if model_args.freeze_scorer_trunk is not None:
@@ -796,24 +927,28 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     common = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision, "token": model_args.token,
               "trust_remote_code": model_args.trust_remote_code}
     if model_args.model_name_or_path:
-        config = AutoConfig.from_pretrained(
-            model_args.config_name or model_args.model_name_or_path, finetuning_task="image-classification",
-            **label_kwargs, **common,
-        )
+        config_flag = "--config_name" if model_args.config_name else "--model_name_or_path"
+        config = load_from_hub(config_flag, AutoConfig.from_pretrained,
+                               model_args.config_name or model_args.model_name_or_path,
+                               finetuning_task="image-classification", **label_kwargs, **common)
         for key, value in overrides.items():
             if not hasattr(config, key):
-                raise ValueError(f"`--config_overrides`: {type(config).__name__} has no field {key!r}.")
+                raise UsageError(f"`--config_overrides`: {type(config).__name__} has no field {key!r}.")
             setattr(config, key, value)
         if hasattr(config, "_validate_dart"):
-            config._validate_dart()
-        model = AutoModelForImageClassification.from_pretrained(
-            model_args.model_name_or_path,
-            config=config,
-            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-            **common,
+            try:
+                config._validate_dart()
+            except ValueError as error:
+                raise UsageError(f"`--config_overrides`: {error}") from error
+        model = load_from_hub(
+            "--model_name_or_path", AutoModelForImageClassification.from_pretrained, model_args.model_name_or_path,
+            config=config, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **common,
         )
     else:
-        config = build_config_from_scratch(model_args.config_name, overrides, **label_kwargs)
+        try:
+            config = build_config_from_scratch(model_args.config_name, overrides, **label_kwargs)
+        except ValueError as error:
+            raise UsageError(f"`--config_overrides` / `--config_name`: {error}") from error
         config.finetuning_task = "image-classification"
         model = DartForImageClassification(config)
         if config.scorer == "learned" and config.freeze_scorer_trunk and model_args.scorer_trunk_weights is None:
@@ -844,7 +979,9 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     # ------------------------------------------------------------------------------------- image processing
     processor_source = model_args.image_processor_name or model_args.model_name_or_path
     if processor_source:
-        image_processor = AutoImageProcessor.from_pretrained(processor_source, **common)
+        image_processor = load_from_hub("--image_processor_name" if model_args.image_processor_name else
+                                        "--model_name_or_path", AutoImageProcessor.from_pretrained, processor_source,
+                                        **common)
         if model_args.image_size is not None:
             resize_processor(image_processor, model_args.image_size)
     else:
@@ -879,7 +1016,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
 
     def prepare_split(split: str, max_samples: int | None, missing: str, train: bool):
         if split not in dataset:
-            raise ValueError(missing)
+            raise UsageError(missing)
         subset = dataset[split]
         if streaming:
             if train:
@@ -890,12 +1027,14 @@ def main(args: list[str] | None = None) -> dict[str, float]:
             return subset.map(transform, batched=True, remove_columns=list(features))
         if max_samples is not None:
             subset = subset.shuffle(seed=training_args.seed).select(range(min(max_samples, len(subset))))
+        flag = "--dataset_name" if data_args.dataset_name is not None else (
+            "--validation_dir" if split == "validation" and data_args.validation_dir is not None else "--train_dir")
         if train:  # each sample augmented from its key (index, epoch, copy): resumed runs draw what they would have
-            return AugmentedImageDataset(subset, augmentation, image_column, label_column, label_id,
-                                         seed=training_args.data_seed if training_args.data_seed is not None
-                                         else training_args.seed)
+            return AugmentedImageDataset(ImageRows(subset, image_column, flag), augmentation, image_column,
+                                         label_column, label_id, seed=training_args.data_seed
+                                         if training_args.data_seed is not None else training_args.seed)
         subset.set_transform(eval_transforms)
-        return subset
+        return ImageRows(subset, image_column, flag)
 
     train_dataset = eval_dataset = None
     if training_args.do_train:
@@ -928,6 +1067,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         else f"imagefolder {data_args.train_dir or data_args.validation_dir}"
     )
     card_kwargs = {
+        "title": output_dir.name,
         "base_model": model_args.model_name_or_path,
         "datasets": [data_args.dataset_name] if data_args.dataset_name else None,
         "source": (
@@ -982,7 +1122,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         try:
             trainer.save_model(ema_dir)
             if trainer.is_world_process_zero():
-                write_model_card(ema_dir, trainer.model.config, title=f"{Path(training_args.output_dir).name} (EMA)",
+                write_model_card(ema_dir, trainer.model.config, title=f"{output_dir.name} (EMA)",
                                  source=f"Exponential moving average (decay {training_args.model_ema_decay}) of the "
                                  "weights of the model trained in the folder above, with "
                                  "`examples/run_image_classification.py --model_ema`.", task="image-classification")
@@ -1016,7 +1156,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
 
     if trainer.is_world_process_zero() and "eval_accuracy" in all_metrics:
         print(f"eval_accuracy = {all_metrics['eval_accuracy']:.4f} ({len(labels)} classes, chance "
-              f"{1 / len(labels):.2f}); model saved to {training_args.output_dir}")
+              f"{1 / len(labels):.2f}); model saved to {output_dir}")
     return all_metrics
 
 
@@ -1034,6 +1174,15 @@ def _close_process_group():
         dist.destroy_process_group()
 
 
-if __name__ == "__main__":
-    main()
+def cli(args: list[str] | None = None) -> int:
+    """The command line: `main(args)`, with bad arguments or data reported on one line and exit code 2."""
+    try:
+        main(args)
+    except UsageError as error:
+        return report_usage_error(error)
     _close_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

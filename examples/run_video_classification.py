@@ -58,6 +58,14 @@ except ImportError:  # pragma: no cover - running from a checkout without instal
     import modeling_dart  # noqa: F401
 
 from modeling_dart import DartConfig, DartVideoMambaForVideoClassification, DartVideoProcessor, load_video
+from modeling_dart.conversion_utils import (
+    StagedOutput,
+    UsageError,
+    check_model_source,
+    check_output_dir,
+    load_from_hub,
+    report_usage_error,
+)
 from modeling_dart.model_card import write_model_card
 from modeling_dart.image_processing_dart import PerWorkerGenerator
 from modeling_dart.video_processing_dart import sample_frame_indices
@@ -121,8 +129,12 @@ class DataTrainingArguments:
 
     def __post_init__(self):
         if self.train_dir is None and self.validation_dir is None:
-            raise ValueError("Give `--train_dir` and/or `--validation_dir` (folders of videos, one sub-folder per "
+            raise UsageError("Give `--train_dir` and/or `--validation_dir` (folders of videos, one sub-folder per "
                              "class); `--make_demo_data DIR` writes a small demo set.")
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"`--{name}` must be a positive number of videos, got {value}.")
 
 
 @dataclass
@@ -146,6 +158,17 @@ class ModelArguments:
     token: str | None = field(default=None, metadata={"help": "Hub token (or `hf auth login`)."})
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow custom code from the Hub (not needed with `modeling_dart` installed)."}
+    )
+
+
+@dataclass
+class VideoTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the permission to write into a non-empty output folder."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Write into a non-empty --output_dir: the files the run writes replace theirs, the others "
+                  "are kept."},
     )
 
 
@@ -176,11 +199,12 @@ def parse_config_overrides(spec: str | None) -> dict[str, Any]:
     return overrides
 
 
-def find_videos(folder: str | Path) -> list[tuple[Path, str]]:
-    """`(path, label)` for every video file in `folder/<label>/`, sorted."""
+def find_videos(folder: str | Path, flag: str = "--train_dir") -> list[tuple[Path, str]]:
+    """`(path, label)` for every video file in `folder/<label>/`, sorted; a `UsageError` naming `flag` when there
+    are none."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"{folder} is not a folder.")
+        raise UsageError(f"`{flag}` {folder} is not a folder.")
     items = [
         (path, label_dir.name)
         for label_dir in sorted(p for p in folder.iterdir() if p.is_dir())
@@ -188,7 +212,8 @@ def find_videos(folder: str | Path) -> list[tuple[Path, str]]:
         if path.suffix.lower() in VIDEO_EXTENSIONS
     ]
     if not items:
-        raise ValueError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) in the class sub-folders of {folder}.")
+        raise UsageError(f"`{flag}` {folder}: no video files ({', '.join(VIDEO_EXTENSIONS)}) in its class "
+                         "sub-folders.")
     return items
 
 
@@ -296,10 +321,11 @@ class DartVideoTrainer(Trainer):
     """A Trainer whose model card is a DART video model card."""
 
     card_source: str = ""
+    card_title: str | None = None
 
     def create_model_card(self, model_name=None, finetuned_from=None, metrics=None, **kwargs) -> None:
         if self.is_world_process_zero():
-            title = model_name or Path(self.args.output_dir).name
+            title = model_name or self.card_title or Path(self.args.output_dir).name
             write_model_card(self.args.output_dir, self.model.config, title=title, source=self.card_source,
                              task="video-classification", base_model=finetuned_from, metrics=metrics)
 
@@ -309,11 +335,29 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     if args[:1] == ["--make_demo_data"]:
         if len(args) != 2:
             raise SystemExit("usage: --make_demo_data OUTPUT_DIR")
+        if Path(args[1]).exists() and (not Path(args[1]).is_dir() or any(Path(args[1]).iterdir())):
+            raise UsageError(f"`--make_demo_data` {args[1]} exists and is not an empty folder; give a new one.")
         folder = make_demo_dataset(args[1])
         print(f"demo videos written to {folder}/train and {folder}/validation")
         return {}
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, VideoTrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=build_argv(args))
+    output_dir = check_output_dir(
+        training_args.output_dir, overwrite=training_args.overwrite_output_dir, overwrite_flag="--overwrite_output_dir",
+        inputs={"--train_dir": data_args.train_dir, "--validation_dir": data_args.validation_dir,
+                "--model_name_or_path": model_args.model_name_or_path})
+    check_model_source("--model_name_or_path", model_args.model_name_or_path)
+    if training_args.push_to_hub and training_args.hub_model_id is None:
+        training_args.hub_model_id = output_dir.name  # the Trainer would name the repo after the temporary folder
+    with StagedOutput(output_dir, main_process=training_args.should_save) as folder:
+        training_args.output_dir = str(folder)
+        metrics = train_and_evaluate(model_args, data_args, training_args, output_dir)
+    training_args.output_dir = str(output_dir)
+    return metrics
+
+
+def train_and_evaluate(model_args, data_args, training_args, output_dir: Path) -> dict[str, float]:
+    """Train and evaluate, writing into `training_args.output_dir` (`output_dir` names the final folder)."""
 
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
                         handlers=[logging.StreamHandler(sys.stdout)])
@@ -325,9 +369,9 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     # ------------------------------------------------------------------------------------------------ data
     splits = {}
     if data_args.train_dir:
-        splits["train"] = find_videos(data_args.train_dir)
+        splits["train"] = find_videos(data_args.train_dir, "--train_dir")
     if data_args.validation_dir:
-        splits["validation"] = find_videos(data_args.validation_dir)
+        splits["validation"] = find_videos(data_args.validation_dir, "--validation_dir")
     labels = sorted({label for items in splits.values() for _, label in items})
     label2id = {label: i for i, label in enumerate(labels)}
     label_kwargs = {"num_labels": len(labels), "label2id": label2id, "id2label": dict(enumerate(labels))}
@@ -339,11 +383,11 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     common = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision, "token": model_args.token,
               "trust_remote_code": model_args.trust_remote_code}
     if model_args.model_name_or_path:
-        config = AutoConfig.from_pretrained(model_args.model_name_or_path, finetuning_task="video-classification",
-                                            **label_kwargs, **common)
+        config = load_from_hub("--model_name_or_path", AutoConfig.from_pretrained, model_args.model_name_or_path,
+                               finetuning_task="video-classification", **label_kwargs, **common)
         for key, value in overrides.items():
             if not hasattr(config, key):
-                raise ValueError(f"`--config_overrides`: {type(config).__name__} has no field {key!r}.")
+                raise UsageError(f"`--config_overrides`: {type(config).__name__} has no field {key!r}.")
             setattr(config, key, value)
         if hasattr(config, "_validate_dart"):
             config._validate_dart()
@@ -373,11 +417,11 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     train_dataset = eval_dataset = None
     if training_args.do_train:
         if "train" not in splits:
-            raise ValueError("--do_train needs --train_dir.")
+            raise UsageError("--do_train needs --train_dir.")
         train_dataset = dataset("train", True, data_args.max_train_samples)
     if training_args.do_eval:
         if "validation" not in splits:
-            raise ValueError("--do_eval needs --validation_dir.")
+            raise UsageError("--do_eval needs --validation_dir.")
         eval_dataset = dataset("validation", False, data_args.max_eval_samples)
 
     def compute_metrics(eval_prediction):
@@ -389,6 +433,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     if training_args.remove_unused_columns:
         training_args = dataclasses.replace(training_args, remove_unused_columns=False)
     source_dir = data_args.train_dir or data_args.validation_dir
+    DartVideoTrainer.card_title = output_dir.name
     DartVideoTrainer.card_source = (
         (f"Fine-tuned from `{model_args.model_name_or_path}`" if model_args.model_name_or_path
          else "Trained from a freshly initialised DART VideoMamba config")
@@ -419,9 +464,18 @@ def main(args: list[str] | None = None) -> dict[str, float]:
         trainer.create_model_card(finetuned_from=model_args.model_name_or_path, metrics=card_metrics)
     if trainer.is_world_process_zero() and "eval_accuracy" in all_metrics:
         print(f"eval_accuracy = {all_metrics['eval_accuracy']:.4f} ({len(labels)} classes); model saved to "
-              f"{training_args.output_dir}")
+              f"{output_dir}")
     return all_metrics
 
 
+def cli(args: list[str] | None = None) -> int:
+    """The command line: `main(args)`, with bad arguments or data reported on one line and exit code 2."""
+    try:
+        main(args)
+    except UsageError as error:
+        return report_usage_error(error)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -1,23 +1,68 @@
-"""Checkpoint helpers shared by the converters (`conversion/*.py`) and by `from_backbone` (wrapping pretrained
-ViT / DeiT / Vim backbones): safe loading, key renaming by rules, and the key accounting that refuses to drop or leave
-out any tensor.
+"""Helpers shared by the converters (`conversion/*.py`), the training scripts (`examples/run_*_classification.py`)
+and `from_backbone` (wrapping pretrained ViT / DeiT / Vim backbones):
+
+- checkpoints: safe loading (one loader for every original format), key renaming by rules, the key accounting that
+  refuses to drop or leave out any tensor, and the checks that refuse non-finite or incomplete weights;
+- output folders: the checks a run makes before it writes (`check_output_dir`) and `StagedOutput`, which writes into
+  a temporary sibling folder and moves it into place only when the run succeeds;
+- command lines: `UsageError` for bad arguments and data, printed on one line with exit code 2.
 
 They live in the package (not in `conversion/`) so that `DartForImageClassification.from_pretrained_backbone` works
-from an installed `modeling_dart`; the conversion scripts import them from here.
+from an installed `modeling_dart`; the scripts import them from here.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import re
-from collections.abc import Callable
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 
+logger = logging.getLogger(__name__)
+
 
 class ConversionError(Exception):
     """A checkpoint that cannot be converted faithfully."""
+
+
+class UsageError(ValueError):
+    """A command-line argument, or the data it points to, that a script cannot use. Its message names the argument;
+    the scripts print it on one line and exit with code 2."""
+
+
+def one_line(error: BaseException) -> str:
+    """The message of `error` on one line. A DataLoader worker re-raises an error with the worker's traceback in its
+    message: then the last line of that traceback, which holds the original message, without the class name."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if any(line.startswith(("Traceback (most recent call last)", "Original Traceback")) for line in lines):
+        return re.sub(r"^[\w.]*" + re.escape(type(error).__name__) + r": ", "", lines[-1])
+    return " ".join(lines)
+
+
+def report_usage_error(error: BaseException) -> int:
+    """Print `error: <message>` on one line to stderr and return the exit code of bad input, 2."""
+    print(f"error: {one_line(error)}", file=sys.stderr)
+    return 2
+
+
+def positive_int(text: str) -> int:
+    """An `argparse` type: an integer >= 1 (argparse names the flag in its error message)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def compile_rules(rules: list[tuple[str, str]]) -> list[tuple[re.Pattern, str]]:
@@ -62,26 +107,91 @@ def safe_torch_load(path: str | Path) -> dict:
     return checkpoint
 
 
-def load_original_checkpoint(path: str | Path, weights: str = "model") -> dict[str, torch.Tensor]:
-    """Read an original `.pth` (DeiT/DART/Vim training format) safely and return the chosen state dict: `weights`
-    (`model` or `model_ema`) of a training checkpoint, DeepSpeed's `module`, or a bare state dict; DDP's `module.`
-    prefix is stripped."""
+def load_original_checkpoint(path: str | Path, weights: str = "model", *, strip_prefixes: Iterable[str] = (),
+                             return_wrapper: bool = False):
+    """Read an original `.pth` (DeiT / DART / Vim / VideoMamba training format) safely and return its state dict.
+
+    Args:
+        path: the checkpoint, read with `torch.load(weights_only=True)` (see `safe_torch_load`).
+        weights: the wrapper entry holding the state dict, or several separated by `|`, tried in order (the first
+            that holds a dict wins): `model`, `model_ema`, `model|module` (VideoMamba's `--model_key`). With `model`,
+            DeepSpeed's `module` is tried after it. A bare state dict (every value a tensor) is taken when the
+            entries include `model` or `module`; it holds no EMA or other entry, so asking for one is an error.
+        strip_prefixes: prefixes removed from the keys after DDP's `module.` (VideoMamba: `backbone.`, `encoder.`);
+            two keys that become one name are an error.
+        return_wrapper: return `(state_dict, wrapper)` instead, where `wrapper` is the whole file (`{}` for a bare
+            state dict), e.g. to read labels stored beside the weights.
+
+    Raises:
+        ConversionError: a missing or unreadable file, no such entry, non-tensor values, or colliding keys.
+    """
     checkpoint = safe_torch_load(path)
-    if weights in checkpoint and isinstance(checkpoint[weights], dict):
-        state_dict = checkpoint[weights]
-    elif weights == "model" and "module" in checkpoint and isinstance(checkpoint["module"], dict):
-        state_dict = checkpoint["module"]
-    elif weights == "model" and checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        state_dict = checkpoint  # a bare state dict
-    else:
-        entries = ", ".join(sorted(map(str, checkpoint)))[:300]
-        raise ConversionError(f"{path} has no '{weights}' state dict (entries: {entries}).")
+    keys = [key for key in weights.split("|") if key]
+    if not keys:
+        raise ConversionError(f"no checkpoint entry given (weights={weights!r}).")
+    if "model" in keys and "module" not in keys:
+        keys.insert(keys.index("model") + 1, "module")
+    state_dict, wrapper = None, checkpoint
+    for key in keys:
+        if isinstance(checkpoint.get(key), dict):
+            state_dict = checkpoint[key]
+            break
+    if state_dict is None:
+        is_bare = bool(checkpoint) and all(isinstance(v, torch.Tensor) for v in checkpoint.values())
+        if not (is_bare and {"model", "module"} & set(keys)):
+            entries = ", ".join(sorted(map(str, checkpoint)))[:300]
+            kind = "a bare state dict" if is_bare else f"entries: {entries}"
+            raise ConversionError(f"{path} has no {weights!r} state dict ({kind}).")
+        state_dict, wrapper = checkpoint, {}
     bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise ConversionError(f"non-tensor entries in the state dict: {bad[:5]}")
-    if any(k.startswith("module.") for k in state_dict):
-        state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
-    return dict(state_dict)
+    prefixes = tuple(strip_prefixes)
+    cleaned: dict[str, torch.Tensor] = {}
+    for original_key, tensor in state_dict.items():
+        key = str(original_key).removeprefix("module.")
+        for prefix in prefixes:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+                break
+        if key in cleaned:
+            raise ConversionError(f"two checkpoint keys map to {key!r} once the prefixes "
+                                  f"{('module.', *prefixes)} are stripped; which one is meant is ambiguous.")
+        cleaned[key] = tensor
+    return (cleaned, wrapper) if return_wrapper else cleaned
+
+
+def require_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Raise a `ConversionError` naming every tensor of `tensors` that holds NaN or infinite values."""
+    problems = []
+    for key, tensor in tensors.items():
+        if not tensor.is_floating_point() and not tensor.is_complex():
+            continue
+        nan, inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
+        if nan or inf:
+            problems.append(f"{key} ({', '.join(f'{n} {kind}' for n, kind in ((nan, 'NaN'), (inf, 'inf')) if n)})")
+    if problems:
+        raise ConversionError(f"{what} holds non-finite values in {len(problems)} tensor(s): {', '.join(problems[:8])}.")
+
+
+def load_complete_model(model_class, folder: str | Path, flag: str, **kwargs):
+    """`model_class.from_pretrained(folder)`, refusing a folder whose weights lack, add or mis-shape a tensor.
+
+    `from_pretrained` initialises a missing tensor at random and only reports it; a converter must not build on
+    such a folder. Raises a `ConversionError` that names `flag` (the command-line argument that gave `folder`).
+    """
+    try:
+        model, info = model_class.from_pretrained(folder, output_loading_info=True, **kwargs)
+    except (OSError, ValueError) as error:
+        raise ConversionError(f"{flag} {folder}: cannot load it as a {model_class.__name__}: "
+                              f"{one_line(error)}") from error
+    problems = {name: sorted(info.get(name) or []) for name in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    problems = {name: [str(k) for k in keys] for name, keys in problems.items() if keys}
+    if problems or info.get("error_msgs"):
+        listed = "; ".join(f"{name.replace('_', ' ')}: {keys[:8]}" for name, keys in problems.items())
+        raise ConversionError(f"{flag} {folder}: its weights do not match its config ({listed or info['error_msgs']}); "
+                              "a converter builds only on complete folders.")
+    return model
 
 
 def infer_depth(state_dict: dict[str, torch.Tensor], backbone: str, what: str | None = None) -> int:
@@ -160,5 +270,182 @@ def account_keys(state_dict: dict[str, torch.Tensor], expected: dict[str, torch.
     return converted
 
 
-__all__ = ["ConversionError", "compile_rules", "rename_key", "VIM_KEY_RULES", "safe_torch_load",
-           "load_original_checkpoint", "infer_depth", "require_tensor", "infer_mamba_sizes", "account_keys"]
+# ---------------------------------------------------------------------------------------------- output folders
+def _local_path(value) -> Path | None:
+    """The resolved path of `value` when it names an existing local file or folder, else None (Hub ids, URLs)."""
+    if value is None or "://" in str(value):
+        return None
+    path = Path(os.path.expanduser(str(value)))
+    return path.resolve() if path.exists() else None
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_output_dir(output_dir: str | Path, *, overwrite: bool, inputs: dict[str, object] | None = None,
+                     output_flag: str = "--output_dir", overwrite_flag: str = "--overwrite") -> Path:
+    """Check an output folder before a run writes anything, and return its resolved path.
+
+    Raises a `UsageError` naming the flags when `output_dir` is an existing file; a non-empty folder and `overwrite`
+    is off; or when it contains, or lies inside, any of `inputs` (flag -> value; values that are not existing local
+    paths, such as Hub ids, are skipped), so that writing the output can never replace or delete an input.
+    """
+    output = Path(os.path.expanduser(str(output_dir))).resolve()
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"{output_flag} {output_dir} is an existing file; give the path of a folder.")
+    for parent in output.parents:
+        if parent.exists() and not parent.is_dir():
+            raise UsageError(f"{output_flag} {output_dir}: {parent} is a file, so no folder can be made there.")
+    for flag, value in (inputs or {}).items():
+        path = _local_path(value)
+        if path is None:
+            continue
+        if _is_within(path, output):
+            raise UsageError(f"{output_flag} {output_dir} contains the input {flag} {value}; choose an output folder "
+                             "apart from the inputs.")
+        if _is_within(output, path):
+            raise UsageError(f"{output_flag} {output_dir} lies inside the input {flag} {value}; choose an output "
+                             "folder apart from the inputs.")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise UsageError(f"{output_flag} {output_dir} exists and is not empty; pass {overwrite_flag} to write into it "
+                         "(the run replaces the files it writes and keeps the others).")
+    return output
+
+
+def check_model_source(flag: str, value: str | None) -> None:
+    """A path-like `value` (absolute, `./`, `../`, `~`) must be an existing folder or file; a Hub id is resolved
+    later, where a failure is reported under `flag` too."""
+    if value is None or os.path.exists(os.path.expanduser(value)):
+        return
+    if value.startswith(("/", "./", "../", "~", ".\\", "..\\")) or os.path.isabs(value):
+        raise UsageError(f"`{flag}` {value}: no such folder (and not a Hub id of the form `org/name`).")
+
+
+def load_from_hub(flag: str, loader, name: str, **kwargs):
+    """`loader(name, **kwargs)`, with a failure to find or read `name` reported as a `UsageError` naming `flag`."""
+    try:
+        return loader(name, **kwargs)
+    except OSError as error:
+        raise UsageError(f"`{flag}` {name}: {error}") from error
+
+
+def _distributed():
+    """`torch.distributed` when a process group of several processes is running, else None."""
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 else None
+
+
+class StagedOutput:
+    """A context manager that has a run write into a temporary sibling of `target` and moves the result into place
+    only when the run succeeds, so that a failed run leaves no half-written folder.
+
+        with StagedOutput(output_dir) as folder:
+            model.save_pretrained(folder)
+
+    On success the temporary folder becomes `target` (renamed, when `target` is missing or empty), or its top-level
+    entries replace the same-named ones of an existing `target` (entries the run did not write are kept and listed in
+    `self.kept`). On failure the temporary folder and any parent folders made for it are removed, unless
+    `keep_on_failure(folder)` is true (a training run that saved checkpoints): then it is moved into a missing or empty
+    `target` (to resume from), or left where it is, with a log line, beside a non-empty one.
+
+    Several processes (a `torch.distributed` launch): every process enters and leaves together; the first process
+    names the folder and shares the name, the processes with `main_process=True` create and move it, between
+    barriers, so no process writes while another moves the folder.
+
+    `in_place=True` writes into `target` itself (a run that resumes from a checkpoint inside it).
+    """
+
+    def __init__(self, target: str | Path, *, main_process: bool = True, in_place: bool = False,
+                 keep_on_failure: Callable[[Path], bool] | None = None):
+        self.target = Path(os.path.expanduser(str(target))).resolve()
+        self.main_process, self.in_place, self.keep_on_failure = main_process, in_place, keep_on_failure
+        self.path: Path | None = None
+        self.kept: list[str] = []
+        self._made_parents: list[Path] = []
+
+    def __enter__(self) -> Path:
+        dist = _distributed()
+        if self.in_place:
+            if self.main_process:
+                self.target.mkdir(parents=True, exist_ok=True)
+            if dist is not None:
+                dist.barrier()
+            self.path = self.target
+            return self.path
+        name = None
+        if dist is None or dist.get_rank() == 0:
+            self._made_parents = [p for p in reversed(self.target.parents) if not p.exists()]
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            name = tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".partial", dir=self.target.parent)
+        if dist is not None:
+            shared = [name]
+            dist.broadcast_object_list(shared, src=0)
+            name = shared[0]
+            if self.main_process:
+                Path(name).mkdir(parents=True, exist_ok=True)
+            dist.barrier()
+        self.path = Path(name)
+        return self.path
+
+    def __exit__(self, exc_type, exc, traceback) -> bool:
+        if self.in_place:
+            return False
+        if exc_type is None:
+            dist = _distributed()
+            if dist is not None:
+                dist.barrier()
+            if self.main_process:
+                self.kept = self._move_into_place()
+                if self.kept:
+                    logger.warning(f"{self.target}: kept {len(self.kept)} entries this run did not write: "
+                                   f"{self.kept[:10]}")
+            if dist is not None:
+                dist.barrier()
+            return False
+        if self.main_process and self.path is not None and self.path.exists():
+            if self.keep_on_failure is not None and self.keep_on_failure(self.path):
+                if not self.target.exists() or (self.target.is_dir() and not any(self.target.iterdir())):
+                    self._move_into_place()
+                    logger.warning(f"The run failed; what it saved is in {self.target} (to resume from).")
+                else:
+                    logger.warning(f"The run failed; what it saved is in {self.path} ({self.target} is left as it "
+                                   "was).")
+            else:
+                self.discard()
+        return False
+
+    def discard(self) -> None:
+        """Remove the temporary folder and the parent folders made for it (when they are empty)."""
+        if self.path is not None and self.path != self.target:
+            shutil.rmtree(self.path, ignore_errors=True)
+        for parent in reversed(self._made_parents):
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+
+    def _move_into_place(self) -> list[str]:
+        staged, target = self.path, self.target
+        if target.is_dir() and not any(target.iterdir()):
+            target.rmdir()
+        if not target.exists():
+            os.replace(staged, target)
+            return []
+        kept = sorted(entry.name for entry in target.iterdir() if not (staged / entry.name).exists())
+        for entry in sorted(staged.iterdir()):
+            destination = target / entry.name
+            if destination.is_dir() and not destination.is_symlink():
+                shutil.rmtree(destination)
+            elif entry.is_dir() and (destination.exists() or destination.is_symlink()):
+                destination.unlink()
+            os.replace(entry, destination)  # a file over a file: atomic
+        staged.rmdir()
+        return kept
+
+
+__all__ = ["ConversionError", "UsageError", "one_line", "report_usage_error", "positive_int", "compile_rules",
+           "rename_key", "VIM_KEY_RULES", "safe_torch_load", "load_original_checkpoint", "require_finite",
+           "load_complete_model", "infer_depth", "require_tensor", "infer_mamba_sizes", "account_keys",
+           "check_output_dir", "check_model_source", "load_from_hub", "StagedOutput"]

@@ -159,18 +159,28 @@ def test_finetune_saved_folder_with_frozen_trunk_and_new_head(trained_folder, tm
 
 
 def test_accelerate_launch_two_processes_on_cpu(tmp_path, offline_env):
+    """Two processes write into one temporary folder (each saves its own RNG state into the checkpoints), which the
+    main process alone moves into the existing output folder (`--overwrite_output_dir`): the earlier run's results
+    are replaced, an unrelated file is kept, and no temporary folder is left."""
     output = tmp_path / "ddp"
+    output.mkdir()
+    (output / "notes.txt").write_text("mine")
+    (output / "all_results.json").write_text(json.dumps({"old_metric": 1.0}))
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
     if accelerate is None:
         pytest.skip("accelerate CLI not found")
     result = _run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                    "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
                    str(SCRIPT), *TINY_RUN, "--per_device_train_batch_size", "4", "--max_steps", "2",
+                   "--save_strategy", "steps", "--save_steps", "2", "--overwrite_output_dir", "true",
                    "--ddp_find_unused_parameters", "false", "--output_dir", str(output)], offline_env, timeout=400)
     assert "world_size: 2" in result.stdout + result.stderr
     _check_saved_folder(output)
     results = json.loads((output / "all_results.json").read_text())
-    assert results["world_size"] == 2
+    assert results["world_size"] == 2 and "old_metric" not in results
+    assert (output / "notes.txt").read_text() == "mine"
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in (output / "checkpoint-2").iterdir()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
     state = json.loads((output / "trainer_state.json").read_text())
     assert state["global_step"] == 2
     assert state["train_batch_size"] == 4  # per device; the two processes each took their own share of the data
