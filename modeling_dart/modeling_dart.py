@@ -1,3 +1,16 @@
+# Copyright 2026 The modeling_dart Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """PyTorch DART models: adaptive-region tokens feeding a DeiT (ViT) or Vision Mamba backbone."""
 
 from __future__ import annotations
@@ -16,7 +29,7 @@ from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.modeling_outputs import BaseModelOutput
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, auto_docstring
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
@@ -27,33 +40,47 @@ from .scorer_dart import DartSaliencyHead, DartScorer
 
 
 # ------------------------------------------------------------------------------------------------------- outputs
+# the token geometry that every DART output carries (the visualiser draws from it)
+DART_GEOMETRY_FIELDS = r"""
+    regions (`torch.FloatTensor` of shape `(batch_size, num_tokens, 4)`):
+        Source box `(x0, y0, x1, y1)` of each patch token in input pixels (a token that straddles two rows reports
+        its widest piece).
+    score_map (`torch.FloatTensor` of shape `(batch_size, score_grid_size, score_grid_size)`):
+        The scorer's map that placed the tokens.
+    token_edges (`torch.FloatTensor` of shape `(batch_size, num_tokens + 1)`):
+        Token boundaries along the concatenated strip of token rows, in strip pixels.
+    row_edges (`torch.FloatTensor` of shape `(batch_size, num_rows + 1)`):
+        Token-row boundaries in input pixels.
+"""
+
+DART_MODEL_OUTPUT_FIELDS = r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_tokens + 1, hidden_size)`):
+        Final (normalised) hidden states, cls token included at `cls_token_index`.
+    pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+        Final hidden state of the cls token.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+        Embedding output plus the output of each layer, each `(batch_size, num_tokens + 1, hidden_size)`.
+    attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True` with eager attention):
+        Per layer `(batch_size, num_heads, num_tokens + 1, num_tokens + 1)`.
+    cls_token_index (`int`):
+        Position of the cls token in the sequence.
+"""
+DART_CLASSIFIER_OUTPUT_FIELDS = r"""
+    loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` is given):
+        Classification (or regression) loss.
+    logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+        Classification scores (before softmax).
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+        As in [`DartModelOutput`].
+    attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True` with eager attention):
+        As in [`DartModelOutput`].
+"""
+
+
+@auto_docstring(custom_intro="Output of [`DartModel`]: the final hidden states and the token geometry.",
+                custom_args=DART_MODEL_OUTPUT_FIELDS + DART_GEOMETRY_FIELDS)
 @dataclass
 class DartModelOutput(ModelOutput):
-    """
-    Output of [`DartModel`].
-
-    Args:
-        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_tokens + 1, hidden_size)`):
-            Final (normalised) hidden states, cls token included at `cls_token_index`.
-        pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
-            Final hidden state of the cls token.
-        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
-            Embedding output plus the output of each layer, each `(batch_size, num_tokens + 1, hidden_size)`.
-        attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True` with eager
-            attention): per layer `(batch_size, num_heads, num_tokens + 1, num_tokens + 1)`.
-        regions (`torch.FloatTensor` of shape `(batch_size, num_tokens, 4)`):
-            Source box `(x0, y0, x1, y1)` of each patch token in input pixels (a token that straddles two rows reports
-            its widest piece).
-        score_map (`torch.FloatTensor` of shape `(batch_size, score_grid_size, score_grid_size)`):
-            The scorer's map that placed the tokens.
-        token_edges (`torch.FloatTensor` of shape `(batch_size, num_tokens + 1)`):
-            Token boundaries along the concatenated strip of token rows, in strip pixels.
-        row_edges (`torch.FloatTensor` of shape `(batch_size, num_rows + 1)`):
-            Token-row boundaries in input pixels.
-        cls_token_index (`int`):
-            Position of the cls token in the sequence.
-    """
-
     last_hidden_state: torch.FloatTensor | None = None
     pooler_output: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
@@ -65,21 +92,12 @@ class DartModelOutput(ModelOutput):
     cls_token_index: int | None = None
 
 
+@auto_docstring(
+    custom_intro="Output of [`DartForImageClassification`]: the logits, the loss and the token geometry.",
+    custom_args=DART_CLASSIFIER_OUTPUT_FIELDS + DART_GEOMETRY_FIELDS,
+)
 @dataclass
 class DartImageClassifierOutput(ModelOutput):
-    """
-    Output of [`DartForImageClassification`].
-
-    Args:
-        loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` is given):
-            Classification (or regression) loss.
-        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
-            Classification scores (before softmax).
-        hidden_states, attentions: as in [`DartModelOutput`].
-        regions, score_map, token_edges, row_edges: the tokenizer's geometry, as in [`DartModelOutput`] (the
-            visualiser draws from them).
-    """
-
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
@@ -169,6 +187,7 @@ class DartLayer(GradientCheckpointingLayer):
 
 
 def _drop_path_rates(config: DartConfig) -> list[float]:
+    # CODEPATH: a one-layer stack (tiny test models only) takes the whole rate; every released model rises from 0
     if config.num_hidden_layers == 1:
         return [config.drop_path_rate]
     step = config.drop_path_rate / (config.num_hidden_layers - 1)
@@ -252,6 +271,7 @@ def _dart_class(cls: type) -> type:
     return cls
 
 
+@auto_docstring
 class DartPreTrainedModel(PreTrainedModel):
     config_class = DartConfig
     config: DartConfig
@@ -322,6 +342,9 @@ class DartPreTrainedModel(PreTrainedModel):
                 module.features.requires_grad_(False)
         return loaded
 
+    # Every module type of the model is initialised here (the trunk's He scheme, the Mamba mixers' own dt/A/D
+    # scheme, the zero-initialised geometry and saliency corrections); the base method's defaults would draw a
+    # second, different initialisation first. trf-ignore: TRF018
     @torch.no_grad()
     def _init_weights(self, module):
         """Initialise every parameter and buffer of `module` (Transformers calls this for each module not loaded)."""
@@ -391,27 +414,21 @@ def _mark_trunk(model: nn.Module) -> None:
             sub.fc1._dart_saliency_head = sub.fc2._dart_saliency_head = True
 
 
-DART_INPUTS_DOCSTRING = r"""
-    Args:
-        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
-            Normalised pixels (see [`DartImageProcessor`]). Any height/width of at least one patch; the released
-            models were trained at 448x448.
-        num_tokens (`int`, *optional*):
-            Number of adaptive tokens for this call (defaults to `config.num_tokens`). One checkpoint serves several
-            compute budgets.
-        score_normalization (`str`, *optional*):
-            `"image"` or `"batch"`; overrides `config.score_normalization` for this call.
-        output_attentions (`bool`, *optional*):
-            Return the attention weights (eager attention only; `None` under SDPA).
-        output_hidden_states (`bool`, *optional*):
-            Return the hidden states of every layer.
-        return_dict (`bool`, *optional*):
-            Return a `ModelOutput` instead of a tuple.
+# the arguments of both image models' `forward`, documented once
+DART_CALL_ARGS = r"""
+    pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+        Normalised pixels (see [`DartImageProcessor`]). Any height and width of at least one patch; the released
+        models were trained at 448x448.
+    num_tokens (`int`, *optional*):
+        Number of adaptive tokens for this call (defaults to `config.num_tokens`). One checkpoint serves several
+        compute budgets.
+    score_normalization (`str`, *optional*):
+        `"image"` or `"batch"`; overrides `config.score_normalization` for this call.
 """
 
 
+@auto_docstring(custom_intro="The bare DART model: adaptive tokens and a DeiT or bidirectional Mamba backbone, no head.")
 class DartModel(DartPreTrainedModel):
-    """The bare DART model: adaptive tokens + backbone (DeiT blocks or bidirectional Mamba), no head.""" + DART_INPUTS_DOCSTRING
 
     def __init__(self, config: DartConfig):
         if config.backbone not in ("vit", "vim"):
@@ -420,6 +437,7 @@ class DartModel(DartPreTrainedModel):
         config._validate_dart()
         super().__init__(config)
         self.embeddings = DartEmbeddings(config)
+        # CODEPATH: darvit_* checkpoints (DeiT blocks) take "vit", darvim_* (bidirectional Mamba) take "vim"
         if config.backbone == "vit":
             self.encoder = DartViTEncoder(config)
         else:
@@ -431,9 +449,10 @@ class DartModel(DartPreTrainedModel):
         return self.embeddings.projection
 
     @capture_outputs(tie_last_hidden_states=False)  # the last hidden state is the one before the final norm
+    @auto_docstring(custom_args=DART_CALL_ARGS)
     def forward(
         self,
-        pixel_values: torch.Tensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
         num_tokens: int | None = None,
         score_normalization: str | None = None,
         **kwargs,
@@ -459,6 +478,14 @@ class DartModel(DartPreTrainedModel):
             cls_token_index=emb.cls_index,
         )
 
+
+# the `labels` argument of the image and video classifiers
+DART_LABELS_ARG = r"""
+    labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+        Labels for the loss: class indices in `[0, num_labels)` (or -100 to ignore), floats for regression
+        (`num_labels == 1`) or multi-hot targets `(batch_size, num_labels)` for multi-label classification
+        (`problem_type`). Checked by [`check_classification_labels`].
+"""
 
 _PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
@@ -532,12 +559,8 @@ def classify(model: PreTrainedModel, outputs: ModelOutput, labels, output_class:
     return output_class(loss=loss, logits=logits, **carried)
 
 
+@auto_docstring(custom_intro="DART with a linear classifier on the final cls token (DeiT / Vim style).")
 class DartForImageClassification(DartPreTrainedModel):
-    """DART with a linear classifier on the final cls token (DeiT / Vim style).""" + DART_INPUTS_DOCSTRING + r"""
-        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-            Labels for the loss: class indices in `[0, num_labels)`, floats for regression (`num_labels == 1`) or
-            multi-hot floats for multi-label classification (`problem_type`).
-"""
 
     def __init__(self, config: DartConfig):
         super().__init__(config)
@@ -547,10 +570,11 @@ class DartForImageClassification(DartPreTrainedModel):
         self.post_init()
 
     @can_return_tuple
+    @auto_docstring(custom_args=DART_CALL_ARGS + DART_LABELS_ARG)
     def forward(
         self,
-        pixel_values: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
         num_tokens: int | None = None,
         score_normalization: str | None = None,
         **kwargs,

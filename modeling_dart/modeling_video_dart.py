@@ -1,3 +1,16 @@
+# Copyright 2026 The modeling_dart Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """PyTorch DART for video: adaptive-region tokens per frame feeding a VideoMamba backbone.
 
 Every frame of a clip is tokenised by the shared DART embeddings (one scorer, one patch projection), giving
@@ -20,38 +33,39 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, auto_docstring
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_dart import DartVideoConfig
 from .embeddings_dart import DartEmbeddings, DartEmbeddingsOutput
-from .modeling_dart import DartMambaEncoder, DartPreTrainedModel, _mark_trunk, classify
+from .modeling_dart import DART_LABELS_ARG, DartMambaEncoder, DartPreTrainedModel, _mark_trunk, classify
 
 
 # ------------------------------------------------------------------------------------------------------- outputs
+DART_VIDEO_MODEL_OUTPUT_FIELDS = r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + num_frames * num_tokens, hidden_size)`):
+        Final (normalised) hidden states: the cls token first, then the tokens of frame 0, frame 1, ...
+    pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+        Final hidden state of the cls token (index 0).
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+        Embedding output plus the residual stream after each layer, each
+        `(batch_size, 1 + num_frames * num_tokens, hidden_size)`.
+    regions (`torch.FloatTensor` of shape `(batch_size, num_frames, num_tokens, 4)`):
+        Source box `(x0, y0, x1, y1)` of each token of each frame, in input pixels.
+    score_map (`torch.FloatTensor` of shape `(batch_size, num_frames, score_grid_size, score_grid_size)`):
+        The score map that placed each frame's tokens (the same for all frames with `video_score_pooling="clip"`).
+    token_edges (`torch.FloatTensor` of shape `(batch_size, num_frames, num_tokens + 1)`):
+        Token boundaries along each frame's strip of token rows, in strip pixels.
+    row_edges (`torch.FloatTensor` of shape `(batch_size, num_frames, num_rows + 1)`):
+        Token-row boundaries of each frame in input pixels.
+"""
+
+
+@auto_docstring(custom_intro="Output of [`DartVideoMambaModel`]: the final hidden states and each frame's token geometry.",
+                custom_args=DART_VIDEO_MODEL_OUTPUT_FIELDS)
 @dataclass
 class DartVideoModelOutput(ModelOutput):
-    """
-    Output of [`DartVideoMambaModel`].
-
-    Args:
-        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + num_frames * num_tokens, hidden_size)`):
-            Final (normalised) hidden states: the cls token first, then the tokens of frame 0, frame 1, ...
-        pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
-            Final hidden state of the cls token (index 0).
-        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
-            Embedding output plus the residual stream after each layer, each
-            `(batch_size, 1 + num_frames * num_tokens, hidden_size)`.
-        regions (`torch.FloatTensor` of shape `(batch_size, num_frames, num_tokens, 4)`):
-            Source box `(x0, y0, x1, y1)` of each token of each frame, in input pixels.
-        score_map (`torch.FloatTensor` of shape `(batch_size, num_frames, score_grid_size, score_grid_size)`):
-            The score map that placed each frame's tokens (the same for all frames with `video_score_pooling="clip"`).
-        token_edges (`torch.FloatTensor` of shape `(batch_size, num_frames, num_tokens + 1)`):
-            Token boundaries along each frame's strip of token rows, in strip pixels.
-        row_edges (`torch.FloatTensor` of shape `(batch_size, num_frames, num_rows + 1)`):
-            Token-row boundaries of each frame in input pixels.
-    """
 
     last_hidden_state: torch.FloatTensor | None = None
     pooler_output: torch.FloatTensor | None = None
@@ -62,21 +76,28 @@ class DartVideoModelOutput(ModelOutput):
     row_edges: torch.FloatTensor | None = None
 
 
+DART_VIDEO_CLASSIFIER_OUTPUT_FIELDS = r"""
+    loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` is given):
+        Classification (or regression) loss.
+    logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+        Classification scores (before softmax).
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+        As in [`DartVideoModelOutput`].
+    regions (`torch.FloatTensor` of shape `(batch_size, num_frames, num_tokens, 4)`):
+        Token boxes of each frame in input pixels.
+    score_map (`torch.FloatTensor` of shape `(batch_size, num_frames, score_grid_size, score_grid_size)`):
+        The score map that placed each frame's tokens.
+    token_edges (`torch.FloatTensor` of shape `(batch_size, num_frames, num_tokens + 1)`):
+        Per frame, as in [`DartVideoModelOutput`].
+    row_edges (`torch.FloatTensor` of shape `(batch_size, num_frames, num_rows + 1)`):
+        Per frame, as in [`DartVideoModelOutput`].
+"""
+
+
+@auto_docstring(custom_intro="Output of [`DartVideoMambaForVideoClassification`]: the logits, the loss and the token "
+                "geometry of every frame.", custom_args=DART_VIDEO_CLASSIFIER_OUTPUT_FIELDS)
 @dataclass
 class DartVideoClassifierOutput(ModelOutput):
-    """
-    Output of [`DartVideoMambaForVideoClassification`].
-
-    Args:
-        loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` is given):
-            Classification (or regression) loss.
-        logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
-            Classification scores (before softmax).
-        hidden_states: as in [`DartVideoModelOutput`].
-        regions (`torch.FloatTensor` of shape `(batch_size, num_frames, num_tokens, 4)`): token boxes in input pixels.
-        score_map (`torch.FloatTensor` of shape `(batch_size, num_frames, score_grid_size, score_grid_size)`).
-        token_edges, row_edges: per frame, as in [`DartVideoModelOutput`].
-    """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
@@ -126,8 +147,9 @@ def check_video_pixel_values(pixel_values, num_channels: int, min_size: int) -> 
 
 
 # --------------------------------------------------------------------------------------------------- base model
-class DartVideoMambaPreTrainedModel(DartPreTrainedModel):
-    """Base class of the video models: the DART weight initialisation plus the temporal position table."""
+@auto_docstring(custom_intro="Base class of the DART video models: the DART weight initialisation plus the temporal "
+                "position table.")
+class DartVideoPreTrainedModel(DartPreTrainedModel):
 
     config_class = DartVideoConfig
     config: DartVideoConfig
@@ -149,32 +171,28 @@ class DartVideoMambaPreTrainedModel(DartPreTrainedModel):
             init.zeros_(module.temporal_position_embeddings)  # as VideoMamba (zeros; learned from there)
 
 
-DART_VIDEO_INPUTS_DOCSTRING = r"""
-    Args:
-        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_frames, num_channels, height, width)`):
-            Normalised frames (see [`DartVideoProcessor`]), the layout of Transformers' video models. The original
-            VideoMamba takes `(batch, channels, frames, height, width)`: permute with `.permute(0, 2, 1, 3, 4)`.
-            A frame count other than `config.num_frames` is allowed: the temporal position table is then linearly
-            interpolated to it (as VideoMamba's loader does when fine-tuning with another frame count).
-        num_tokens (`int`, *optional*):
-            Adaptive tokens per frame for this call (defaults to `config.num_tokens`).
-        score_normalization (`str`, *optional*):
-            `"image"` or `"batch"`; overrides `config.score_normalization` for this call (`"batch"` takes the
-            statistics over all frames of all clips of the batch, or over the clips' mean frames with
-            `video_score_pooling="clip"`).
-        output_hidden_states (`bool`, *optional*):
-            Return the hidden states of every layer.
-        return_dict (`bool`, *optional*):
-            Return a `ModelOutput` instead of a tuple.
+# the arguments of both video models' `forward`, documented once
+DART_VIDEO_CALL_ARGS = r"""
+    pixel_values (`torch.FloatTensor` of shape `(batch_size, num_frames, num_channels, height, width)`):
+        Normalised frames (see [`DartVideoProcessor`]), the layout of Transformers' video models. The original
+        VideoMamba takes `(batch, channels, frames, height, width)`: permute with `.permute(0, 2, 1, 3, 4)`.
+        A frame count other than `config.num_frames` is allowed: the temporal position table is then linearly
+        interpolated to it (as VideoMamba's loader does when fine-tuning with another frame count).
+    num_tokens (`int`, *optional*):
+        Adaptive tokens per frame for this call (defaults to `config.num_tokens`).
+    score_normalization (`str`, *optional*):
+        `"image"` or `"batch"`; overrides `config.score_normalization` for this call (`"batch"` takes the
+        statistics over all frames of all clips of the batch, or over the clips' mean frames with
+        `video_score_pooling="clip"`).
 """
 
 
-class DartVideoMambaModel(DartVideoMambaPreTrainedModel):
-    """The bare DART VideoMamba model: adaptive tokens for every frame + temporal positions + bidirectional Mamba.
-
-    Frames are scored on their own (`config.video_score_pooling="frame"`, the default) or the clip is scored once
-    from its mean frame (`"clip"`), so that every frame uses the same token regions.
-    """ + DART_VIDEO_INPUTS_DOCSTRING
+@auto_docstring(
+    custom_intro="The bare DART VideoMamba model: adaptive tokens for every frame, temporal positions and a "
+    "bidirectional Mamba stack. Frames are scored on their own (`config.video_score_pooling=\"frame\"`) or the clip "
+    "once from its mean frame (`\"clip\"`), so that every frame uses the same token regions."
+)
+class DartVideoMambaModel(DartVideoPreTrainedModel):
 
     def __init__(self, config: DartVideoConfig):
         if getattr(config, "model_type", None) != "dart_video" or config.backbone != "videomamba":
@@ -206,6 +224,8 @@ class DartVideoMambaModel(DartVideoMambaPreTrainedModel):
         batch, frames = pixel_values.shape[:2]
         flat = pixel_values.reshape(batch * frames, *pixel_values.shape[2:])
         score_map = None
+        # CODEPATH: the converted VideoMamba checkpoints score every frame ("frame"); "clip" is a DART option no
+        # released checkpoint uses
         if self.config.video_score_pooling == "clip" and self.embeddings.scorer is not None:
             clip_scores = self.embeddings.compute_scores(pixel_values.mean(dim=1), score_normalization)  # (B, g, g)
             score_map = clip_scores.repeat_interleave(frames, dim=0)
@@ -219,9 +239,10 @@ class DartVideoMambaModel(DartVideoMambaPreTrainedModel):
         return sequence, emb
 
     @capture_outputs(tie_last_hidden_states=False)  # the last hidden state is the one before the final norm
+    @auto_docstring(custom_args=DART_VIDEO_CALL_ARGS)
     def forward(
         self,
-        pixel_values: torch.Tensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
         num_tokens: int | None = None,
         score_normalization: str | None = None,
         **kwargs,
@@ -251,12 +272,8 @@ class DartVideoMambaModel(DartVideoMambaPreTrainedModel):
         )
 
 
-class DartVideoMambaForVideoClassification(DartVideoMambaPreTrainedModel):
-    """DART VideoMamba with a linear classifier on the final cls token.""" + DART_VIDEO_INPUTS_DOCSTRING + r"""
-        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-            Labels for the loss: class indices in `[0, num_labels)`, floats for regression (`num_labels == 1`) or
-            multi-hot floats for multi-label classification (`problem_type`).
-"""
+@auto_docstring(custom_intro="DART VideoMamba with a linear classifier on the final cls token.")
+class DartVideoMambaForVideoClassification(DartVideoPreTrainedModel):
 
     def __init__(self, config: DartVideoConfig):
         super().__init__(config)
@@ -266,10 +283,11 @@ class DartVideoMambaForVideoClassification(DartVideoMambaPreTrainedModel):
         self.post_init()
 
     @can_return_tuple
+    @auto_docstring(custom_args=DART_VIDEO_CALL_ARGS + DART_LABELS_ARG)
     def forward(
         self,
-        pixel_values: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
         num_tokens: int | None = None,
         score_normalization: str | None = None,
         **kwargs,
@@ -281,7 +299,7 @@ class DartVideoMambaForVideoClassification(DartVideoMambaPreTrainedModel):
 
 
 __all__ = [
-    "DartVideoMambaPreTrainedModel",
+    "DartVideoPreTrainedModel",
     "DartVideoMambaModel",
     "DartVideoMambaForVideoClassification",
     "DartVideoModelOutput",

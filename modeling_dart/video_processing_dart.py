@@ -1,3 +1,16 @@
+# Copyright 2026 The modeling_dart Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """Video processor for DART VideoMamba models (PIL/NumPy backend: no torchvision, no torchcodec).
 
 Transformers 5's `BaseVideoProcessor` / `AutoVideoProcessor` need torchvision (and torchcodec + FFmpeg to decode).
