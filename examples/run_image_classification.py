@@ -40,6 +40,12 @@ Each element has its own switch (`--mixup`, `--cutmix`, `--label_smoothing_facto
 `--random_erasing`, `--repeated_augmentation`, `--model_ema`, `--layer_decay`, `--scale_lr_by_batch`); they are
 written on PIL + torch in `deit_recipe.py`. Large datasets: `--streaming true` reads `--dataset_name` / `--train_dir`
 as an IterableDataset (train with `--max_steps`). `--resume_from_checkpoint last` continues an interrupted run exactly.
+
+Output folder: a run writes into a temporary folder beside `--output_dir` and moves it into place when it succeeds
+(a run that fails after saving checkpoints leaves them in `--output_dir`, to resume from). A non-empty `--output_dir`
+needs `--overwrite_output_dir true`, which replaces the files the run writes and keeps the others; a resume from a
+checkpoint inside `--output_dir` continues there without it. An output folder that holds, or lies inside, an input
+(data, model, checkpoint) is refused. Bad arguments and data stop the script with a one-line message and exit code 2.
 """
 
 from __future__ import annotations

@@ -26,7 +26,9 @@ Fine-tune a converted VideoMamba / DART folder (see conversion/convert_videomamb
         --train_dir data/train --validation_dir data/validation --ignore_mismatched_sizes true \
         --output_dir outputs/my-video-dart --do_train --do_eval --num_train_epochs 5 --learning_rate 1e-4
 
-The output folder loads with `pipeline("video-classification", model=folder, trust_remote_code=True)`.
+The output folder loads with `pipeline("video-classification", model=folder, trust_remote_code=True)`. It is written
+through a temporary folder beside it that moves into place when the run succeeds; a non-empty one needs
+`--overwrite_output_dir true` (the files the run writes are replaced, the others kept).
 """
 
 from __future__ import annotations

@@ -383,7 +383,8 @@ def test_bad_image_folders_name_their_argument(runner, tmp_path, case, flag):
 
 
 @pytest.mark.parametrize("model", ["/nope/dart", "nobody-here/no-such-dart-model"])
-def test_a_model_that_does_not_exist_names_its_argument(runner, image_data, tmp_path, model):
+def test_a_model_that_does_not_exist_names_its_argument(runner, image_data, tmp_path, monkeypatch, model):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # read at import: no network attempts
     with pytest.raises(ValueError, match="--model_name_or_path"):
         runner.main([*data_args(image_data), *RUN, "--model_name_or_path", model, "--output_dir",
                      str(tmp_path / "out")])
@@ -428,6 +429,9 @@ def test_video_training_refuses_a_non_empty_output_dir(video_runner, tmp_path):
     with pytest.raises(ValueError, match="--train_dir"):
         video_runner.main(["--preset", "tiny", "--train_dir", str(data / "train"), "--do_eval", "false",
                            "--output_dir", str(data), "--overwrite_output_dir", "true"])
+    assert listing(out) == {"model.safetensors": b"the previous model"}
+    with pytest.raises(ValueError, match="--make_demo_data"):
+        video_runner.main(["--make_demo_data", str(out)])
     assert listing(out) == {"model.safetensors": b"the previous model"}
 
 
