@@ -29,11 +29,16 @@ its measurement (2-core x86_64 machines, float32, PyTorch 2.13 CPU build):
   the activation fused in (`torch.ops.mkldnn._convolution_pointwise`, a private op, what `torch.compile` emits on
   CPU) makes one pass over the output instead of two. Without oneDNN, under tracing, with gradients or in another
   dtype it returns None and the caller runs `F.conv2d` and the activation.
+- `project_patch_strip`: in a CPU training step, the patch projection of a strip of `P`-pixel patches side by side
+  runs as one matrix product over the flattened patches instead of the stride-`P` convolution (the same sums). For
+  64 x 36 tokens of 16 pixels, forward and backward took 5 ms instead of 14 ms when the patches need gradients (a
+  learned scorer), 2.6 ms instead of 3.2 ms when only the weights do.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 TRUNK_CHUNK_BYTES = 28 * 2**20
@@ -87,4 +92,20 @@ def fused_conv_activation(hidden_states, weight, bias, conv: nn.Conv2d, activati
     )
 
 
-__all__ = ["trunk_chunk_size", "channels_last_on_cpu", "conv_weight_layout", "fused_conv_activation"]
+def project_patch_strip(patches: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, patch: int):
+    """The stride-`patch` convolution of `patches` `(batch, channels, patch, num_tokens * patch)` with `weight`
+    `(hidden, channels, patch, patch)` as one matrix product, `(batch, hidden, 1, num_tokens)`; None outside a CPU
+    training step on such a strip (the caller then runs the convolution, as inference always does)."""
+    training = torch.is_grad_enabled() and (patches.requires_grad or weight.requires_grad)
+    batch, channels, rows, length = patches.shape
+    if not (training and patches.device.type == "cpu" and rows == patch):
+        return None
+    num_tokens = length // patch
+    flat = patches.reshape(batch, channels, patch, num_tokens, patch).permute(0, 3, 1, 2, 4)
+    flat = flat.reshape(batch, num_tokens, channels * patch * patch)
+    tokens = F.linear(flat, weight.reshape(weight.shape[0], -1), bias)  # (B, N, D)
+    return tokens.transpose(1, 2).unsqueeze(2)  # the convolution's (B, D, 1, N)
+
+
+__all__ = ["trunk_chunk_size", "channels_last_on_cpu", "conv_weight_layout", "fused_conv_activation",
+           "project_patch_strip"]

@@ -33,6 +33,7 @@ from .partition_dart import (
     strip_resampling_weights,
     token_boxes,
 )
+from .cpu_tuning_dart import project_patch_strip
 from .scorer_dart import _HALF_DTYPES, DartScorer, _scorer_construction_dtype
 from .trunks_dart import wide_dtype
 
@@ -164,28 +165,15 @@ class DartPatchProjection(nn.Conv2d):
     - It is named in `_no_split_modules`. accelerate's FSDP2 preparation shards the input embedding as a unit of its
       own unless it already is one; sharding it after the `DartEmbeddings` unit that holds it (whose parameters are
       then already sharded) failed. Named there, it is wrapped first, bottom-up.
-    - Its weights are used only in its own `forward` (an FSDP unit gathers them in its pre-forward hook), which also
-      chooses the fastest equal product: the stride-`P` convolution in inference, so released checkpoints give
-      bit-identical outputs. When a backward pass follows on CPU and the input is `P` rows of patches side by side,
-      one matrix multiplication over the flattened patches: for 64 x 36 tokens of 16 pixels, forward and backward
-      took 5 ms instead of the convolution's 14 ms when the patches need gradients (a learned scorer), 2.6 instead
-      of 3.2 ms when only the weights do.
+    - Its weights are used only in its own `forward` (an FSDP unit gathers them in its pre-forward hook). Inference
+      runs the stride-`P` convolution, so released checkpoints give bit-identical outputs; a CPU training step may
+      take an equal matrix product instead (`cpu_tuning_dart.project_patch_strip`).
     """
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         """`(batch, channels, height, width)` -> `(batch, hidden, height / P, width / P)`, as the convolution."""
-        weight, bias = self.weight, self.bias
-        training = torch.is_grad_enabled() and (patches.requires_grad or weight.requires_grad)
-        batch, channels, rows, length = patches.shape
-        patch = self.kernel_size[0]
-        if not (training and patches.device.type == "cpu" and rows == patch):
-            # (the exact standard grid passes a whole image, projected by the convolution as a ViT does)
-            return super().forward(patches)
-        num_tokens = length // patch
-        flat = patches.reshape(batch, channels, patch, num_tokens, patch).permute(0, 3, 1, 2, 4)
-        flat = flat.reshape(batch, num_tokens, channels * patch * patch)
-        tokens = F.linear(flat, weight.reshape(weight.shape[0], -1), bias)  # (B, N, D)
-        return tokens.transpose(1, 2).unsqueeze(2)  # the convolution's (B, D, 1, N)
+        tokens = project_patch_strip(patches, self.weight, self.bias, self.kernel_size[0])
+        return super().forward(patches) if tokens is None else tokens
 
 
 class DartEmbeddings(nn.Module):
@@ -292,8 +280,7 @@ class DartEmbeddings(nn.Module):
         strip_cut = piecewise_linear_quantiles(resampled_pdf, num_tokens)  # (B, N+1), cell units
 
         # pixel geometry: rows in input pixels, token edges along the strip of rows `width` pixels wide; from here on
-        # in float32 (no cut is computed below: sampling and the position weights are not ill-conditioned, and float64
-        # there cost 5% of a training step)
+        # in float32 (no cut is computed below: sampling and the position weights are not ill-conditioned)
         scale_y = height / (grid * patch)
         row_edges = torch.cat([row_heights.new_zeros(batch, 1), row_heights.cumsum(dim=-1)], dim=1) * scale_y
         token_edges = strip_cut * (width * num_rows / strip_cells)

@@ -173,11 +173,11 @@ class DartScorer(nn.Module):
     def _apply(self, fn, recurse=True):
         """Casting to float16/bfloat16 leaves the scorer in float32 (devices still move).
 
-        A half-precision rounding of the scorer's weights moves the scores by ~1%, which moves the token regions by
-        whole pixels and so changes every token's content: a `model.to(torch.bfloat16)` would then no longer be a
+        A half-precision rounding of the scorer's weights moves the scores, which moves the token regions by whole
+        pixels and so changes every token's content: a `model.to(torch.bfloat16)` would then no longer be a
         lower-precision copy of the float32 model but a different tokenizer. The scorer is a small part of the
-        compute (the trunk is ~14% of DART-DeiT-S's multiply-adds), so it stays in float32, as
-        `_keep_in_fp32_modules_strict` keeps it for `from_pretrained(dtype=...)`.
+        compute, so it stays in float32, as `_keep_in_fp32_modules_strict` keeps it for
+        `from_pretrained(dtype=...)` (see `docs/design.md`, "Half precision").
         """
 
         def keep_float32(tensor):

@@ -68,8 +68,8 @@ def _exp2_flush_subnormal_(log2_decay: torch.Tensor) -> torch.Tensor:
     """In place `2 ** x`, giving exactly 0 where the result would be subnormal (x <= -126 in float32).
 
     Subnormal decays (strongly decaying channels over long sequences) make every multiply-add of the recurrence take a
-    slow microcode path on x86 (1.7x slower scans measured); a decay below 2**-126 changes no state by more than that
-    factor, so it is flushed to zero here instead of relying on the global `torch.set_flush_denormal`.
+    slow microcode path on x86; a decay below 2**-126 changes no state by more than that factor, so it is flushed to
+    zero here instead of relying on the global `torch.set_flush_denormal` (measurement: `benchmarks/README.md`).
     """
     if log2_decay.dtype == torch.float32:
         torch.nn.functional.threshold_(log2_decay, -126.0, float("-inf"))
@@ -335,9 +335,9 @@ def _selective_scan_exported(u, delta, A, B, C, D, z):
     decays and inputs of all steps are computed at once, and the recurrence itself is one
     `torch.ops.higher_order.scan`, which the ONNX exporter writes as one ONNX `Scan` node over the time steps.
 
-    The closed-form blocks of `_selective_scan_functional` are fine for the compiler, but exported to ONNX they were
-    the bottleneck: their pairwise decays (`block` x `block` times the states) made onnxruntime run DART-Vim-Ti 30x
-    slower than eager PyTorch, and the export took minutes (measured in `benchmarks/benchmark_onnx.py`).
+    The closed-form blocks of `_selective_scan_functional` are fine for the compiler, but exported to ONNX their
+    pairwise decays (`block` x `block` times the states) dominate onnxruntime's time and the export's
+    (`benchmarks/benchmark_onnx.py` measures it).
     """
     from torch._higher_order_ops.scan import scan
 

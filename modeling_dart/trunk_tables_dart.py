@@ -135,8 +135,7 @@ _EFFICIENTNET_LITE0 = TrunkSpec(
     # v1 after the last stride-32 stage of width 192 (16 entries), v2 with the last convolution (all 18)
     head_depths={"v1": 16, "v2": 18},
     padding="same",
-    # TensorFlow's Lite models take [-1, 1] inputs: the ImageNet weights are most confident with mean = std = 0.5
-    # (espresso 0.95 against 0.78 on scikit-image's coffee photo), and still right with ImageNet's statistics
+    # TensorFlow's Lite models take [-1, 1] inputs: the ImageNet weights were trained with mean = std = 0.5
     input_mean=(0.5, 0.5, 0.5),
     input_std=(0.5, 0.5, 0.5),
 )
