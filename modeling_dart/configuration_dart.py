@@ -201,7 +201,7 @@ class DartConfig(PreTrainedConfig):  # trf-ignore: TRF010
         self.scorer = scorer
         self.scorer_trunk = scorer_trunk
         self.scorer_head = scorer_head
-        if scorer_hidden_size is None and scorer_trunk in TRUNKS and scorer_head in _HEADS:
+        if scorer_hidden_size is None and isinstance(scorer_trunk, str) and scorer_trunk in TRUNKS and scorer_head in _HEADS:
             scorer_hidden_size = default_scorer_hidden_size(scorer_trunk, scorer_head)
         self.scorer_hidden_size = scorer_hidden_size
         self.scorer_trunk_depth = scorer_trunk_depth

@@ -32,6 +32,7 @@ from .partition_dart import (
     sample_regions,
     strip_resampling_weights,
     token_boxes,
+    score_density,
 )
 from .cpu_tuning_dart import project_patch_strip
 from .scorer_dart import _HALF_DTYPES, DartScorer, _scorer_construction_dtype
@@ -266,7 +267,7 @@ class DartEmbeddings(nn.Module):
         score = score_map.reshape(batch, self.num_cells).to(math_dtype)
 
         # density, row marginal, row heights (base-grid pixels)
-        pdf = score / score.sum(dim=-1, keepdim=True)
+        pdf = score_density(score)
         marginal = pdf.view(batch, grid, grid).sum(dim=-1)
         marginal = marginal / (marginal.sum(dim=-1, keepdim=True) + ROW_MARGINAL_EPS)
         row_cut = piecewise_linear_quantiles(marginal, num_rows)  # (B, R+1), cell units

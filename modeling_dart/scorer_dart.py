@@ -70,6 +70,8 @@ def standardize(scores: torch.Tensor, mode: str) -> torch.Tensor:
     # in float64, rounded once: the result then does not depend on the order of the mean and std reductions (eager,
     # compiled and differently batched runs agree), which the token geometry would amplify
     wide = scores.to(wide_dtype(scores))
+    if scores[0].numel() == 1 and (mode == "image" or scores.shape[0] == 1):
+        return torch.zeros_like(scores)  # one value: nothing stands out (its unbiased std is undefined)
     if mode == "batch":
         return ((wide - wide.mean()) / (wide.std() + STANDARDIZE_EPS)).to(scores.dtype)
     flat = wide.reshape(scores.shape[0], -1)

@@ -416,8 +416,7 @@ DEGENERATE_MAPS = {
     "subnormal 1e-45": torch.full((1, 4, 4), 1e-45),
     "huge 3e38": torch.full((1, 4, 4), 3e38),
     "range 1e-38 .. 1e38": torch.logspace(-38, 38, 16).view(1, 4, 4),
-    "all zero": pytest.param(torch.zeros(1, 4, 4), marks=pytest.mark.xfail(
-        strict=True, reason="needs DartEmbeddings.forward to take its density from partition_dart.score_density")),
+    "all zero": torch.zeros(1, 4, 4),
 }
 
 
@@ -439,17 +438,6 @@ def test_degenerate_score_maps_give_a_valid_partition(scores, num_tokens):
     torch.testing.assert_close(out.pdf.sum(dim=-1), torch.ones(1), atol=1e-6, rtol=0)
 
 
-def _one_cell_scores_are_nan() -> bool:
-    """Whether the scorer standardises a one-cell map to NaN (the unbiased std of a single value)."""
-    import warnings
-
-    torch.manual_seed(0)
-    module = DartEmbeddings(tiny_config(score_grid_size=1, num_tokens=1)).eval()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return bool(torch.isnan(module.compute_scores(torch.rand(1, 3, 64, 64))).any())
-
-
 # a 64x64 image cut into R = round(sqrt(N)) equal rows of N / R equal tokens, written out by hand
 UNIFORM_BOXES_64 = {
     1: [[0, 0, 64, 64]],
@@ -459,8 +447,6 @@ UNIFORM_BOXES_64 = {
 }
 
 
-@pytest.mark.xfail(_one_cell_scores_are_nan(), strict=True,
-                   reason="the scorer's `standardize` gives NaN for a single value (the unbiased std of one value)")
 @pytest.mark.parametrize("head", ["v1", "v2", "saliency"])
 @pytest.mark.parametrize("normalization", ["image", "batch"])
 @pytest.mark.parametrize("num_tokens", sorted(UNIFORM_BOXES_64))
