@@ -1,3 +1,16 @@
+# Copyright 2026 The modeling_dart Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """Image processor for DART models (PIL/NumPy backend, no torchvision needed).
 
 The released DART checkpoints were evaluated with the DeiT recipe at input size 448: resize the shorter side to
@@ -29,7 +42,7 @@ from transformers.image_utils import (
     SizeDict,
     get_image_size_for_max_height_width,
 )
-from transformers.utils import logging
+from transformers.utils import auto_docstring, logging
 
 
 logger = logging.get_logger(__name__)
@@ -162,29 +175,33 @@ def _flatten_images(images: Any, fetch) -> list:
     return single(images, "images")
 
 
+# what the generated docstring says before the arguments
+_PROCESSOR_INTRO = r"""Constructs a DART image processor with the PIL/NumPy backend (no torchvision required).
+
+The defaults reproduce the evaluation preprocessing of the released DART checkpoints (DeiT recipe at 448):
+bicubic resize of the shorter side to 512, centre crop 448x448, rescale by 1/255, normalise with the ImageNet mean
+`(0.485, 0.456, 0.406)` and std `(0.229, 0.224, 0.225)`.
+
+Inputs: a PIL image, a numpy array or torch tensor (`(H, W)`, `(C, H, W)` or `(H, W, C)`, or a 4-D batch), a path
+or URL, or a list of those. Grayscale (1 channel / mode `"L"`) and RGBA (4 channels, composited onto white) inputs
+are converted to RGB when `do_convert_rgb=True` (the default). With `do_convert_rgb=False` the channels pass through
+unchanged, whatever their number (e.g. 1-channel images for a `num_channels=1` model; give `image_mean` /
+`image_std` one value per channel, and `input_data_format` when the channel dimension is ambiguous, i.e. not of
+size 1, 3 or 4).
+
+Value scales: integer arrays must hold values in [0, 255]. With `do_rescale=True`, float arrays and tensors are on
+the same 0-255 scale as uint8 (`[0, 1 / rescale_factor]`); values outside it, and float images within [0, 1]
+(which would come out black), raise `ValueError`; pass `do_rescale=False` for float images already in [0, 1]. PIL
+images are read by mode: 16-bit modes (`I;16`, `I;16B`, ...) on their range 0..65535, mapped to the 8-bit scale
+without rounding; mode `I` like an integer array (0..255); mode `F` like a float array; mode `1` as 0 / 255;
+8-bit modes (`L`, `LA`, `P`, `PA`, `RGBA`, `RGBa`, `CMYK`, `YCbCr`, `HSV`, `LAB`, ...) through PIL's conversion to
+RGB. Float images are resized in float precision (no round trip through uint8).
+"""
+
+
+@auto_docstring(custom_intro=_PROCESSOR_INTRO)
 class DartImageProcessorPil(PilBackend):
     r"""
-    Constructs a DART image processor with the PIL/NumPy backend (no torchvision required).
-
-    The defaults reproduce the evaluation preprocessing of the released DART checkpoints (DeiT recipe at 448):
-    bicubic resize of the shorter side to 512, centre crop 448x448, rescale by 1/255, normalise with the ImageNet mean
-    `(0.485, 0.456, 0.406)` and std `(0.229, 0.224, 0.225)`.
-
-    Inputs: a PIL image, a numpy array or torch tensor (`(H, W)`, `(C, H, W)` or `(H, W, C)`, or a 4-D batch), a path
-    or URL, or a list of those. Grayscale (1 channel / mode `"L"`) and RGBA (4 channels, composited onto white) inputs
-    are converted to RGB when `do_convert_rgb=True` (the default). With `do_convert_rgb=False` the channels pass through
-    unchanged, whatever their number (e.g. 1-channel images for a `num_channels=1` model; give `image_mean` /
-    `image_std` one value per channel, and `input_data_format` when the channel dimension is ambiguous, i.e. not of
-    size 1, 3 or 4).
-
-    Value scales: integer arrays must hold values in [0, 255]. With `do_rescale=True`, float arrays and tensors are on
-    the same 0-255 scale as uint8 (`[0, 1 / rescale_factor]`); values outside it, and float images within [0, 1]
-    (which would come out black), raise `ValueError`; pass `do_rescale=False` for float images already in [0, 1]. PIL
-    images are read by mode: 16-bit modes (`I;16`, `I;16B`, ...) on their range 0..65535, mapped to the 8-bit scale
-    without rounding; mode `I` like an integer array (0..255); mode `F` like a float array; mode `1` as 0 / 255;
-    8-bit modes (`L`, `LA`, `P`, `PA`, `RGBA`, `RGBa`, `CMYK`, `YCbCr`, `HSV`, `LAB`, ...) through PIL's conversion to
-    RGB. Float images are resized in float precision (no round trip through uint8).
-
     Args:
         do_convert_rgb (`bool`, *optional*, defaults to `True`): Convert grayscale / RGBA / palette images to RGB;
             `False` keeps every image's own channels.
