@@ -44,6 +44,15 @@ class TrunkSpec:
         padding: `"symmetric"` (torchvision) or `"same"` (TensorFlow).
         input_mean / input_std: the per-channel normalisation the pretrained weights were trained with (what an image
             processor built for a model with this trunk should use).
+        stage_sizes: blocks per `features` entry, for trunks that group their blocks into stages as torchvision's
+            EfficientNet does (keys `features.{i}.{j}.block.*`); `None` puts every block in an entry of its own, as
+            torchvision's MobileNetV3 does (keys `features.{i}.block.*`).
+        batch_norm_eps / batch_norm_momentum: of every BatchNorm of the trunk.
+        squeeze_excitation: `"mobilenet_v3"` (squeeze to `make_divisible(expanded // 4, 8)` channels, ReLU, hard
+            sigmoid) or `"efficientnet"` (squeeze to `max(1, block input channels // 4)`, SiLU, sigmoid), as
+            torchvision builds them.
+        v1_hidden_size: hidden width of the v1 head's MLP when the original does not use the trunk width at the v1
+            cut (`None`: that width).
     """
 
     blocks: tuple
@@ -55,23 +64,40 @@ class TrunkSpec:
     padding: str = "symmetric"
     input_mean: tuple = (0.485, 0.456, 0.406)
     input_std: tuple = (0.229, 0.224, 0.225)
+    stage_sizes: tuple | None = None
+    batch_norm_eps: float = 1e-3
+    batch_norm_momentum: float = 0.01
+    squeeze_excitation: str = "mobilenet_v3"
+    v1_hidden_size: int | None = None
+
+    @property
+    def entries(self) -> tuple:
+        """The block rows of each `features` entry between the stem and the last convolution."""
+        if self.stage_sizes is None:
+            return tuple((row,) for row in self.blocks)
+        grouped, start = [], 0
+        for size in self.stage_sizes:
+            grouped.append(self.blocks[start : start + size])
+            start += size
+        return tuple(grouped)
 
     @property
     def num_entries(self) -> int:
-        """`features` entries of the whole trunk: stem + blocks + last convolution."""
-        return len(self.blocks) + 2
+        """`features` entries of the whole trunk: stem + blocks (or stages of blocks) + last convolution."""
+        return len(self.entries) + 2
 
     def output_stride(self, depth: int) -> int:
         """Total stride of the first `depth` entries."""
         stride = 2
-        for _, _, _, _, _, block_stride in self.blocks[: max(0, depth - 1)]:
-            stride *= block_stride
+        for entry in self.entries[: max(0, depth - 1)]:
+            for _, _, _, _, _, block_stride in entry:
+                stride *= block_stride
         return stride
 
     def output_channels(self, depth: int) -> int:
         if depth == self.num_entries:
             return self.last_channels
-        return self.blocks[depth - 2][2] if depth >= 2 else self.stem_channels
+        return self.entries[depth - 2][-1][2] if depth >= 2 else self.stem_channels
 
 
 _MOBILENET_V3_SMALL = TrunkSpec(
@@ -114,23 +140,25 @@ _MOBILENET_V3_LARGE = TrunkSpec(
 )
 
 
-def _efficientnet_blocks(stages, stem_channels):
+def _efficientnet_blocks(stages, stem_channels, use_se=False, activation="relu6"):
     """Expand EfficientNet stages `(repeats, kernel, stride, expansion, output channels)` into block rows."""
     rows, channels = [], stem_channels
     for repeats, kernel, stride, expansion, out in stages:
         for index in range(repeats):
-            rows.append((kernel, channels * expansion, out, False, "relu6", stride if index == 0 else 1))
+            rows.append((kernel, channels * expansion, out, use_se, activation, stride if index == 0 else 1))
             channels = out
     return tuple(rows)
 
 
+# EfficientNet-B0's stages `(repeats, kernel, stride, expansion, output channels)`, after a 32-channel stem
+_EFFICIENTNET_B0_STAGES = (
+    (1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112), (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
+
 # EfficientNet-Lite0: EfficientNet-B0's stages without squeeze-excite, with ReLU6, stem and last convolution fixed
 _EFFICIENTNET_LITE0 = TrunkSpec(
-    blocks=_efficientnet_blocks(
-        ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112),
-         (4, 5, 2, 6, 192), (1, 3, 1, 6, 320)),
-        stem_channels=32,
-    ),
+    blocks=_efficientnet_blocks(_EFFICIENTNET_B0_STAGES, stem_channels=32),
     stem_channels=32, stem_activation="relu6", last_channels=1280, last_activation="relu6",
     # v1 after the last stride-32 stage of width 192 (16 entries), v2 with the last convolution (all 18)
     head_depths={"v1": 16, "v2": 18},
@@ -140,19 +168,37 @@ _EFFICIENTNET_LITE0 = TrunkSpec(
     input_std=(0.5, 0.5, 0.5),
 )
 
+# EfficientNet-B0 in torchvision's layout (`efficientnet_b0().features`): one entry per stage, symmetric padding,
+# SiLU, squeeze-excitation with SiLU and sigmoid, BatchNorm eps 1e-5; the trunk of the original DAIR scorer
+# (`EfficientNetB0Pred`: the whole trunk, head v1 with a 96-wide MLP). Transformers' `EfficientNet` is TensorFlow's
+# variant (asymmetric padding before the stride-2 convolutions, eps 1e-3): another function of the same weights.
+_EFFICIENTNET_B0 = TrunkSpec(
+    blocks=_efficientnet_blocks(_EFFICIENTNET_B0_STAGES, stem_channels=32, use_se=True, activation="silu"),
+    stem_channels=32, stem_activation="silu", last_channels=1280, last_activation="silu",
+    head_depths={"v1": 9, "v2": 9},
+    stage_sizes=tuple(stage[0] for stage in _EFFICIENTNET_B0_STAGES),
+    batch_norm_eps=1e-5,
+    batch_norm_momentum=0.1,
+    squeeze_excitation="efficientnet",
+    v1_hidden_size=96,
+)
+
 TRUNKS: dict[str, TrunkSpec] = {
     "mobilenet_v3_small": _MOBILENET_V3_SMALL,
     "mobilenet_v3_large": _MOBILENET_V3_LARGE,
     "efficientnet_lite0": _EFFICIENTNET_LITE0,
+    "efficientnet_b0": _EFFICIENTNET_B0,
 }
 
 
 def default_scorer_hidden_size(trunk: str, head: str) -> int:
-    """Hidden width of a score head's MLP: the trunk's width at the v1 cut for head v1 (the original's choice), 96
-    for the v2 and saliency heads."""
+    """Hidden width of a score head's MLP: for head v1 the original's choice (the trunk's width at the v1 cut, or the
+    trunk's `v1_hidden_size`), 96 for the v2 and saliency heads."""
     if head != "v1":
         return 96
     spec = TRUNKS[trunk]
+    if spec.v1_hidden_size is not None:
+        return spec.v1_hidden_size
     return spec.output_channels(spec.head_depths["v1"])
 
 

