@@ -89,3 +89,22 @@ __all__ = [
     "load_video",
     "sample_frame_indices",
 ]
+
+# RMT (VisRetNet, the backbone of the released darmt-L6) as a model family of its own: `RmtConfig` (model type `rmt`),
+# `AutoModel` -> `RmtModel`, `AutoModelForImageClassification` -> `RmtForImageClassification`, `AutoBackbone` ->
+# `RmtBackbone`; saved folders also load with `trust_remote_code=True`.
+from transformers import AutoBackbone  # noqa: E402
+
+from .configuration_rmt import RMT_PRESETS, RmtConfig  # noqa: E402
+from .modeling_rmt import RmtBackbone, RmtForImageClassification, RmtModel, RmtPreTrainedModel  # noqa: E402
+
+AutoConfig.register("rmt", RmtConfig, exist_ok=True)
+AutoModel.register(RmtConfig, RmtModel, exist_ok=True)
+AutoModelForImageClassification.register(RmtConfig, RmtForImageClassification, exist_ok=True)
+AutoBackbone.register(RmtConfig, RmtBackbone, exist_ok=True)
+RmtConfig.register_for_auto_class()
+RmtModel.register_for_auto_class("AutoModel")
+RmtForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+RmtBackbone.register_for_auto_class("AutoBackbone")
+
+__all__ += ["RmtConfig", "RMT_PRESETS", "RmtPreTrainedModel", "RmtModel", "RmtForImageClassification", "RmtBackbone"]
