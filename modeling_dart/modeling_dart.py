@@ -528,6 +528,8 @@ def check_classification_labels(labels, logits: torch.Tensor, config) -> tuple[t
         if labels.dim() != 1:
             raise ValueError(f"`labels` for single-label classification must have shape ({batch},), got "
                              f"{tuple(labels.shape)}.")
+        if torch.compiler.is_compiling():  # the value checks branch on the data: traced graphs keep the shape checks
+            return labels.long(), problem_type
         bad = labels[(labels != -100) & ((labels < 0) | (labels >= num_labels))]
         if bad.numel():
             raise ValueError(f"`labels` must be class indices in [0, {num_labels}) (or -100 to ignore), got "
@@ -538,6 +540,8 @@ def check_classification_labels(labels, logits: torch.Tensor, config) -> tuple[t
         raise ValueError(f"`labels` for {problem_type.replace('_', ' ')} must have shape {expected}, got "
                          f"{tuple(labels.shape)}.")
     labels = labels.to(logits.dtype)
+    if torch.compiler.is_compiling():
+        return labels, problem_type
     if not torch.isfinite(labels).all():
         raise ValueError("`labels` must be finite.")
     if problem_type == "multi_label_classification" and ((labels < 0) | (labels > 1)).any():
