@@ -473,6 +473,8 @@ class RmtEncoder(RmtPreTrainedModel):
 @auto_docstring(custom_intro="The bare RMT model: the stem and the retention stages; the pooled output is the mean of "
                              "the last stage's feature map over all positions.")
 class RmtModel(RmtPreTrainedModel):
+    # loaded from a classification folder, the head is left out on purpose
+    _keys_to_ignore_on_load_unexpected = [r"^feature_projection\.", r"^classifier\."]
 
     def __init__(self, config: RmtConfig):
         _check_config(config)
@@ -526,6 +528,8 @@ class RmtForImageClassification(RmtPreTrainedModel):
                              "embed_dims[i], H / 2**(i + 2), W / 2**(i + 2))`, without extra norms.")
 class RmtBackbone(BackboneMixin, RmtPreTrainedModel):
     has_attentions = False
+    # loaded from a classification folder, the head is left out on purpose
+    _keys_to_ignore_on_load_unexpected = [r"^feature_projection\.", r"^classifier\."]
 
     def __init__(self, config: RmtConfig):
         _check_config(config)

@@ -236,7 +236,10 @@ def test_retention_with_overwhelming_decay_attends_to_itself(decomposed):
     _, height, width, _ = x.shape
     n = module.num_heads
     rows, cols = torch.arange(height).repeat_interleave(width), torch.arange(width).repeat(height)
-    line = lambda length: -1e4 * (torch.arange(length)[:, None] - torch.arange(length)[None]).abs().float()  # noqa: E731
+
+    def line(length):
+        return -1e4 * (torch.arange(length)[:, None] - torch.arange(length)[None]).abs().float()
+
     if decomposed:
         masks = (line(height).expand(n, 1, height, height), line(width).expand(n, 1, width, width))
     else:
@@ -373,7 +376,7 @@ def test_converter_command_writes_a_loadable_folder(tmp_path, capsys):
     assert main(["--checkpoint", str(folder / CHECKPOINT), "--output_dir", str(out)]) == 2  # a DARMT file
     assert "darmt_l6" in capsys.readouterr().err and not out.exists()
     assert main(["--checkpoint", str(folder / CHECKPOINT), "--output_dir", str(out), "--rmt_only", "--verify"]) == 0
-    model, _, golden, _, _ = reduced()
+    _, _, golden, _, _ = reduced()
     loaded = RmtForImageClassification.from_pretrained(out).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(golden["img0.x"]).logits, golden["logits_single"][:1], atol=ATOL_POOLED,
@@ -466,7 +469,7 @@ def test_remote_code_loads_without_the_package(tmp_path):
     torch.save(pixels(), tmp_path / "x.pt")
     (tmp_path / "remote.py").write_text(REMOTE_SCRIPT)
     result = subprocess.run([sys.executable, str(tmp_path / "remote.py"), str(folder), str(tmp_path / "x.pt")],
-                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                            check=False, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     answer = json.loads(result.stdout.strip().splitlines()[-1])
     assert "modeling_dart" not in answer["module"] and answer["backbone"] == "RmtBackbone"
