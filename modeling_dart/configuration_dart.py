@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import warnings
+from pathlib import Path
 
 from transformers import PreTrainedConfig
 from transformers.utils import auto_docstring
@@ -288,6 +290,16 @@ class DartConfig(PreTrainedConfig):  # trf-ignore: TRF010
             except (ValueError, TypeError):
                 super().__setattr__(name, previous)
                 raise
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """As `PreTrainedConfig.from_pretrained`; a local folder without `config.json` is an error (Transformers would
+        return the default configuration, and a model would then be built with the wrong shapes)."""
+        if isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
+            folder = Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")
+            if folder.is_dir() and not (folder / "config.json").is_file():
+                raise FileNotFoundError(f"{folder} has no config.json: it is not a saved DART model folder.")
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def to_dict(self) -> dict:
         serialized = super().to_dict()

@@ -39,6 +39,9 @@ from .scorer_dart import _HALF_DTYPES, DartScorer, _scorer_construction_dtype
 from .trunks_dart import wide_dtype
 
 ROW_MARGINAL_EPS = 1e-8
+# the largest magnitude accepted in `pixel_values`: normalised pixels lie within a few units of 0 (raw 0..255 floats
+# still pass); far larger values overflow the trunk and the projection to inf/NaN
+MAX_PIXEL_MAGNITUDE = 1e4
 
 # --------------------------------------------------------------------------------------------------- embeddings
 GEOMETRY_FREQUENCIES = 4  # Fourier octaves per geometry feature: sin/cos(pi * 2^k * x), k = 0..3
@@ -146,8 +149,12 @@ def check_pixel_values(pixel_values, num_channels: int, min_size: int, name: str
     # data-dependent guard): traced graphs skip it and keep only the shape and dtype checks above.
     if torch.compiler.is_compiling():
         return
-    if not torch.isfinite(pixel_values.sum()) and not torch.isfinite(pixel_values).all():
+    peak = pixel_values.detach().abs().amax()
+    if not torch.isfinite(peak):
         raise ValueError(f"`{name}` contains NaN or infinite values.")
+    if peak > MAX_PIXEL_MAGNITUDE:
+        raise ValueError(f"`{name}` holds values up to {peak.item():.3g}; expected normalised pixels (the image "
+                         f"processor's output, a few units around 0; at most {MAX_PIXEL_MAGNITUDE:g}).")
 
 
 def check_num_tokens(num_tokens, maximum: int) -> int:

@@ -247,3 +247,20 @@ def test_a_failed_call_does_not_switch_the_problem_type(classifier):
         assert torch.isfinite(classifier(pixels, labels=torch.tensor([1, 0])).loss)
     assert classifier.config.problem_type == "single_label_classification"
     classifier.config.problem_type = None
+
+
+# ------------------------------------------------------------------------------ inputs found by the probe run
+def test_pixel_values_far_from_normalised_are_refused(classifier):
+    with pytest.raises(ValueError, match="pixel_values.*1e\\+30"):
+        classifier(torch.full((1, 3, 64, 64), 1e30))
+    with torch.no_grad():  # raw 0..255 floats are unusual but finite: they still run
+        assert torch.isfinite(classifier(torch.full((1, 3, 64, 64), 255.0)).logits).all()
+
+
+def test_a_folder_without_config_json_is_an_error(tmp_path):
+    DartForImageClassification(tiny_config()).save_pretrained(tmp_path)
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        DartForImageClassification.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        DartConfig.from_pretrained(tmp_path)
