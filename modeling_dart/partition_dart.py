@@ -130,22 +130,41 @@ def sample_rows(pixel_values: torch.Tensor, row_starts: torch.Tensor, row_height
         `torch.Tensor` of shape `(batch, channels, patch_size, num_rows * width)`: strip column `i * width + x` is
         column `x` of row `i`.
     """
-    batch, channels, height, width = pixel_values.shape
+    batch, channels, _, width = pixel_values.shape
     num_rows = row_starts.shape[1]
     steps = torch.arange(patch_size, device=row_starts.device, dtype=row_starts.dtype) / patch_size
-    y = (row_starts.unsqueeze(-1) + row_heights.unsqueeze(-1) * steps).clamp(0, height - 1)  # (B, R, P), border
+    y = row_starts.unsqueeze(-1) + row_heights.unsqueeze(-1) * steps  # (B, R, P)
+    rows = interpolate_rows(pixel_values, y.reshape(batch, num_rows * patch_size))  # (B, C, R * P, W)
+    return rows.view(batch, channels, num_rows, patch_size, width).transpose(2, 3).reshape(
+        batch, channels, patch_size, num_rows * width
+    )
+
+
+def interpolate_rows(pixel_values: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The rows of `pixel_values` at fractional positions `y`, by linear interpolation between the two nearest rows.
+
+    `y` is in row-index coordinates (row `i` at `y = i`) and is clamped to `[0, height - 1]`: the values of
+    `grid_sample(..., mode="bilinear", padding_mode="border", align_corners=True)` at those rows. A NaN position
+    gives NaN pixels.
+
+    Args:
+        pixel_values (`torch.Tensor` of shape `(batch, channels, height, width)`).
+        y (`torch.Tensor` of shape `(batch, num_positions)`).
+
+    Returns:
+        `torch.Tensor` of shape `(batch, channels, num_positions, width)`.
+    """
+    batch, channels, height, width = pixel_values.shape
+    y = y.clamp(0, height - 1)
     whole = y.detach().floor()
     fraction = (y - whole).to(pixel_values.dtype).reshape(batch, 1, -1, 1)
     # the clamp only acts on NaN positions, whose integer cast is out of range
     top = whole.to(torch.long).clamp(0, height - 1).reshape(batch, 1, -1, 1)
     bottom = (top + 1).clamp(max=height - 1)
-    shape = (batch, channels, num_rows * patch_size, width)
+    shape = (batch, channels, y.shape[1], width)
     top = pixel_values.gather(2, top.expand(shape))
     bottom = pixel_values.gather(2, bottom.expand(shape))
-    rows = top + (bottom - top) * fraction  # (B, C, R * P, W)
-    return rows.view(batch, channels, num_rows, patch_size, width).transpose(2, 3).reshape(
-        batch, channels, patch_size, num_rows * width
-    )
+    return top + (bottom - top) * fraction
 
 
 def strip_sample_points(edges: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
