@@ -19,17 +19,23 @@ normalise with the ImageNet mean/std. [`DartImageProcessorPil`] reproduces exact
 offset convention of `torchvision.transforms.CenterCrop` (offsets rounded, not floored), so the resized and cropped
 pixels are identical to the original evaluation pipeline on uint8 / PIL inputs (the float scaling agrees to ~1e-7).
 
-This module only imports `numpy`, `PIL` and `transformers` so that it can be copied as Hub remote code on its own.
+This module only imports `numpy`, `PIL`, `transformers` and `huggingface_hub` (a dependency of `transformers`) so
+that it can be copied as Hub remote code on its own.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
+import re
+import typing
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import PIL.Image
+from huggingface_hub.dataclasses import validate_typed_dict
+from huggingface_hub.errors import StrictDataclassError
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_base import BatchFeature
 from transformers.image_transforms import convert_to_rgb as _pil_convert_to_rgb
@@ -42,7 +48,7 @@ from transformers.image_utils import (
     SizeDict,
     get_image_size_for_max_height_width,
 )
-from transformers.utils import auto_docstring, logging
+from transformers.utils import TensorType, auto_docstring, logging
 
 
 logger = logging.get_logger(__name__)
@@ -175,6 +181,94 @@ def _flatten_images(images: Any, fetch) -> list:
     return single(images, "images")
 
 
+# ---------------------------------------------------------------------- settings (constructor and call-time options)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _checked_rescale_factor(value: Any) -> float:
+    """`rescale_factor` as a float, or `TypeError` / `ValueError` naming it: a positive finite number."""
+    if not _is_real(value):
+        raise TypeError(
+            f"`rescale_factor` must be a positive finite number (pixel values are multiplied by it, e.g. 1/255); "
+            f"got {value!r} of type {type(value).__name__}."
+        )
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(
+            "`rescale_factor` must be a positive finite number (pixel values are multiplied by it, e.g. 1/255); "
+            f"got {value!r}."
+        )
+    return float(value)
+
+
+def _checked_mean_or_std(name: str, value: Any) -> float | tuple[float, ...]:
+    """`image_mean` / `image_std` as a float or a tuple of floats (one per channel), or `TypeError` / `ValueError`
+    naming it: finite numbers, and for `image_std` positive ones (pixels are divided by them)."""
+    single = not isinstance(value, (list, tuple, np.ndarray))
+    values = [value] if single else (value.ravel().tolist() if isinstance(value, np.ndarray) else list(value))
+    what = "one positive finite number per channel" if name == "image_std" else "one finite number per channel"
+    if not values:
+        raise ValueError(f"`{name}` is empty; expected {what} (or a single number for all channels).")
+    for item in values:
+        if not _is_real(item):
+            raise TypeError(f"`{name}` must hold numbers, {what}; got {value!r} (the entry {item!r} has type "
+                            f"{type(item).__name__}).")
+    if not all(math.isfinite(item) for item in values):
+        raise ValueError(f"`{name}` must hold finite numbers, {what}; got {value!r}.")
+    if name == "image_std" and min(values) <= 0:
+        raise ValueError(f"`image_std` must hold positive numbers (pixels are divided by them), {what}; got {value!r}.")
+    return float(values[0]) if single else tuple(float(item) for item in values)
+
+
+def _checked_numeric_settings(settings: dict) -> dict:
+    """A copy of `settings` with `rescale_factor`, `image_mean` and `image_std` (where given, not None) checked and
+    turned into floats, so that an int such as `rescale_factor=1` passes Transformers' type validation."""
+    settings = dict(settings)
+    if settings.get("rescale_factor") is not None:
+        settings["rescale_factor"] = _checked_rescale_factor(settings["rescale_factor"])
+    for name in ("image_mean", "image_std"):
+        if settings.get(name) is not None:
+            settings[name] = _checked_mean_or_std(name, settings[name])
+    return settings
+
+
+def _check_size(name: str, size: Any) -> None:
+    """`size` / `crop_size` (a `SizeDict` or dict once standardised): every given entry a positive integer."""
+    if size is None:
+        return
+    entries = {key: value for key, value in dict(size).items() if value is not None}
+    for key, value in entries.items():
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value <= 0:
+            raise ValueError(f"`{name}` must hold positive integers; got {key!r}: {value!r} in {entries}.")
+
+
+def _check_choice(name: str, value: Any, choices: type) -> None:
+    """`value` is None, a member of the enum `choices`, or one of its string values; else `ValueError` naming `name`."""
+    if value is None or isinstance(value, choices):
+        return
+    accepted = [member.value for member in choices]
+    if not isinstance(value, str) or value not in accepted:
+        raise ValueError(f"`{name}` must be one of {', '.join(repr(v) for v in accepted)} or None; got {value!r}.")
+
+
+def _typed_kwarg_error(error: StrictDataclassError, kwargs: dict, valid_kwargs: type) -> TypeError:
+    """Transformers' type validation of the call options (huggingface_hub's `StrictDataclassFieldValidationError`,
+    neither a `TypeError` nor a `ValueError`) as a `TypeError` naming the option and the types it takes."""
+    match = re.match(r"Validation error for field '([^']+)'", str(error))
+    if match is None:
+        return TypeError(str(error))
+    field = match.group(1)
+    expected = valid_kwargs.__annotations__.get(field)
+    if typing.get_origin(expected) is typing.Annotated:
+        expected = typing.get_args(expected)[0]
+    expected = str(expected).replace("typing.", "").replace("NoneType", "None")
+    value = kwargs.get(field)
+    return TypeError(f"`{field}` got {value!r} of type {type(value).__name__}; expected {expected}.")
+
+
+
 # what the generated docstring says before the arguments
 _PROCESSOR_INTRO = r"""Constructs a DART image processor with the PIL/NumPy backend (no torchvision required).
 
@@ -234,6 +328,32 @@ class DartImageProcessorPil(PilBackend):
     do_normalize = True
     image_mean = IMAGENET_DEFAULT_MEAN
     image_std = IMAGENET_DEFAULT_STD
+
+    def __init__(self, **kwargs):
+        super().__init__(**_checked_numeric_settings(kwargs))
+        for name in ("size", "crop_size"):
+            _check_size(name, getattr(self, name, None))
+
+    # ------------------------------------------------------------------ settings
+
+    def preprocess(self, images: Any, *args, **kwargs) -> BatchFeature:
+        """As `PilBackend.preprocess`, with the numeric options checked first and every option refused with a
+        `TypeError` / `ValueError` that names it."""
+        kwargs = _checked_numeric_settings(kwargs)
+        try:
+            validate_typed_dict(self.valid_kwargs, kwargs)
+        except StrictDataclassError as error:
+            raise _typed_kwarg_error(error, kwargs, self.valid_kwargs) from error
+        return super().preprocess(images, *args, **kwargs)
+
+    def _validate_preprocess_kwargs(self, **kwargs) -> None:
+        # the options merged with the instance's settings (sizes standardised to `SizeDict`)
+        _checked_numeric_settings(kwargs)
+        for name in ("size", "crop_size"):
+            _check_size(name, kwargs.get(name))
+        _check_choice("return_tensors", kwargs.get("return_tensors"), TensorType)
+        _check_choice("input_data_format", kwargs.get("input_data_format"), ChannelDimension)
+        super()._validate_preprocess_kwargs(**kwargs)
 
     # ------------------------------------------------------------------ input preparation and validation
 

@@ -413,6 +413,65 @@ def test_bad_inputs_raise_helpful_errors(processor, name):
         assert fragment in message, f"{fragment!r} not in {message!r}"
 
 
+BAD_SETTINGS = {
+    "image_std with a zero": ({"image_std": [0.2, 0.0, 0.2]}, ValueError, ["`image_std`", "positive"]),
+    "image_std negative": ({"image_std": -0.5}, ValueError, ["`image_std`", "positive"]),
+    "image_std NaN": ({"image_std": [0.2, float("nan"), 0.2]}, ValueError, ["`image_std`", "finite"]),
+    "image_mean inf": ({"image_mean": [0.5, float("inf"), 0.5]}, ValueError, ["`image_mean`", "finite"]),
+    "image_mean a string": ({"image_mean": ["a", 0.5, 0.5]}, TypeError, ["`image_mean`", "'a'"]),
+    "rescale_factor 0.0": ({"rescale_factor": 0.0}, ValueError, ["`rescale_factor`", "positive"]),
+    "rescale_factor negative": ({"rescale_factor": -1 / 255}, ValueError, ["`rescale_factor`", "positive"]),
+    "rescale_factor int 0": ({"rescale_factor": 0}, ValueError, ["`rescale_factor`", "positive"]),
+    "rescale_factor inf": ({"rescale_factor": float("inf")}, ValueError, ["`rescale_factor`", "finite"]),
+    "rescale_factor a string": ({"rescale_factor": "1/255"}, TypeError, ["`rescale_factor`", "'1/255'"]),
+    "size negative height": ({"size": {"height": -1, "width": 16}}, ValueError, ["`size`", "'height'", "-1"]),
+    "crop_size negative height": ({"crop_size": {"height": -1, "width": 16}}, ValueError, ["`crop_size`", "-1"]),
+    "crop_size zero width": ({"crop_size": {"height": 16, "width": 0}}, ValueError, ["`crop_size`", "'width'"]),
+}
+
+
+@pytest.mark.parametrize("when", ["construction", "call"])
+@pytest.mark.parametrize("name", list(BAD_SETTINGS))
+def test_bad_settings_raise_naming_the_argument(name, when):
+    """Settings that would give NaN / inf / black pixels or a wrong-sized crop are refused, whether given to the
+    constructor or at call time, with the argument named."""
+    settings, error, fragments = BAD_SETTINGS[name]
+    image = smooth_image(20, 24)
+    with pytest.raises(error) as info:
+        if when == "construction":
+            DartImageProcessorPil(**settings)(image, return_tensors="pt")
+        else:
+            DartImageProcessorPil()(image, return_tensors="pt", **settings)
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def test_an_integer_rescale_factor_is_read_as_a_float():
+    image = smooth_image(20, 24)
+    settings = {"do_resize": False, "do_center_crop": False, "do_normalize": False}
+    got = DartImageProcessorPil(**settings)(image, rescale_factor=1, return_tensors="pt")["pixel_values"]
+    np.testing.assert_array_equal(got[0].numpy(), image.transpose(2, 0, 1).astype(np.float32))
+
+
+@pytest.mark.parametrize("kwargs,fragments", [
+    ({"return_tensors": "xx"}, ["`return_tensors`", "'xx'", "'pt'", "'np'", "None"]),
+    ({"input_data_format": "channels_middle"}, ["`input_data_format`", "'channels_middle'", "'channels_first'",
+                                                 "'channels_last'"]),
+])
+def test_bad_call_options_name_the_argument_and_the_accepted_values(processor, kwargs, fragments):
+    with pytest.raises(ValueError) as info:
+        processor(smooth_image(20, 24), **{"return_tensors": "pt", **kwargs})
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def test_a_wrongly_typed_option_is_a_type_error_naming_it(processor):
+    with pytest.raises(TypeError, match="`do_resize`"):
+        processor(smooth_image(20, 24), do_resize="yes", return_tensors="pt")
+
+
 def test_without_conversion_any_channel_count_passes_through():
     """`do_convert_rgb=False` keeps each image's own channels (as Transformers' processors do), for every input kind;
     the expected values are computed here with PIL and numpy, channel by channel."""
