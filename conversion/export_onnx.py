@@ -1,25 +1,32 @@
 #!/usr/bin/env python
-"""Export a DART image classifier folder to ONNX (`torch.onnx.export(..., dynamo=True)`) with a dynamic batch axis, and
-verify it with onnxruntime.
+"""Export a DART image or video classifier folder to ONNX (`torch.onnx.export(..., dynamo=True)`) with a dynamic batch
+axis, and verify it with onnxruntime.
 
     python conversion/export_onnx.py MODEL_DIR [--output MODEL_DIR/model.onnx] [--overwrite] [--batch_size 2]
         [--no_verify] [--atol 1e-4]
 
-The graph takes `pixel_values` (`(batch, channels, image_size, image_size)`: the trained input size; the batch is
-dynamic) and returns `logits`, `regions` (token boxes `(x0, y0, x1, y1)` in input pixels) and `score_map`. The weights
-are stored inside the file.
+The graph takes `pixel_values` (`(batch, channels, image_size, image_size)`, or `(batch, num_frames, channels,
+image_size, image_size)` for a DART VideoMamba folder: the trained input size; the batch is dynamic) and returns
+`logits`, `regions` (token boxes `(x0, y0, x1, y1)` in input pixels, per frame for videos) and `score_map`. The
+weights are stored inside the file.
 
-Before it exports, the script checks every argument and the folder: a DART image classifier (video folders are refused)
-whose weights file holds exactly the model's tensors, with their shapes (a missing or mis-shaped tensor would be
-exported randomly initialised); `--atol` a finite number >= 0; `--batch_size` in [2, 64]; `--output` a `.onnx` path in
-an existing folder, and not an existing file unless `--overwrite` is given.
+Before it exports, the script checks every argument and the folder: a DART image classifier (`model_type: dart`) or
+video classifier (`model_type: dart_video`, or `dart` with `backbone: videomamba` as saved before the video family had
+its own model type), whose weights file holds exactly the model's tensors, with their shapes (a missing or mis-shaped
+tensor would be exported randomly initialised); `--atol` a finite number >= 0; `--batch_size` in [2, 64]; `--output` a
+`.onnx` path in an existing folder, and not an existing file unless `--overwrite` is given.
 
-Verification runs the file with onnxruntime on CPU on crops of the bundled photo (`conversion/assets/chelsea.jpg`),
-prepared by the folder's image processor (the DeiT evaluation recipe at the model's input size when the folder has
-none), at batch sizes 1, `--batch_size` and `--batch_size + 1`, and compares with eager PyTorch: the logits within
-`--atol`, the token regions within `REGION_ATOL_PIXELS` input pixels. The file is written under a temporary name
-(`.NAME.PID.partial.onnx`) next to `--output` and renamed to `--output` once verified (once exported, with
-`--no_verify`); a failed verification or export deletes the temporary file and leaves an existing output untouched.
+Verification runs the file with onnxruntime on CPU on crops of the bundled photo (`conversion/assets/chelsea.jpg`) at
+batch sizes 1, `--batch_size` and `--batch_size + 1`, and compares with eager PyTorch: the logits within `--atol`, the
+token regions within `REGION_ATOL_PIXELS` input pixels. Images are prepared by the folder's image processor (the DeiT
+evaluation recipe at the model's input size when the folder has none). A video model gets clips of `num_frames`
+frames, each frame the clip's crop moved by `FRAME_SHIFT_PIXELS` from the previous one, prepared by the folder's video
+processor (VideoMamba's evaluation recipe at the model's input size when the folder has none: shorter side resized to
+it, centre crop, ImageNet normalisation).
+
+The file is written under a temporary name (`.NAME.PID.partial.onnx`) next to `--output` and renamed to `--output`
+once verified (once exported, with `--no_verify`); a failed verification or export deletes the temporary file and
+leaves an existing output untouched.
 
 Exit codes: 0 written (and verified), 1 verification failed (nothing written), 2 bad argument or folder (nothing
 exported). Needs the `onnx` extra (onnxscript, onnxruntime: `pip install -e ".[onnx]"`).
@@ -42,7 +49,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # running from a clone without installing
     sys.path.insert(0, str(REPO_ROOT))
 
-from modeling_dart import DartConfig, DartForImageClassification, DartImageProcessor  # noqa: E402
+from modeling_dart import (  # noqa: E402
+    DartConfig,
+    DartForImageClassification,
+    DartImageProcessor,
+    DartVideoConfig,
+    DartVideoMambaForVideoClassification,
+    DartVideoProcessor,
+)
 
 OUTPUT_NAMES = ("logits", "regions", "score_map")
 
@@ -67,9 +81,13 @@ PHOTO_CROPS = (
     (0.1, 0.3, 0.9, 0.7),
 )
 
-IMAGE_MODEL_TYPES = {DartConfig.model_type}
-VIDEO_MODEL_TYPES = {"dart_video"}
-VIDEO_BACKBONES = {"videomamba"}
+# Verification clips: each frame is the clip's crop moved by this many photo pixels `(right, down)` from the previous
+# frame (less where the crop is too small for the clip's frames), so that the frames of a clip differ.
+FRAME_SHIFT_PIXELS = (4, 2)
+
+MODEL_TYPES = (DartConfig.model_type, DartVideoConfig.model_type)
+# a video folder's processor file; `preprocessor_config.json` in folders saved by earlier versions
+VIDEO_PROCESSOR_FILES = ("video_preprocessor_config.json", "preprocessor_config.json")
 
 
 class ExportError(ValueError):
@@ -89,16 +107,9 @@ class DartOnnxModule(nn.Module):
         return out.logits, out.regions, out.score_map
 
 
-def _video_reason(config: dict) -> str | None:
-    """Why the raw `config.json` dict describes a video model, or None for an image model."""
-    if config.get("model_type") in VIDEO_MODEL_TYPES:
-        return f"model_type {config['model_type']!r}"
-    if config.get("backbone") in VIDEO_BACKBONES:
-        return f"backbone {config['backbone']!r}"
-    video_classes = [name for name in config.get("architectures") or [] if "video" in str(name).lower()]
-    if video_classes:
-        return f"architectures {video_classes}"
-    return None
+def is_video(config: DartConfig) -> bool:
+    """Whether `config` describes a DART video model (`pixel_values` `(batch, frames, channels, height, width)`)."""
+    return isinstance(config, DartVideoConfig)
 
 
 def _listed(keys, limit: int = 5) -> str:
@@ -108,8 +119,10 @@ def _listed(keys, limit: int = 5) -> str:
 
 
 def read_dart_config(folder: str | Path) -> DartConfig:
-    """The config of the DART image model saved in `folder`. Raises `ExportError` unless `folder` holds one (a video
-    model, another model type or an invalid config is refused)."""
+    """The config of the DART model saved in `folder`: a `DartVideoConfig` for a video model (`model_type:
+    dart_video`, or `dart` with `backbone: videomamba` as saved before the video family had its own model type), else
+    a `DartConfig`. Raises `ExportError` unless `folder` holds one (another model type or an invalid config is
+    refused)."""
     folder = Path(folder)
     config_file = folder / "config.json"
     if not folder.is_dir():
@@ -121,35 +134,33 @@ def read_dart_config(folder: str | Path) -> DartConfig:
         model_type = raw.get("model_type")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
         raise ExportError(f"{config_file} is not a valid model config ({error}).") from error
-    if model_type not in IMAGE_MODEL_TYPES | VIDEO_MODEL_TYPES:
-        raise ExportError(f"{folder} holds a {model_type!r} model, not a DART model (model_type 'dart').")
-    reason = _video_reason(raw)
-    if reason is None:
-        try:
-            config = DartConfig.from_pretrained(folder)
-        except (ValueError, TypeError) as error:
-            raise ExportError(f"{config_file} is not a valid DART config: {error}") from error
-        if config.model_type not in IMAGE_MODEL_TYPES:
-            reason = f"config class {type(config).__name__}"
-    if reason is not None:
-        raise ExportError(f"{folder} holds a video model ({reason}); the exporter handles DART image classifiers.")
+    if model_type not in MODEL_TYPES:
+        raise ExportError(f"{folder} holds a {model_type!r} model, not a DART model (model_type "
+                          f"{' or '.join(map(repr, MODEL_TYPES))}).")
+    # DartConfig builds a DartVideoConfig from a legacy video folder (`backbone: videomamba`)
+    config_class = DartVideoConfig if model_type == DartVideoConfig.model_type else DartConfig
+    try:
+        config = config_class.from_pretrained(folder)
+    except (ValueError, TypeError) as error:
+        raise ExportError(f"{config_file} is not a valid DART config: {error}") from error
     return config
 
 
 def load_dart_folder(folder: str | Path) -> nn.Module:
-    """The image classifier saved in `folder`, in float32 and eval mode. Raises `ExportError` unless `folder` is a DART
-    image model folder whose weights hold exactly the model's tensors, with their shapes."""
+    """The image or video classifier saved in `folder`, in float32 and eval mode. Raises `ExportError` unless `folder`
+    is a DART model folder whose weights hold exactly the model's tensors, with their shapes."""
     from transformers.utils import logging as hf_logging
 
     config = read_dart_config(folder)
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # the mismatches are reported below, in one line
     hf_logging.disable_progress_bar()
+    model_class = DartVideoMambaForVideoClassification if is_video(config) else DartForImageClassification
     try:
-        model, info = DartForImageClassification.from_pretrained(
+        model, info = model_class.from_pretrained(
             folder, config=config, dtype=torch.float32, output_loading_info=True, ignore_mismatched_sizes=True
         )
-    except OSError as error:
+    except (OSError, ValueError) as error:
         raise ExportError(f"cannot load the weights of {folder}: {error}") from error
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -171,15 +182,22 @@ def load_dart_folder(folder: str | Path) -> nn.Module:
     return model.eval()
 
 
-def example_inputs(config: DartConfig, batch_size: int, seed: int = 0) -> torch.Tensor:
-    """Random normalised pixels of the model's trained input size (the example the export traces)."""
+def input_shape(config: DartConfig) -> tuple[int, ...]:
+    """The model's trained input shape without the batch axis: `(channels, size, size)`, or `(frames, channels, size,
+    size)` for a video model."""
     size = (config.num_channels, config.image_size, config.image_size)
+    return (config.num_frames, *size) if is_video(config) else size
+
+
+def example_inputs(config: DartConfig, batch_size: int, seed: int = 0) -> torch.Tensor:
+    """Random normalised pixels of the model's trained input shape (the example the export traces)."""
+    size = input_shape(config)
     return torch.randn(batch_size, *size, generator=torch.Generator().manual_seed(seed))
 
 
 def export(model: nn.Module, path: str | Path, batch_size: int = 2) -> Path:
-    """Write `model` (a DART image classifier in eval mode) to `path` as ONNX with a dynamic batch axis, traced at
-    `batch_size` (in [MIN_BATCH_SIZE, MAX_BATCH_SIZE])."""
+    """Write `model` (a DART image or video classifier in eval mode) to `path` as ONNX with a dynamic batch axis,
+    traced at `batch_size` (in [MIN_BATCH_SIZE, MAX_BATCH_SIZE])."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int):
         raise TypeError(f"export: `batch_size` must be an int, got {type(batch_size).__name__}.")
     if not MIN_BATCH_SIZE <= batch_size <= MAX_BATCH_SIZE:
@@ -239,16 +257,40 @@ def image_processor_for(folder: str | Path, config: DartConfig):
     return DartImageProcessor(size={"shortest_edge": int(size / 0.875)}, crop_size={"height": size, "width": size})
 
 
-def photo_batches(processor, batch_sizes) -> list[torch.Tensor]:
-    """One `pixel_values` batch per entry of `batch_sizes`: crops of the bundled photo (`PHOTO_CROPS`, in turn across
-    the batches), prepared by `processor`."""
+def video_processor_for(folder: str | Path, config: DartVideoConfig):
+    """The `DartVideoProcessor` saved in `folder` (`VIDEO_PROCESSOR_FILES`), or VideoMamba's evaluation recipe at
+    `config.image_size` (shorter side resized to `image_size`, centre crop, ImageNet normalisation) when it has none."""
+    folder = Path(folder)
+    if any((folder / name).is_file() for name in VIDEO_PROCESSOR_FILES):
+        try:
+            return DartVideoProcessor.from_pretrained(folder)
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            raise ExportError(f"cannot load the video processor of {folder}: {error}") from error
+    if config.num_channels != 3:
+        raise ExportError(f"{folder} has no {VIDEO_PROCESSOR_FILES[0]} and its model takes {config.num_channels} "
+                          "channels: save the model's video processor in it, or pass --no_verify.")
+    size = config.image_size
+    return DartVideoProcessor(num_frames=config.num_frames, size={"shortest_edge": size},
+                              crop_size={"height": size, "width": size})
+
+
+def _photo_and_crops():
+    """The bundled photo (RGB) and the pixel boxes `(left, top, right, bottom)` of `PHOTO_CROPS` in it."""
     from PIL import Image
 
     with Image.open(PHOTO) as image:
         photo = image.convert("RGB")
     width, height = photo.size
-    crops = [photo.crop((round(left * width), round(top * height), round(right * width), round(bottom * height)))
+    boxes = [(round(left * width), round(top * height), round(right * width), round(bottom * height))
              for left, top, right, bottom in PHOTO_CROPS]
+    return photo, boxes
+
+
+def photo_batches(processor, batch_sizes) -> list[torch.Tensor]:
+    """One `pixel_values` batch per entry of `batch_sizes`: crops of the bundled photo (`PHOTO_CROPS`, in turn across
+    the batches), prepared by `processor`."""
+    photo, boxes = _photo_and_crops()
+    crops = [photo.crop(box) for box in boxes]
     batches, start = [], 0
     for batch_size in batch_sizes:
         images = [crops[(start + i) % len(crops)] for i in range(batch_size)]
@@ -257,15 +299,49 @@ def photo_batches(processor, batch_sizes) -> list[torch.Tensor]:
     return batches
 
 
+def _moving_crop(photo, box, num_frames: int) -> list:
+    """`num_frames` crops inside `box`, each moved by `FRAME_SHIFT_PIXELS` (at most half the box over the clip) from
+    the previous one."""
+    left, top, right, bottom = box
+    steps = max(num_frames - 1, 1)
+    shift_x = min(FRAME_SHIFT_PIXELS[0], (right - left) // 2 // steps)
+    shift_y = min(FRAME_SHIFT_PIXELS[1], (bottom - top) // 2 // steps)
+    width, height = right - left - shift_x * (num_frames - 1), bottom - top - shift_y * (num_frames - 1)
+    return [photo.crop((left + t * shift_x, top + t * shift_y, left + t * shift_x + width, top + t * shift_y + height))
+            for t in range(num_frames)]
+
+
+def photo_clips(processor, batch_sizes, num_frames: int) -> list[torch.Tensor]:
+    """One `pixel_values` batch `(batch, num_frames, channels, height, width)` per entry of `batch_sizes`: clips of
+    the bundled photo, each a crop of `PHOTO_CROPS` (in turn across the batches) that moves by `FRAME_SHIFT_PIXELS`
+    per frame, prepared by the video processor `processor` (every frame kept)."""
+    photo, boxes = _photo_and_crops()
+    clips = [_moving_crop(photo, box, num_frames) for box in boxes]
+    batches, start = [], 0
+    for batch_size in batch_sizes:
+        videos = [clips[(start + i) % len(clips)] for i in range(batch_size)]
+        start += batch_size
+        pixel_values = processor(videos, num_frames=num_frames, return_tensors="pt")["pixel_values"]
+        batches.append(pixel_values.to(torch.float32))
+    return batches
+
+
 def verification_batches(folder: str | Path, config: DartConfig, batch_size: int) -> list[torch.Tensor]:
-    """The photo batches that verify an export traced at `batch_size` (sizes 1, `batch_size`, `batch_size + 1`).
-    Raises `ExportError` when the folder's processor does not give the model's input shape."""
-    batches = photo_batches(image_processor_for(folder, config), sorted({1, batch_size, batch_size + 1}))
-    wanted = (config.num_channels, config.image_size, config.image_size)
+    """The photo batches (clips for a video model) that verify an export traced at `batch_size` (sizes 1,
+    `batch_size`, `batch_size + 1`). Raises `ExportError` when the folder's processor does not give the model's input
+    shape."""
+    sizes = sorted({1, batch_size, batch_size + 1})
+    if is_video(config):
+        batches = photo_clips(video_processor_for(folder, config), sizes, config.num_frames)
+        what, unit, files = "video processor", "clip", " or ".join(VIDEO_PROCESSOR_FILES)
+    else:
+        batches = photo_batches(image_processor_for(folder, config), sizes)
+        what, unit, files = "image processor", "image", "preprocessor_config.json"
+    wanted = input_shape(config)
     got = tuple(batches[0].shape[1:])
     if got != wanted:
-        raise ExportError(f"the image processor of {folder} gives pixel_values of shape {got} per image, the model "
-                          f"takes {wanted}; fix preprocessor_config.json, or pass --no_verify.")
+        raise ExportError(f"the {what} of {folder} gives pixel_values of shape {got} per {unit}, the model takes "
+                          f"{wanted}; fix {files}, or pass --no_verify.")
     return batches
 
 
@@ -301,7 +377,8 @@ def verify(model: nn.Module, path: Path, batches: list[torch.Tensor], atol: floa
         diffs = compare(model, session, pixel_values)
         for name in worst:  # NaN propagates, so a non-finite output fails
             worst[name] = diffs[name] if math.isnan(diffs[name]) else max(worst[name], diffs[name])
-        print(f"onnxruntime vs PyTorch, {PHOTO.name} crops, batch {pixel_values.shape[0]}: max |d logits| "
+        data = f"clips of {PHOTO.name} crops" if pixel_values.dim() == 5 else f"{PHOTO.name} crops"
+        print(f"onnxruntime vs PyTorch, {data}, batch {pixel_values.shape[0]}: max |d logits| "
               f"{diffs['logits']:.2e}, |d regions| {diffs['regions']:.2e} px, |d score_map| {diffs['score_map']:.2e}")
     limits = {"logits": atol, "regions": REGION_ATOL_PIXELS}
     for name, limit in limits.items():
@@ -314,7 +391,7 @@ def verify(model: nn.Module, path: Path, batches: list[torch.Tensor], atol: floa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model_dir", help="a folder written by save_pretrained (DART image classifier)")
+    parser.add_argument("model_dir", help="a folder written by save_pretrained (DART image or video classifier)")
     parser.add_argument("--output", default=None, help="ONNX file to write (default: MODEL_DIR/model.onnx)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--batch_size", type=int, default=2,

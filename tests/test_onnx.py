@@ -1,7 +1,8 @@
 """ONNX export (`torch.onnx.export(..., dynamo=True)`, dynamic batch axis) of DART-DeiT and DART-Vim: onnxruntime on
 CPU reproduces PyTorch's logits on the original fixtures' inputs and at other batch sizes; the CLI
-`conversion/export_onnx.py` verifies `model.onnx` on crops of the bundled photo, leaves no file behind when that
-fails, and refuses bad arguments and incomplete or non-image folders with exit code 2 before it exports."""
+`conversion/export_onnx.py` verifies `model.onnx` on crops of the bundled photo (clips of shifted crops for DART
+VideoMamba folders, the current and the legacy `model_type: dart` format), leaves no file behind when that fails, and
+refuses bad arguments and incomplete or non-DART folders with exit code 2 before it exports."""
 
 from __future__ import annotations
 
@@ -272,20 +273,108 @@ def test_cli_refuses_folders_whose_weights_do_not_match_the_model(exported_folde
         assert not (broken / "model.onnx").exists()
 
 
-def test_cli_refuses_video_folders_before_exporting(tmp_path, no_export):
+def tiny_video_config(**overrides):
+    from modeling_dart import DartVideoConfig
+
+    kwargs = {"image_size": 64, "patch_size": 8, "score_grid_size": 4, "num_tokens": 16, "hidden_size": 32,
+              "num_hidden_layers": 2, "num_frames": 2, "num_labels": 3, "scorer_trunk": "mobilenet_v3_small",
+              "scorer_head": "v1", "scorer_trunk_depth": 4}
+    return DartVideoConfig(**{**kwargs, **overrides})
+
+
+@pytest.fixture(scope="module")
+def video_folders(tmp_path_factory):
+    """A tiny random DART VideoMamba folder without a processor (`model_type: dart_video`) and a copy saved as before
+    the video family had its own model type (`model_type: dart`, `backbone: videomamba`): `(video, legacy)`."""
     from modeling_dart import DartVideoMambaForVideoClassification
 
     torch.manual_seed(0)
-    video = tmp_path / "video"
-    DartVideoMambaForVideoClassification(tiny_config(backbone="videomamba", num_frames=3)).save_pretrained(video)
-    # the same folder as saved before the video family had its own model_type
-    legacy = tmp_path / "legacy"
+    root = tmp_path_factory.mktemp("onnx_video")
+    video, legacy = root / "video", root / "legacy"
+    DartVideoMambaForVideoClassification(tiny_video_config()).eval().save_pretrained(video)
     shutil.copytree(video, legacy)
     config = json.loads((legacy / "config.json").read_text())
+    assert (config["model_type"], config["backbone"]) == ("dart_video", "videomamba")
     (legacy / "config.json").write_text(json.dumps({**config, "model_type": "dart"}))
-    for folder in (video, legacy):
+    return video, legacy
+
+
+def test_cli_exports_and_verifies_video_folders(video_folders, tmp_path, monkeypatch):
+    from modeling_dart import DartVideoMambaForVideoClassification
+
+    video, legacy = video_folders
+    code, out, err = run_cli(video, "--output", tmp_path / "video.onnx")
+    assert code == 0 and "error" not in err, (out, err)
+    assert "verified" in out and "chelsea.jpg" in out and leftovers(tmp_path) == []
+    for batch_size in (1, 2, 3):  # size 1, the traced size and one more
+        assert f"batch {batch_size}:" in out
+    # the file takes (batch, frames, 3, H, W) clips, any batch, and gives per-frame regions; eager PyTorch as reference
+    session = export_onnx.onnx_session(tmp_path / "video.onnx")
+    assert session.get_inputs()[0].shape[1:] == [2, 3, 64, 64]
+    assert not isinstance(session.get_inputs()[0].shape[0], int)
+    model = DartVideoMambaForVideoClassification.from_pretrained(video).eval()
+    clips = torch.randn(3, 2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    logits, regions, _ = session.run(None, {"pixel_values": clips.numpy()})
+    with torch.no_grad():
+        expected = model(clips)
+    assert regions.shape == (3, 2, 16, 4) and logits.shape == (3, 3)
+    torch.testing.assert_close(torch.from_numpy(logits), expected.logits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.from_numpy(regions), expected.regions, atol=1 / 32, rtol=0)
+    # the legacy folder is the same model: verifying the file above against it (instead of exporting it again) checks
+    # that it loads as that video model, with its weights
+    monkeypatch.setattr(export_onnx, "export", lambda model, path, batch_size=2: shutil.copy(tmp_path / "video.onnx",
+                                                                                              path))
+    code, out, err = run_cli(legacy)
+    assert code == 0 and "verified" in out and "batch 3:" in out, (out, err)
+    assert (legacy / "model.onnx").is_file() and leftovers(legacy) == []
+
+
+def test_video_verification_clips_are_shifted_crops_through_the_folder_processor(video_folders, tmp_path, no_export):
+    from modeling_dart import DartVideoProcessor
+
+    processor = DartVideoProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    batches = export_onnx.photo_clips(processor, [1, 3], num_frames=4)
+    assert [tuple(batch.shape) for batch in batches] == [(1, 4, 3, 32, 32), (3, 4, 3, 32, 32)]
+    clips = torch.cat(batches)
+    assert clips.dtype == torch.float32 and bool(clips.isfinite().all())
+    # every frame differs from the previous one, by less than the first frames of two clips (other crops) differ
+    steps = (clips[:, 1:] - clips[:, :-1]).abs().mean(dim=(2, 3, 4))
+    crops = [(clips[i, 0] - clips[j, 0]).abs().mean() for i in range(4) for j in range(i)]
+    assert float(steps.min()) > 0 and float(steps.max()) < float(min(crops))
+    # without a processor: ImageNet-normalised frames at the model's input size (negative values included)
+    video = video_folders[0]
+    default = export_onnx.verification_batches(video, export_onnx.read_dart_config(video), 2)
+    assert [tuple(batch.shape) for batch in default] == [(1, 2, 3, 64, 64), (2, 2, 3, 64, 64), (3, 2, 3, 64, 64)]
+    assert float(torch.cat(default).min()) < -0.5
+    # the folder's video processor is the one used: no normalisation keeps pixels in [0, 1] ...
+    plain = tmp_path / "plain"
+    shutil.copytree(video, plain)
+    DartVideoProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}, do_normalize=False,
+                       num_frames=2).save_pretrained(plain)
+    assert (plain / "video_preprocessor_config.json").is_file()
+    clips = torch.cat(export_onnx.verification_batches(plain, export_onnx.read_dart_config(plain), 2))
+    assert float(clips.min()) >= 0 and float(clips.max()) <= 1
+    # ... and one that does not give the model's input size is refused before the export
+    DartVideoProcessor(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48}).save_pretrained(plain)
+    code, out, err = run_cli(plain)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, (out, err)
+    assert "video processor" in err and "--no_verify" in err and not (plain / "model.onnx").exists()
+
+
+def test_cli_refuses_broken_video_folders_before_exporting(video_folders, tmp_path, no_export):
+    video = video_folders[0]
+    key = "dart.temporal_position_embeddings"
+    missing = edited_copy(video, tmp_path / "missing", lambda weights: weights.pop(key))
+    mismatched = edited_copy(video, tmp_path / "mismatched", lambda weights: weights.__setitem__(key, torch.zeros(3)))
+    wrong_family = tmp_path / "wrong_family"  # model_type dart_video with an image backbone
+    shutil.copytree(video, wrong_family)
+    config = json.loads((wrong_family / "config.json").read_text())
+    (wrong_family / "config.json").write_text(json.dumps({**config, "backbone": "vit"}))
+    for folder, words in ((missing, ("missing", key)), (mismatched, ("mismatched", key)),
+                          (wrong_family, ("wrong_family", "backbone"))):
         code, out, err = run_cli(folder)
-        assert code == 2 and "video" in err and len(err.strip().splitlines()) == 1, (folder, out, err)
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, (folder, out, err)
+        assert all(word in err for word in words), (folder, err)
         assert not (folder / "model.onnx").exists()
 
 
@@ -298,11 +387,19 @@ def test_cli_refuses_folders_that_are_not_dart_models(tmp_path, no_export):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
+    # a plain Transformers ViT folder (weights and image processor included)
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
+
+    vit = tmp_path / "plain_vit"
+    ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1,
+                                        num_attention_heads=2, intermediate_size=16)).save_pretrained(vit)
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(vit)
     cases = {tmp_path / "missing": "is not a folder", empty: "no config.json", other: "'vit' model, not a DART model",
-             broken: "not a valid model config"}
+             broken: "not a valid model config", vit: "'vit' model, not a DART model"}
     for folder, message in cases.items():
-        code, _, err = run_cli(folder)
-        assert code == 2 and message in err, (folder, err)
+        code, out, err = run_cli(folder)
+        assert code == 2 and out == "" and message in err, (folder, err)
+        assert str(folder) in err and len(err.strip().splitlines()) == 1, (folder, err)
     assert not any(path.name == "model.onnx" for path in tmp_path.rglob("*"))
 
 
