@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import json
 import logging
 import os
@@ -280,6 +281,8 @@ class DataTrainingArguments:
     )
 
     def __post_init__(self):
+        if self.preset is not None and self.preset not in PRESETS:  # a JSON file of arguments reaches this too
+            raise UsageError(_unknown_preset(self.preset))
         if self.dataset_name is None and self.train_dir is None and self.validation_dir is None:
             raise UsageError(
                 "Give a dataset: `--dataset_name` (Hub), or `--train_dir` / `--validation_dir` (local imagefolder), "
@@ -299,6 +302,8 @@ class DataTrainingArguments:
                 raise UsageError(f"`--{name}` must be a positive number of examples, got {value}.")
         if not 0 < self.min_crop_scale <= 1:
             raise UsageError(f"`--min_crop_scale` must be in (0, 1], got {self.min_crop_scale}.")
+        if not 0 <= self.hflip_probability <= 1:  # also refuses NaN
+            raise UsageError(f"`--hflip_probability` is a probability in [0, 1], got {self.hflip_probability}.")
         try:
             if self.rand_augment is not None:
                 RandAugment(self.rand_augment)  # raises a ValueError naming `rand_augment` for a bad policy
@@ -371,6 +376,11 @@ class ModelArguments:
                   "MobileNetV3 `features.*` names, or EfficientNet-PyTorch Lite0 names)."},
     )
 
+    def __post_init__(self):
+        if not 0 < self.crop_pct <= 1:  # also refuses NaN; above 1 the crop would be padded with black borders
+            raise UsageError(f"`--crop_pct` must be in (0, 1] (the crop's share of the resized image: 0.875 for DeiT, "
+                             f"1.0 for the whole image), got {self.crop_pct}.")
+
 
 @dataclass
 class DartTrainingArguments(TrainingArguments):
@@ -408,6 +418,8 @@ class DartTrainingArguments(TrainingArguments):
         super().__post_init__()
         if not 0.0 <= self.model_ema_decay < 1.0:
             raise UsageError(f"`--model_ema_decay` must be in [0, 1), got {self.model_ema_decay}.")
+        if not 0.0 <= self.label_smoothing_factor < 1.0:  # Transformers leaves it unchecked; also refuses NaN
+            raise UsageError(f"`--label_smoothing_factor` must be in [0, 1), got {self.label_smoothing_factor}.")
         if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
             raise UsageError(f"`--layer_decay` must be in (0, 1], got {self.layer_decay}.")
         if self.base_batch_size < 1:
@@ -502,7 +514,62 @@ _DERIVED = {
 }
 
 
-def build_config_from_scratch(config_name: str | None, overrides: dict[str, Any], **label_kwargs) -> DartConfig:
+# ModelArguments fields that are config fields too: they join the `--config_overrides` values
+_CONFIG_FLAGS = ("num_tokens", "freeze_scorer_trunk", "image_size", "drop_path_rate")
+
+
+def collect_config_overrides(model_args: ModelArguments) -> tuple[dict[str, Any], dict[str, str]]:
+    """The config values to set (`--config_overrides`, then the config flags such as `--num_tokens` that are given),
+    and the flag that gave each."""
+    try:
+        overrides = parse_config_overrides(model_args.config_overrides)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    flags = dict.fromkeys(overrides, "--config_overrides")
+    for name in _CONFIG_FLAGS:
+        if getattr(model_args, name) is not None:
+            overrides[name], flags[name] = getattr(model_args, name), f"--{name}"
+    return overrides, flags
+
+
+def _override_flags(flags: dict[str, str] | None, overrides: dict[str, Any], message: str,
+                    fallback: str = "`--config_overrides`") -> str:
+    """The flags that set the config fields a config error names, e.g. "`--num_tokens`" (`fallback` if none)."""
+    named = [(flags or {}).get(key, "--config_overrides") for key in overrides if f"`{key}`" in message]
+    return " / ".join(f"`{flag}`" for flag in dict.fromkeys(named)) or fallback
+
+
+def check_override_fields(config: Any, overrides: dict[str, Any], known: set[str] | None = None) -> None:
+    """Refuse an override that is no field of `config` (Transformers would keep it as an attribute that changes
+    nothing), suggesting the closest field name."""
+    fields = sorted(name for name in vars(config) if not name.startswith("_"))
+    for key in overrides:
+        if not hasattr(config, key) and key not in (known or ()):
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else " (see the fields of its config.json)."
+            raise UsageError(f"`--config_overrides`: {type(config).__name__} has no field {key!r}{hint}")
+
+
+def apply_config_overrides(config: Any, overrides: dict[str, Any], flags: dict[str, str] | None = None) -> None:
+    """Set `overrides` on a loaded config (`--model_name_or_path` / `--config_name`): unknown fields and refused values
+    raise a `UsageError` naming the flag that gave them (`flags`: key -> flag, `--config_overrides` by default)."""
+    check_override_fields(config, overrides)
+    for key, value in overrides.items():
+        try:
+            setattr(config, key, value)  # DartConfig checks a field's type and range as it is set
+        except (ValueError, TypeError) as error:
+            raise UsageError(f"{_override_flags(flags, {key: value}, f'`{key}`')}: {error}") from error
+    if hasattr(config, "_validate_dart"):  # the relations between fields
+        try:
+            config._validate_dart()
+        except (ValueError, TypeError) as error:
+            raise UsageError(f"{_override_flags(flags, overrides, str(error))}: {error}") from error
+
+
+def build_config_from_scratch(config_name: str | None, overrides: dict[str, Any], flags: dict[str, str] | None = None,
+                              **label_kwargs) -> DartConfig:
+    """A new DartConfig from `--config_name` (if given) and `overrides`; unknown fields and refused values raise a
+    `UsageError` naming the flag that gave them (`flags`: key -> flag, `--config_overrides` by default)."""
     base: dict[str, Any] = {}
     if config_name:
         path = Path(config_name)
@@ -511,10 +578,15 @@ def build_config_from_scratch(config_name: str | None, overrides: dict[str, Any]
         )
         for key in ("model_type", "transformers_version", "architectures", "auto_map", "id2label", "label2id"):
             base.pop(key, None)
+    check_override_fields(DartConfig(), overrides, known=set(base))
     for derived, sources in _DERIVED.items():
         if derived not in overrides and any(source in overrides for source in sources):
             base.pop(derived, None)
-    return DartConfig(**{**base, **overrides, **label_kwargs})
+    try:
+        return DartConfig(**{**base, **overrides, **label_kwargs})
+    except (ValueError, TypeError) as error:
+        fallback = "`--config_overrides` / `--config_name`" if config_name else "`--config_overrides`"
+        raise UsageError(f"{_override_flags(flags, overrides, str(error), fallback)}: {error}") from error
 
 
 def set_scorer_trunk_frozen(model: torch.nn.Module, frozen: bool) -> None:
@@ -759,18 +831,29 @@ class DartTrainer(Trainer):
         )
 
 
-def build_argv(args: list[str]) -> list[str]:
-    """Preset arguments first, then `--use_cpu true` when no GPU is present, then the user's own arguments."""
-    argv: list[str] = []
+def _unknown_preset(preset: str) -> str:
+    return f"`--preset` {preset!r} is not a preset; choose from {', '.join(sorted(PRESETS))}."
+
+
+def _requested_preset(args: list[str]) -> str | None:
+    """The value of the last `--preset` in `args`, or None."""
     preset = None
     for i, arg in enumerate(args):
         if arg == "--preset" and i + 1 < len(args):
             preset = args[i + 1]
         elif arg.startswith("--preset="):
             preset = arg.split("=", 1)[1]
+    return preset
+
+
+def build_argv(args: list[str]) -> list[str]:
+    """Preset arguments first, then `--use_cpu true` when no GPU is present, then the user's own arguments. An unknown
+    preset raises `SystemExit` here; `parse_args` refuses it first with a `UsageError` (exit code 2 from `cli`)."""
+    argv: list[str] = []
+    preset = _requested_preset(args)
     if preset is not None:
         if preset not in PRESETS:
-            raise SystemExit(f"Unknown --preset {preset!r}; choose from {sorted(PRESETS)}.")
+            raise SystemExit(_unknown_preset(preset))
         argv += PRESETS[preset]
     if not torch.cuda.is_available():
         # Without `use_cpu=True`, every process started by `accelerate launch` / `torchrun` on a CPU-only machine
@@ -787,6 +870,9 @@ def parse_args(args: list[str] | None = None):
         if not torch.cuda.is_available():
             values.setdefault("use_cpu", True)
         return parser.parse_dict(values)
+    preset = _requested_preset(args)
+    if preset is not None and preset not in PRESETS:
+        raise UsageError(_unknown_preset(preset))
     return parser.parse_args_into_dataclasses(args=build_argv(args))
 
 
@@ -831,6 +917,9 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     check_image_folders(data_args)
     for flag in ("model_name_or_path", "config_name", "image_processor_name"):
         check_model_source(f"--{flag}", getattr(model_args, flag))
+    overrides, flags = collect_config_overrides(model_args)
+    if not model_args.model_name_or_path:  # a new config: its fields and values are checked before the data are read
+        build_config_from_scratch(model_args.config_name, overrides, flags)
     if training_args.push_to_hub and training_args.hub_model_id is None:
         training_args.hub_model_id = output_dir.name  # the Trainer would name the repo after the temporary folder
 
@@ -917,18 +1006,7 @@ def train_and_evaluate(model_args, data_args, training_args, checkpoint: str | N
     label_kwargs = {"num_labels": len(labels), "label2id": label2id, "id2label": id2label}
 
     # ------------------------------------------------------------------------------------- config and model
-    try:
-        overrides = parse_config_overrides(model_args.config_overrides)
-    except ValueError as error:
-        raise UsageError(str(error)) from error
-    if model_args.num_tokens is not None:
-        overrides["num_tokens"] = model_args.num_tokens
-    if model_args.freeze_scorer_trunk is not None:
-        overrides["freeze_scorer_trunk"] = model_args.freeze_scorer_trunk
-    if model_args.image_size is not None:
-        overrides["image_size"] = model_args.image_size
-    if model_args.drop_path_rate is not None:
-        overrides["drop_path_rate"] = model_args.drop_path_rate
+    overrides, flags = collect_config_overrides(model_args)
 
     common = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision, "token": model_args.token,
               "trust_remote_code": model_args.trust_remote_code}
@@ -937,24 +1015,13 @@ def train_and_evaluate(model_args, data_args, training_args, checkpoint: str | N
         config = load_from_hub(config_flag, AutoConfig.from_pretrained,
                                model_args.config_name or model_args.model_name_or_path,
                                finetuning_task="image-classification", **label_kwargs, **common)
-        for key, value in overrides.items():
-            if not hasattr(config, key):
-                raise UsageError(f"`--config_overrides`: {type(config).__name__} has no field {key!r}.")
-            setattr(config, key, value)
-        if hasattr(config, "_validate_dart"):
-            try:
-                config._validate_dart()
-            except ValueError as error:
-                raise UsageError(f"`--config_overrides`: {error}") from error
+        apply_config_overrides(config, overrides, flags)
         model = load_from_hub(
             "--model_name_or_path", AutoModelForImageClassification.from_pretrained, model_args.model_name_or_path,
             config=config, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **common,
         )
     else:
-        try:
-            config = build_config_from_scratch(model_args.config_name, overrides, **label_kwargs)
-        except ValueError as error:
-            raise UsageError(f"`--config_overrides` / `--config_name`: {error}") from error
+        config = build_config_from_scratch(model_args.config_name, overrides, flags, **label_kwargs)
         config.finetuning_task = "image-classification"
         model = DartForImageClassification(config)
         if config.scorer == "learned" and config.freeze_scorer_trunk and model_args.scorer_trunk_weights is None:

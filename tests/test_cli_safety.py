@@ -411,6 +411,53 @@ def test_the_training_cli_prints_one_line_and_exits_2(runner, tmp_path, capsys):
     assert code == 2 and len(err.splitlines()) == 1 and "--train_dir" in err and err.startswith("error: ")
 
 
+@pytest.mark.parametrize("extra,fragments", [
+    (["--config_overrides", "num_token=8"], ["`--config_overrides`", "'num_token'", "'num_tokens'"]),
+    (["--config_overrides", "freeze_scorer_trunk=maybe"], ["`--config_overrides`", "freeze_scorer_trunk", "bool"]),
+    (["--num_tokens", "0"], ["`--num_tokens`", "positive"]),
+    (["--hflip_probability", "1.5"], ["`--hflip_probability`", "[0, 1]"]),
+    (["--hflip_probability", "nan"], ["`--hflip_probability`"]),
+    (["--crop_pct", "0"], ["`--crop_pct`", "(0, 1]"]),
+    (["--crop_pct", "1.5"], ["`--crop_pct`"]),
+    (["--label_smoothing_factor", "1.5"], ["`--label_smoothing_factor`", "[0, 1)"]),
+    (["--preset", "nope"], ["`--preset`", "'nope'", "deit_imagenet", "quickstart"]),
+])
+def test_bad_training_arguments_are_refused_before_the_data_are_read(runner, image_data, tmp_path, capsys, monkeypatch,
+                                                                      extra, fragments):
+    """Each bad argument stops the script with one line naming it and exit code 2, before any data is loaded."""
+    monkeypatch.setattr(runner, "load_dataset", lambda *args, **kwargs: pytest.fail("the data were read"))
+    argv = [*data_args(image_data), "--config_overrides", TINY_MODEL, "--output_dir", tmp_path / "out", *extra]
+    code, err = exit_code(runner.cli, argv, capsys)
+    err = err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), (code, err)
+    for fragment in fragments:
+        assert fragment in err, f"{fragment!r} not in {err!r}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_overrides_on_a_loaded_config_are_refused_naming_the_flag(runner):
+    """The `--model_name_or_path` path: the overrides are set on the loaded config, with the same messages."""
+    from modeling_dart import DartConfig
+
+    def tiny():
+        return DartConfig(image_size=32, patch_size=8, score_grid_size=4, num_tokens=16, hidden_size=16,
+                          num_hidden_layers=1, num_attention_heads=2)
+
+    for overrides, flags, fragments in (
+        ({"num_token": 8}, None, ["`--config_overrides`", "'num_tokens'"]),
+        ({"freeze_scorer_trunk": "maybe"}, None, ["`--config_overrides`", "freeze_scorer_trunk"]),
+        ({"num_tokens": 0}, {"num_tokens": "--num_tokens"}, ["`--num_tokens`", "positive"]),
+        ({"hidden_size": 15}, None, ["`--config_overrides`", "hidden_size"]),
+    ):
+        with pytest.raises(conversion_utils.UsageError) as caught:
+            runner.apply_config_overrides(tiny(), overrides, flags)
+        for fragment in fragments:
+            assert fragment in str(caught.value), f"{fragment!r} not in {caught.value}"
+    config = tiny()
+    runner.apply_config_overrides(config, {"num_tokens": 12, "freeze_scorer_trunk": False})
+    assert config.num_tokens == 12 and config.freeze_scorer_trunk is False
+
+
 def test_one_line_reads_the_message_a_dataloader_worker_wraps():
     message = ("Caught UsageError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
                '  File "x.py", line 1, in f\nmodeling_dart.conversion_utils.UsageError: `--train_dir`: cannot read')
