@@ -336,9 +336,14 @@ class DartImageProcessorPil(PilBackend):
 
     # ------------------------------------------------------------------ settings
 
+    @auto_docstring
     def preprocess(self, images: Any, *args, **kwargs) -> BatchFeature:
-        """As `PilBackend.preprocess`, with the numeric options checked first and every option refused with a
-        `TypeError` / `ValueError` that names it."""
+        r"""
+        images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, a path or URL, or a list of those):
+            The images to preprocess (see the class docstring for the accepted layouts, modes and value scales). The
+            numeric options are checked first, and every option is refused with a `TypeError` / `ValueError` that
+            names it.
+        """
         kwargs = _checked_numeric_settings(kwargs)
         try:
             validate_typed_dict(self.valid_kwargs, kwargs)
