@@ -108,3 +108,26 @@ RmtForImageClassification.register_for_auto_class("AutoModelForImageClassificati
 RmtBackbone.register_for_auto_class("AutoBackbone")
 
 __all__ += ["RmtConfig", "RMT_PRESETS", "RmtPreTrainedModel", "RmtModel", "RmtForImageClassification", "RmtBackbone"]
+
+# DART's second form: the image reshaper in front of any image classifier (`DartReshaperConfig`, model type
+# `dart_reshaper`, with a nested `backbone_config`): `AutoModelForImageClassification` ->
+# `DartReshaperForImageClassification`, `AutoImageProcessor` -> `DartImageProcessor`; saved folders also load with
+# `trust_remote_code=True`.
+from .configuration_reshaper_dart import DAIR_PARITY_OPTIONS, DartReshaperConfig  # noqa: E402
+from .modeling_reshaper_dart import (  # noqa: E402
+    DartReshaperForImageClassification,
+    DartReshaperImageClassifierOutput,
+    DartReshaperPreTrainedModel,
+)
+from .reshaper_dart import DartImageReshaper, DartReshaperOutput  # noqa: E402
+
+AutoConfig.register("dart_reshaper", DartReshaperConfig, exist_ok=True)
+AutoModelForImageClassification.register(DartReshaperConfig, DartReshaperForImageClassification, exist_ok=True)
+register_image_processor(DartReshaperConfig)
+register_video_processor(DartReshaperConfig)  # `pipeline()` probes both processors of every folder
+DartReshaperConfig.register_for_auto_class()
+DartReshaperForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+
+__all__ += ["DartReshaperConfig", "DAIR_PARITY_OPTIONS", "DartReshaperPreTrainedModel",
+            "DartReshaperForImageClassification", "DartReshaperImageClassifierOutput", "DartImageReshaper",
+            "DartReshaperOutput"]

@@ -455,9 +455,11 @@ class DartImageReshaper(nn.Module):
         self.scorer = None
         if scorer == "learned":
             # the token form's configuration checks and builds the scorer (trunk, head, defaults); the image size
-            # only sets the saliency head's default trunk depth
+            # only sets the saliency head's default trunk depth, and one token per score cell keeps its token-count
+            # check quiet for any grid
             config = DartConfig(
                 image_size=score_grid_size * patch_size * downscale_factor, patch_size=patch_size,
+                num_tokens=score_grid_size**2,
                 num_channels=num_channels, score_grid_size=score_grid_size, scorer_trunk=scorer_trunk,
                 scorer_head=scorer_head, scorer_hidden_size=scorer_hidden_size, scorer_trunk_depth=scorer_trunk_depth,
                 scorer_max_density_ratio=scorer_max_density_ratio, scorer_temperature=scorer_temperature,
