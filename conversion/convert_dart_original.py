@@ -1,8 +1,17 @@
 #!/usr/bin/env python
-"""Convert original DART checkpoints (darvit_* / darvim_*, HCPLab-SYSU/DART) into Hugging Face folders.
+"""Convert original DART checkpoints (darvit_* / darvim_* / darmt_l6, HCPLab-SYSU/DART) into Hugging Face folders.
 
     python conversion/convert_dart_original.py --variant darvit_tiny --checkpoint darvit_tiny.pth \
         --output_dir dart-deit-ti [--weights model_ema] [--verify] [--push_to_hub org/dart-deit-ti] [--overwrite]
+
+The token variants (darvit_* / darvim_*) become `DartForImageClassification` folders. `--variant darmt_l6` (the image
+reshaper in front of RMT-L6) becomes a `DartReshaperForImageClassification` folder: the `pre_image.*` keys map onto the
+reshaper (`reshaper.scorer.*`), every other key onto the RMT classifier (`backbone.*`, as
+`conversion/convert_rmt_original.py` maps them); the RMT's architecture is read from the checkpoint (stages and depths
+from the block keys, widths and ratios from the shapes, heads from `layers.{i}.Relpos.decay`, layer scales from the
+`gamma_*` keys), its stored `Relpos.angle` / `Relpos.decay` buffers are checked against what the config computes and
+then left out, and the reshaper takes the original's behaviour (`DAIR_PARITY_OPTIONS`). A darmt checkpoint given as
+a token variant, or a token (or plain RMT) checkpoint given as darmt_l6, is an error that names the right converter.
 
 The checkpoint is read with `torch.load(..., weights_only=True)` (only `argparse.Namespace` is allow-listed, for the
 `args` entry of training checkpoints). Every key is accounted for: each original tensor maps to exactly one parameter or
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +38,7 @@ if str(REPO_ROOT) not in sys.path:  # running from a clone without installing
     sys.path.insert(0, str(REPO_ROOT))
 
 from modeling_dart import DartConfig, DartForImageClassification, DartImageProcessor  # noqa: E402
+from modeling_dart.configuration_reshaper_dart import DAIR_PARITY_OPTIONS, DartReshaperConfig  # noqa: E402
 from modeling_dart.conversion_utils import (  # noqa: E402,F401  (shared with the other converters; re-exported)
     VIM_KEY_RULES,
     ConversionError,
@@ -41,9 +52,18 @@ from modeling_dart.conversion_utils import (  # noqa: E402,F401  (shared with th
     rename_key,
     report_usage_error,
     require_finite,
+    require_tensor,
     safe_torch_load,
 )
-from modeling_dart.model_card import write_model_card  # noqa: E402
+from modeling_dart.model_card import PAPER, write_model_card  # noqa: E402
+from modeling_dart.modeling_reshaper_dart import DartReshaperForImageClassification  # noqa: E402
+from modeling_dart.reshaper_dart import original_reshaper_key  # noqa: E402
+
+from conversion.convert_rmt_original import (  # noqa: E402
+    check_relative_position_buffers,
+    convert_rmt_key,
+    infer_rmt_config,
+)
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 LABELS_FILE = REPO_ROOT / "modeling_dart" / "data" / "imagenet1k_id2label.json"
@@ -119,6 +139,14 @@ KEY_RULES: list[tuple[str, str]] = [
 
 _COMPILED_RULES = compile_rules(KEY_RULES)
 
+# The image-reshaper form: RMT-L6 behind DART's image reshaper (the original's `DARMT_L6`).
+DARMT_VARIANT = "darmt_l6"
+DARMT_HUB_NAME = "dart-rmt-l6"
+DARMT_PREFIX = "pre_image."
+_TOKEN_SCORER_PREFIX = "patch_embed.spn."
+_GAMMA = re.compile(r"^layers\.\d+\.blocks\.\d+\.gamma_[12]$")
+_RELPOS = re.compile(r"^layers\.\d+\.Relpos\.(angle|decay)$")
+
 
 def convert_key(key: str) -> str | None:
     """The HF name of an original key, or None when no rule matches."""
@@ -147,10 +175,18 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], model: torch.nn.Modu
 
 def convert(variant_name: str, checkpoint: str | Path, weights: str = "model"):
     """Return `(model, processor, report)` for an original checkpoint."""
+    if variant_name == DARMT_VARIANT:
+        return convert_darmt(checkpoint, weights)
     if variant_name not in VARIANTS:
-        raise ConversionError(f"unknown variant {variant_name!r}; choose one of {sorted(VARIANTS)}")
+        raise ConversionError(f"unknown variant {variant_name!r}; choose one of {sorted(VARIANTS) + [DARMT_VARIANT]}")
     variant = VARIANTS[variant_name]
     state_dict = load_original_checkpoint(checkpoint, weights)
+    reshaper_keys = [key for key in state_dict if key.startswith(DARMT_PREFIX)]
+    if reshaper_keys:
+        raise ConversionError(
+            f"this is a darmt checkpoint (DART's image reshaper in front of RMT: {len(reshaper_keys)} "
+            f"`{DARMT_PREFIX}*` keys), not the token variant {variant_name}; convert it with --variant {DARMT_VARIANT}."
+        )
     config = build_config(variant, state_dict)
     model = DartForImageClassification(config).eval()
     converted = convert_state_dict(state_dict, model)
@@ -166,6 +202,187 @@ def convert(variant_name: str, checkpoint: str | Path, weights: str = "model"):
         "num_parameters": sum(p.numel() for p in model.parameters()),
     }
     return model, processor, report
+
+
+# ------------------------------------------------------------------------------------------- darmt_l6 (reshaper)
+def split_darmt_state_dict(state_dict: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """`(reshaper, rmt)`: the `pre_image.*` keys and the others of a darmt state dict. A state dict without reshaper
+    keys is refused, naming what it is instead (a token DART or a plain RMT checkpoint)."""
+    reshaper = {key: tensor for key, tensor in state_dict.items() if key.startswith(DARMT_PREFIX)}
+    rmt = {key: tensor for key, tensor in state_dict.items() if not key.startswith(DARMT_PREFIX)}
+    if not reshaper:
+        if any(key.startswith(_TOKEN_SCORER_PREFIX) for key in state_dict):
+            raise ConversionError(
+                f"this is a token DART checkpoint (`{_TOKEN_SCORER_PREFIX}*` keys: darvit_* / darvim_*), not "
+                f"{DARMT_VARIANT}; choose its --variant among {sorted(VARIANTS)}."
+            )
+        if any(_RELPOS.fullmatch(key) for key in state_dict):
+            raise ConversionError(
+                f"this is a plain RMT checkpoint (no `{DARMT_PREFIX}*` reshaper keys), not {DARMT_VARIANT}; convert "
+                "it with conversion/convert_rmt_original.py."
+            )
+        raise ConversionError(f"no `{DARMT_PREFIX}*` keys: not a {DARMT_VARIANT} checkpoint (DART's image reshaper "
+                              "in front of RMT).")
+    return reshaper, rmt
+
+
+def convert_darmt_key(key: str) -> str | None:
+    """The `DartReshaperForImageClassification` name of an original darmt key: `pre_image.spn.spn.spn.*` ->
+    `reshaper.scorer.*`, the RMT's keys -> `backbone.*` (as `convert_rmt_original.convert_rmt_key` names them);
+    `None` for the `layers.{i}.Relpos.angle` / `.decay` buffers, which the model computes. Raises a `ConversionError`
+    naming any other key."""
+    if key.startswith(DARMT_PREFIX):
+        try:
+            return "reshaper." + original_reshaper_key(key[len(DARMT_PREFIX):])
+        except KeyError:
+            raise ConversionError(f"unknown key {key!r}: not a key of the original image reshaper "
+                                  f"({DARMT_PREFIX}spn.spn.spn.features.* or .mlp.net.{{0,2}}.*).") from None
+    converted = convert_rmt_key(key)
+    return None if converted is None else "backbone." + converted
+
+
+def build_darmt_config(state_dict: dict[str, torch.Tensor], **rmt_overrides) -> DartReshaperConfig:
+    """The `DartReshaperConfig` of an original darmt state dict: the RMT read from the checkpoint
+    (`convert_rmt_original.infer_rmt_config`: stages, depths, widths, ratios, heads from `layers.{i}.Relpos.decay`,
+    layer scales from the `gamma_*` keys, labels from `head.weight`; `rmt_overrides` replace single fields), the
+    reshaper's head width from `pre_image.spn.spn.spn.mlp.net.0.weight`, and the original's reshaper: an
+    EfficientNet-B0 trunk with head v1, 448 -> 224 on a 14x14 score grid, `DAIR_PARITY_OPTIONS`."""
+    reshaper, rmt = split_darmt_state_dict(state_dict)
+    what = f"a {DARMT_VARIANT} checkpoint, or an incomplete one"
+    head_in = require_tensor(reshaper, f"{DARMT_PREFIX}spn.spn.spn.mlp.net.0.weight", 2, what)
+    head_out = require_tensor(reshaper, f"{DARMT_PREFIX}spn.spn.spn.mlp.net.2.weight", 2, what)
+    if head_out.shape[0] != 1:
+        raise ConversionError(f"{DARMT_PREFIX}spn.spn.spn.mlp.net.2.weight has shape {tuple(head_out.shape)}: the "
+                              "original reshaper's head v1 gives one score per position, (1, hidden).")
+    backbone_config = infer_rmt_config(rmt, **rmt_overrides)
+    try:
+        return DartReshaperConfig(
+            backbone_config=backbone_config, image_size=448, patch_size=16, downscale_factor=2, score_grid_size=14,
+            scorer="learned", scorer_trunk="efficientnet_b0", scorer_head="v1", scorer_hidden_size=head_in.shape[0],
+            num_channels=backbone_config.num_channels, **DAIR_PARITY_OPTIONS,
+        )
+    except (ValueError, TypeError) as error:
+        raise ConversionError(f"the checkpoint's shapes give no valid DartReshaperConfig: {error}") from error
+
+
+def _adapt_darmt(key: str, tensor: torch.Tensor) -> torch.Tensor:
+    # the layer scales are stored as (1, 1, 1, C) and kept as (C,)
+    return tensor.reshape(-1) if _GAMMA.fullmatch(key) else tensor
+
+
+def convert_darmt_state_dict(state_dict: dict[str, torch.Tensor],
+                             model: DartReshaperForImageClassification) -> dict[str, torch.Tensor]:
+    """Check the stored relative-position buffers against `model.config.backbone_config` (then leave them out), and
+    map every other key onto `model`: every key mapped, every tensor of the model filled, shapes equal; else a
+    `ConversionError` naming the keys."""
+    _, rmt = split_darmt_state_dict(state_dict)
+    check_relative_position_buffers(rmt, model.config.backbone_config)
+    for key in state_dict:
+        convert_darmt_key(key)  # an unknown key fails here, with its name
+    weights = {key: tensor for key, tensor in state_dict.items() if not _RELPOS.fullmatch(key)}
+    return account_keys(weights, model.state_dict(), convert_darmt_key, f"the {DARMT_VARIANT} model built from it",
+                        adapt=_adapt_darmt)
+
+
+def convert_darmt(checkpoint: str | Path, weights: str = "model"):
+    """Return `(model, processor, report)`: a `DartReshaperForImageClassification` (eval mode) holding an original
+    darmt checkpoint, and the image processor of its evaluation (the DeiT recipe at 448)."""
+    state_dict = load_original_checkpoint(checkpoint, weights)
+    config = build_darmt_config(state_dict)
+    model = DartReshaperForImageClassification(config).eval()
+    converted = convert_darmt_state_dict(state_dict, model)
+    model.load_state_dict(converted, strict=True)
+    rmt = config.backbone_config
+    relpos = [key for key in state_dict if _RELPOS.fullmatch(key)]
+    l6 = DartReshaperConfig.darmt_l6().backbone_config
+    full_size = all(getattr(rmt, f) == getattr(l6, f) for f in ("embed_dims", "depths", "num_heads", "mlp_ratios",
+                                                                 "layerscales"))
+    report = {
+        "variant": DARMT_VARIANT,
+        "hub_name": DARMT_HUB_NAME,
+        "weights": weights,
+        "embed_dims": rmt.embed_dims,
+        "depths": rmt.depths,
+        "num_heads": rmt.num_heads,
+        "full_size": full_size,
+        "num_keys": len(converted),
+        "relative_position_buffers_checked_and_left_out": len(relpos),
+        "relative_position_values_left_out": sum(state_dict[key].numel() for key in relpos),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+    }
+    return model, DartImageProcessor(), report
+
+
+def write_darmt_model_card(output_dir: Path, config: DartReshaperConfig, title: str, source: str,
+                           extra_facts: dict | None = None) -> Path:
+    """README.md (YAML metadata, what it is, how to use it) for a converted darmt folder."""
+    rmt = config.backbone_config
+    facts = {
+        "form": "image reshaper (DAIR) + RMT classifier",
+        "reshaper": f"{config.scorer_trunk} + head {config.scorer_head}, {config.score_grid_size}x"
+                    f"{config.score_grid_size} score grid, {config.image_size} -> {config.image_size // config.downscale_factor}",
+        "reshaper behaviour": "the original's (batch-level scores, first edge at one warped pixel, edge scale from "
+                              "the batch's first image, strip sampling)",
+        "RMT widths / depths / heads": f"{rmt.embed_dims} / {rmt.depths} / {rmt.num_heads}",
+        "input resolution": f"{config.image_size}x{config.image_size}",
+        "labels": len(config.id2label),
+        **(extra_facts or {}),
+    }
+    table = "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in facts.items()])
+    text = f"""---
+library_name: transformers
+pipeline_tag: image-classification
+license: other
+tags:
+- dart
+- vision
+- image-classification
+- dart-reshaper
+- rmt
+---
+
+# {title}
+
+DART ([paper]({PAPER})) in its second form: an image reshaper warps the {config.image_size}x{config.image_size} input
+into a {config.image_size // config.downscale_factor}x{config.image_size // config.downscale_factor} image whose rows
+and columns give more pixels to the parts a scoring network finds important, and RMT (Retentive Networks Meet Vision
+Transformers) classifies the warped image.
+
+{source}
+
+{table}
+
+## How to use
+
+With the `modeling_dart` package installed (`pip install modeling_dart`):
+
+```python
+import modeling_dart  # registers DART with the Auto classes
+from transformers import pipeline
+
+classifier = pipeline("image-classification", model="path/to/this/folder")
+```
+
+Without it, the folder carries its own modeling code:
+
+```python
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+model = AutoModelForImageClassification.from_pretrained("path/to/this/folder", trust_remote_code=True)
+processor = AutoImageProcessor.from_pretrained("path/to/this/folder", trust_remote_code=True)
+```
+
+The output carries the warp (`warped_pixel_values`, `row_edges`, `col_edges`, `score_map`).
+
+## Limitations
+
+The reshaper reproduces the original's behaviour: an image's warp depends on the other images of its batch (its
+scores are standardised over the batch). Set `model.config.score_normalization = "image"`, or pass
+`score_normalization="image"`, for batch-independent predictions (not how the weights were trained).
+"""
+    path = Path(output_dir) / "README.md"
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def top5(model, processor, image_path: Path) -> list[tuple[str, float]]:
@@ -188,7 +405,7 @@ def verify_folder(output_dir: Path, model, state_dict_converted: dict[str, torch
             raise ConversionError(f"saved tensor {key} differs from the converted one")
     config = model.config
     shape = (1, config.num_channels, config.image_size, config.image_size)
-    if config.backbone == "videomamba":
+    if getattr(config, "backbone", None) == "videomamba":
         shape = (1, config.num_frames, *shape[1:])
     pixels = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -214,16 +431,18 @@ def push_folder(output_dir: Path, repo_id: str, private: bool = False) -> None:
     api.create_commit(repo_id, operations=operations, commit_message="Upload DART model converted from the original release")
 
 
-def write_verify_and_push(output_dir: Path, model, processor, report: dict, card: dict, args) -> None:
+def write_verify_and_push(output_dir: Path, model, processor, report: dict, card: dict, args,
+                          write_card=write_model_card) -> None:
     """The shared tail of the converters: refuse non-finite weights, write the folder (weights, config, processor,
-    model card) through a temporary sibling folder, print the report, `--verify` it (reload and compare every tensor)
-    before it moves into place, then `--push_to_hub` as asked in `args`. A failure leaves `output_dir` as it was; an
-    existing one (`--overwrite`) keeps the files the converter does not write."""
+    model card by `write_card(folder, config, **card)`) through a temporary sibling folder, print the report,
+    `--verify` it (reload and compare every tensor) before it moves into place, then `--push_to_hub` as asked in
+    `args`. A failure leaves `output_dir` as it was; an existing one (`--overwrite`) keeps the files the converter does
+    not write."""
     require_finite(model.state_dict(), "the converted model")
     with StagedOutput(output_dir) as folder:
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
-        write_model_card(folder, model.config, **card)
+        write_card(folder, model.config, **card)
         print(json.dumps(report, indent=1))
         if args.verify:
             verify_folder(folder, model, model.state_dict())
@@ -235,7 +454,7 @@ def write_verify_and_push(output_dir: Path, model, processor, report: dict, card
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", required=True, choices=sorted(VARIANTS))
+    parser.add_argument("--variant", required=True, choices=sorted(VARIANTS) + [DARMT_VARIANT])
     parser.add_argument("--checkpoint", required=True, help="original .pth file")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--weights", choices=["model", "model_ema"], default="model",
@@ -253,16 +472,23 @@ def main(argv: list[str] | None = None) -> int:
         output_dir = check_output_dir(args.output_dir, overwrite=args.overwrite,
                                       inputs={"--checkpoint": args.checkpoint})
         model, processor, report = convert(args.variant, args.checkpoint, args.weights)
-        card = dict(
-            title=f"DART {VARIANTS[args.variant].hub_name}",
-            base_model=None,
-            source=f"Converted from the original `{args.variant}` checkpoint of [DART]({ORIGINAL_REPO}) "
-            f"(`{args.weights}` weights) with `conversion/convert_dart_original.py`.",
-            task="image-classification",
-            extra_facts={"original variant": args.variant, "converted weights": args.weights,
-                         "depth": report["depth"], "parameters": f"{report['num_parameters']:,}"},
-        )
-        write_verify_and_push(output_dir, model, processor, report, card, args)
+        source = (f"Converted from the original `{args.variant}` checkpoint of [DART]({ORIGINAL_REPO}) "
+                  f"(`{args.weights}` weights) with `conversion/convert_dart_original.py`.")
+        if args.variant == DARMT_VARIANT:
+            card = dict(title=f"DART {DARMT_HUB_NAME}", source=source,
+                        extra_facts={"original variant": args.variant, "converted weights": args.weights,
+                                     "parameters": f"{report['num_parameters']:,}"})
+            write_verify_and_push(output_dir, model, processor, report, card, args, write_card=write_darmt_model_card)
+        else:
+            card = dict(
+                title=f"DART {VARIANTS[args.variant].hub_name}",
+                base_model=None,
+                source=source,
+                task="image-classification",
+                extra_facts={"original variant": args.variant, "converted weights": args.weights,
+                             "depth": report["depth"], "parameters": f"{report['num_parameters']:,}"},
+            )
+            write_verify_and_push(output_dir, model, processor, report, card, args)
         if args.verify:
             for label, prob in top5(model, processor, ASSETS / "chelsea.jpg"):
                 print(f"  {prob:7.4f}  {label}")

@@ -201,3 +201,132 @@ def test_push_to_hub_sends_every_file_in_one_commit(tmp_path, capsys, monkeypatc
     assert repo_id == "my-org/dart-deit-ti"
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "modeling_dart.py"} <= set(files)
     assert sorted(files) == sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file())
+
+
+# ------------------------------------------------------------------------------------------- darmt_l6 (reshaper)
+DARMT_CHECKPOINT = "darmt_l6_reduced.pth"
+
+
+def darmt_checkpoint():
+    return require_fixture(DARMT_CHECKPOINT) / DARMT_CHECKPOINT
+
+
+def darmt_state_dict():
+    return torch.load(darmt_checkpoint(), map_location="cpu", weights_only=True)["model"]
+
+
+def test_darmt_l6_cli_writes_a_verified_folder(tmp_path, capsys):
+    """The reduced DARMT (widths 32..192, depths 1/1/2/1, heads 2/2/4/6) in-process through the CLI with --verify: a
+    complete folder, the architecture read from the checkpoint, every original tensor in place (the Relpos buffers
+    checked and left out), ImageNet labels, a model card. Its end-to-end parity is in test_reshaper_classification."""
+    from transformers import AutoModelForImageClassification
+
+    from modeling_dart import DartReshaperForImageClassification
+
+    out_dir = tmp_path / "darmt"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a small model: two threads on a busy two-core machine wait for each other
+    try:
+        code, out, err = run(["--variant", "darmt_l6", "--checkpoint", darmt_checkpoint(), "--output_dir", out_dir,
+                              "--verify"], capsys)
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md",
+                 "modeling_reshaper_dart.py", "configuration_reshaper_dart.py", "modeling_rmt.py"):
+        assert (out_dir / name).is_file(), name
+    config = json.loads((out_dir / "config.json").read_text())
+    assert config["model_type"] == "dart_reshaper" and config["backbone_config"]["model_type"] == "rmt"
+    rmt = config["backbone_config"]
+    assert (rmt["embed_dims"], rmt["depths"], rmt["num_heads"]) == ([32, 64, 128, 192], [1, 1, 2, 1], [2, 2, 4, 6])
+    assert rmt["layerscales"] == [False, False, True, True] and rmt["init_values"] == [2] * 4
+    assert rmt["heads_ranges"] == [6] * 4 and rmt["mlp_ratios"] == [4, 4, 3, 3]
+    assert (config["score_normalization"], config["first_edge_at_one"], config["edge_scale_from_first_image"],
+            config["column_sampling"]) == ("batch", True, True, "strip")
+    assert config["id2label"]["0"] == "tench" and config["backbone_config"]["id2label"]["281"] == "tabby"
+    card = (out_dir / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: image-classification\n")
+    assert "trust_remote_code=True" in card and "6,488,789" in card
+    assert "verified: 536 tensors" in out
+    report = json.loads(out[out.index("{"):out.index("}") + 1])
+    assert report["relative_position_buffers_checked_and_left_out"] == 8
+    assert report["relative_position_values_left_out"] == 16 + 32 * 3 + 2 + 2 + 4 + 6  # angles + decays
+    top5 = [line for line in out.splitlines() if re.match(r"^\s+[01]\.\d{4}\s+\S", line)]
+    assert len(top5) == 5
+    model = AutoModelForImageClassification.from_pretrained(out_dir)
+    assert type(model) is DartReshaperForImageClassification
+    state = model.state_dict()
+    original = darmt_state_dict()
+    for key, tensor in original.items():
+        new = conv.convert_darmt_key(key)
+        if new is None:
+            assert ".Relpos." in key
+            continue
+        assert torch.equal(state[new], tensor.reshape(state[new].shape)), key
+    assert len(state) == len(original) - 8
+
+
+def test_darmt_l6_key_errors_name_the_key(tmp_path, capsys):
+    state = darmt_state_dict()
+    model, _, _ = conv.convert_darmt(_save(tmp_path / "d.pth", {"model": state}))
+    with pytest.raises(conv.ConversionError, match=r"pre_image\.spn\.spn\.spn\.mlp\.net\.1\.weight"):
+        conv.convert_darmt_state_dict({**state, "pre_image.spn.spn.spn.mlp.net.1.weight": torch.zeros(1)}, model)
+    with pytest.raises(conv.ConversionError, match=r"layers\.0\.blocks\.0\.retention\.g_proj\.weight"):
+        conv.convert_darmt_state_dict({**state, "layers.0.blocks.0.retention.g_proj.weight": torch.zeros(1)}, model)
+    for key in ("layers.1.blocks.0.ffn.dwconv.conv.bias", "pre_image.spn.spn.spn.features.3.1.block.1.1.running_var"):
+        with pytest.raises(conv.ConversionError, match="missing key"):
+            conv.convert_darmt_state_dict({k: v for k, v in state.items() if k != key}, model)
+    misshaped = {**state, "pre_image.spn.spn.spn.mlp.net.0.bias": torch.zeros(95)}
+    with pytest.raises(conv.ConversionError, match=r"mis-shaped.*mlp\.net\.0\.bias"):
+        conv.convert_darmt_state_dict(misshaped, model)
+    tampered = {**state, "layers.2.Relpos.decay": state["layers.2.Relpos.decay"] * 1.001}
+    with pytest.raises(conv.ConversionError, match=r"layers\.2\.Relpos\.decay differs"):
+        conv.convert_darmt(_save(tmp_path / "t.pth", {"model": tampered}))
+    # the wrong converter for the file: each names the right one, and nothing is written
+    code, _, err = run(["--variant", "darvit_tiny", "--checkpoint", darmt_checkpoint(), "--output_dir",
+                        tmp_path / "o1"], capsys)
+    assert code == 2 and "--variant darmt_l6" in err and not (tmp_path / "o1").exists()
+    code, _, err = run(["--variant", "darmt_l6", "--checkpoint", tiny_checkpoint(), "--output_dir", tmp_path / "o2"],
+                       capsys)
+    assert code == 2 and "token DART checkpoint" in err and not (tmp_path / "o2").exists()
+    rmt_only = _save(tmp_path / "rmt.pth", {"model": {k: v for k, v in state.items() if not k.startswith("pre_image.")}})
+    code, _, err = run(["--variant", "darmt_l6", "--checkpoint", rmt_only, "--output_dir", tmp_path / "o3"], capsys)
+    assert code == 2 and "convert_rmt_original.py" in err
+
+
+def test_darmt_l6_full_size_from_the_manifest_on_the_meta_device():
+    """The full-size DARMT_L6 from `manifest_darmt_l6.json` (shapes only, on the meta device; the Relpos decays from
+    the manifest's per-head values, the angles computed): the config read from it is RMT-L6 behind the original
+    reshaper, every key maps, and the model has the original's 99,595,485 parameters. The 8 Relpos buffers left out
+    hold 160 values: the decays 7 + 7 + 14 + 20 = 48, the angles 16 + 32 + 32 + 32 = 112."""
+    from modeling_dart import DartReshaperConfig, DartReshaperForImageClassification
+    from modeling_dart.modeling_rmt import rmt_rotary_angles
+
+    manifest = json.loads((require_fixture("manifest_darmt_l6.json") / "manifest_darmt_l6.json").read_text())
+    decays = manifest["config"]["rmt"]["decay_per_head"]
+    state = {}
+    for entry in manifest["state_dict"]:
+        key, shape = entry["key"], entry["shape"]
+        if key.endswith(".Relpos.decay"):
+            state[key] = torch.tensor(decays[int(key.split(".")[1])], dtype=torch.float32)
+        elif key.endswith(".Relpos.angle"):
+            state[key] = rmt_rotary_angles(shape[0])
+        else:
+            state[key] = torch.empty(shape, dtype=getattr(torch, entry["dtype"].replace("torch.", "")), device="meta")
+    assert len(state) == 1484
+    config = conv.build_darmt_config(state)
+    expected = DartReshaperConfig.darmt_l6()
+    for field in ("embed_dims", "depths", "num_heads", "init_values", "heads_ranges", "mlp_ratios",
+                  "chunkwise_recurrents", "layerscales", "layer_init_values", "drop_path_rate", "projection"):
+        assert getattr(config.backbone_config, field) == getattr(expected.backbone_config, field), field
+    assert config.reshaper_kwargs() == expected.reshaper_kwargs() and config.num_labels == 1000
+    with torch.device("meta"):
+        model = DartReshaperForImageClassification(config)
+    counts = manifest["param_counts"]
+    assert sum(p.numel() for p in model.parameters()) == counts["total"] == 99_595_485
+    assert sum(p.numel() for p in model.reshaper.parameters()) == counts["dair_pre_image"]
+    converted = conv.convert_darmt_state_dict(state, model)
+    assert len(converted) == len(state) - 8 == len(model.state_dict())
+    relpos = [key for key in state if ".Relpos." in key]
+    assert sum(state[key].numel() for key in relpos if key.endswith("decay")) == 48
+    assert sum(state[key].numel() for key in relpos if key.endswith("angle")) == 112

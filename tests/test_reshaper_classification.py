@@ -317,3 +317,55 @@ def test_remote_code_loads_without_the_package(tmp_path):
         with torch.no_grad():
             torch.testing.assert_close(torch.tensor(answer["logits"]), model(pixels()).logits, atol=1e-5, rtol=0)
     assert answers[folders[0]]["backbone"] == RmtForImageClassification.__name__
+
+
+# ------------------------------------------------------------------------------- parity with the reduced DARMT
+@functools.cache
+def _darmt():
+    from safetensors.torch import load_file
+
+    from conversion.convert_dart_original import convert_darmt
+
+    folder = require_fixture()
+    model, _, report = convert_darmt(folder / CHECKPOINT)
+    meta = json.loads((folder / GOLDEN_JSON).read_text())
+    return model, report, load_file(folder / GOLDEN), load_file(folder / INPUTS)["pixel_values"], meta
+
+
+def darmt():
+    require_fixture(CHECKPOINT, GOLDEN, GOLDEN_JSON, INPUTS)
+    return _darmt()
+
+
+def test_reduced_darmt_end_to_end_reproduces_the_golden_logits():
+    """The whole original model (reshaper with the original's behaviour, RMT) from the checkpoint's keys: the batch's
+    logits (batch-standardised scores) and each image's alone within the README's 5e-4, the same predictions, and
+    the warp's row heights and column widths (the original's, in warped pixels, are half ours) within 5e-4."""
+    model, report, golden, x, meta = darmt()
+    assert report["num_parameters"] == meta["param_counts"]["total"] == 6_488_789
+    with torch.no_grad():
+        batch = model(x)
+        singles = [model(x[i : i + 1]) for i in range(x.shape[0])]
+    torch.testing.assert_close(batch.logits, golden["logits_batch"], atol=ATOL_LOGITS, rtol=0)
+    single_logits = torch.cat([out.logits for out in singles])
+    torch.testing.assert_close(single_logits, golden["logits_single"], atol=ATOL_LOGITS, rtol=0)
+    assert batch.logits.argmax(-1).tolist() == meta["argmax_batch"]
+    assert single_logits.argmax(-1).tolist() == meta["argmax_single"]
+    for prefix, out in (("batch", batch), ("single", None)):
+        rows = out.row_edges if out is not None else torch.cat([o.row_edges for o in singles])
+        cols = out.col_edges if out is not None else torch.cat([o.col_edges for o in singles])
+        torch.testing.assert_close(rows.diff(dim=-1) / 2, golden[f"{prefix}.row_heights"], atol=5e-4, rtol=0)
+        torch.testing.assert_close(cols.diff(dim=-1) / 2, golden[f"{prefix}.col_heights"], atol=5e-4, rtol=0)
+    print(json.dumps({"logits_batch": float((batch.logits - golden["logits_batch"]).abs().max()),
+                      "logits_single": float((single_logits - golden["logits_single"]).abs().max())}))
+
+
+def test_reduced_darmt_batch_logits_need_the_batch_scores():
+    """Per-image scores (the clean default) change the batch's logits by far more than the tolerance: the parity
+    above depends on `score_normalization="batch"`, and the clean form predicts each image as it is predicted
+    alone."""
+    model, _, golden, x, _ = darmt()
+    with torch.no_grad():
+        clean = model(x, score_normalization="image").logits
+    assert (clean - golden["logits_batch"]).abs().max() > 10 * ATOL_LOGITS
+    torch.testing.assert_close(clean, golden["logits_single"], atol=ATOL_LOGITS, rtol=0)
