@@ -3,8 +3,6 @@ from the trunk's feature saliency, and its config checks."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch import nn
