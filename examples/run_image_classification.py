@@ -604,7 +604,7 @@ def set_scorer_trunk_frozen(model: torch.nn.Module, frozen: bool) -> None:
 def set_drop_path_rate(model: torch.nn.Module, rate: float) -> None:
     """Set the stochastic-depth rate of a built model: it rises linearly from 0 (first block) to `rate` (last), as
     DartConfig's `drop_path_rate` does at construction (and record it in the config)."""
-    from modeling_dart.mamba_dart import DartDropPath
+    from modeling_dart.layers_dart import DartDropPath
 
     paths = [m for m in model.modules() if isinstance(m, DartDropPath)]  # one per DeiT layer or Mamba block
     for i, path in enumerate(paths):

@@ -31,6 +31,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from .layers_dart import DartDropPath
 from .selective_scan_dart import (
     _KERNEL_CONV_WIDTHS,
     mamba_kernels,
@@ -293,27 +294,6 @@ class DartBiMambaMixer(nn.Module):
         return self.out_proj(out.transpose(1, 2))
 
 
-class DartDropPath(nn.Module):
-    """Stochastic depth on a residual branch, for the Mamba blocks and the DeiT layers alike: in training, zeroes whole
-    samples with probability `drop_prob` and rescales the others by `1 / (1 - drop_prob)`; identity in eval mode or
-    when `drop_prob == 0`."""
-
-    def __init__(self, drop_prob: float = 0.0):
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return hidden_states
-        keep_prob = 1.0 - self.drop_prob
-        mask_shape = (hidden_states.shape[0],) + (1,) * (hidden_states.dim() - 1)
-        mask = hidden_states.new_empty(mask_shape).bernoulli_(keep_prob)
-        return hidden_states * mask / keep_prob
-
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}"
-
-
 class DartMambaAddNorm(DartRMSNorm):
     """Residual add then RMSNorm, with the semantics of mamba_ssm's fused `rms_norm_fn(..., prenorm=True)`: the `norm`
     of every block and the final `norm_f` of the stack.
@@ -409,4 +389,4 @@ class DartMambaBlock(GradientCheckpointingLayer):
         return hidden_states, residual
 
 
-__all__ = ["DartRMSNorm", "DartMambaAddNorm", "DartBiMambaMixer", "DartDropPath", "DartMambaBlock"]
+__all__ = ["DartRMSNorm", "DartMambaAddNorm", "DartBiMambaMixer", "DartMambaBlock"]

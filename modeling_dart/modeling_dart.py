@@ -35,7 +35,8 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_dart import DartConfig
 from .embeddings_dart import DartEmbeddings, DartEmbeddingsOutput, DartTokenGeometryEmbedding
-from .mamba_dart import DartBiMambaMixer, DartDropPath, DartMambaAddNorm, DartMambaBlock, DartRMSNorm
+from .layers_dart import DartDropPath
+from .mamba_dart import DartBiMambaMixer, DartMambaAddNorm, DartMambaBlock, DartRMSNorm
 from .scorer_dart import DartSaliencyHead, DartScorer
 
 

@@ -41,6 +41,7 @@ from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_rmt import RmtConfig
+from .layers_dart import DartDropPath
 
 
 # ------------------------------------------------------------------------------------- relative-position tables
@@ -227,25 +228,6 @@ class RmtFeedForward(nn.Module):
         return self.fc2(hidden_states)
 
 
-class RmtDropPath(nn.Module):
-    """Stochastic depth on a residual branch: in training, each sample's branch is zeroed with probability
-    `drop_prob` and the others are scaled by `1 / (1 - drop_prob)`; the identity in eval mode."""
-
-    def __init__(self, drop_prob: float = 0.0):
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return hidden_states
-        keep = 1.0 - self.drop_prob
-        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.dim() - 1)
-        return hidden_states * hidden_states.new_empty(shape).bernoulli_(keep) / keep
-
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}"
-
-
 class RmtLayer(GradientCheckpointingLayer):
     """One retention block (the original's `RetBlock`) on a channels-last map:
     `x + dwconv3x3(x)`, then `x + s1 * retention(norm(x))`, then `x + s2 * ffn(norm(x))`, where `s1`, `s2` are the
@@ -259,7 +241,7 @@ class RmtLayer(GradientCheckpointingLayer):
         self.retention = RmtRetention(config, stage_index)
         self.final_layer_norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.ffn = RmtFeedForward(config, stage_index)
-        self.drop_path = RmtDropPath(drop_path)
+        self.drop_path = DartDropPath(drop_path)
         # CODEPATH: layer scales in the last two stages of RMT-M2, RMT-L6 and DARMT-L6; none in RMT-T3 and RMT-S
         if config.layerscales[stage_index]:
             self.retention_layer_scale = nn.Parameter(torch.empty(dim))

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 if str(pathlib.Path(__file__).resolve().parents[1]) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from modeling_dart import mamba_dart, selective_scan_dart
+from modeling_dart import layers_dart, mamba_dart, selective_scan_dart
 from modeling_dart.mamba_dart import DartBiMambaMixer, DartMambaAddNorm, DartMambaBlock, DartRMSNorm
 from modeling_dart.selective_scan_dart import causal_conv1d_silu_time_major, is_mamba_kernel_available, selective_scan
 
@@ -663,7 +663,7 @@ def test_module_imports_alone_without_kernels():
     package = pathlib.Path(folder) / "standalone_mamba"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    for module in (mamba_dart, selective_scan_dart):
+    for module in (mamba_dart, selective_scan_dart, layers_dart):
         shutil.copy(module.__file__, package)
     code = (
         "import sys\n"
@@ -685,4 +685,4 @@ def test_module_imports_alone_without_kernels():
     assert set(get_imports(mamba_dart.__file__)) - {"__future__", "math"} == {"torch", "transformers"}
     assert set(get_imports(selective_scan_dart.__file__)) - {"__future__", "math"} == {"torch"}
     assert get_relative_imports(selective_scan_dart.__file__) == []
-    assert get_relative_imports(mamba_dart.__file__) == ["selective_scan_dart"]
+    assert sorted(get_relative_imports(mamba_dart.__file__)) == ["layers_dart", "selective_scan_dart"]

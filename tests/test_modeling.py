@@ -253,7 +253,7 @@ def test_remote_code_loads_without_the_package(tmp_path, backbone):
     DartImageProcessor().save_pretrained(folder)
     for name in ("modeling_dart.py", "configuration_dart.py", "trunk_tables_dart.py", "partition_dart.py",
                  "trunks_dart.py", "cpu_tuning_dart.py", "scorer_dart.py", "embeddings_dart.py",
-                 "selective_scan_dart.py", "mamba_dart.py", "image_processing_dart.py"):
+                 "selective_scan_dart.py", "layers_dart.py", "mamba_dart.py", "image_processing_dart.py"):
         assert (folder / name).is_file(), name
     x = pixels()
     torch.save(x, tmp_path / "x.pt")

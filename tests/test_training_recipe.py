@@ -774,7 +774,7 @@ def test_gradient_accumulation_matches_one_large_batch(runner, tmp_path):
 
 def test_image_size_and_drop_path_on_a_built_model(runner):
     from modeling_dart import DartForImageClassification, DartImageProcessor
-    from modeling_dart.mamba_dart import DartDropPath
+    from modeling_dart.layers_dart import DartDropPath
     from tests.conftest import tiny_config
 
     processor = DartImageProcessor()  # 512 -> 448, DeiT's 0.875
