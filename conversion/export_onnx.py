@@ -57,6 +57,7 @@ from modeling_dart import (  # noqa: E402
     DartVideoMambaForVideoClassification,
     DartVideoProcessor,
 )
+from modeling_dart.conversion_utils import ConversionError, load_complete_model  # noqa: E402
 
 OUTPUT_NAMES = ("logits", "regions", "score_map")
 
@@ -112,12 +113,6 @@ def is_video(config: DartConfig) -> bool:
     return isinstance(config, DartVideoConfig)
 
 
-def _listed(keys, limit: int = 5) -> str:
-    keys = sorted(str(key) for key in keys)
-    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
 def read_dart_config(folder: str | Path) -> DartConfig:
     """The config of the DART model saved in `folder`: a `DartVideoConfig` for a video model (`model_type:
     dart_video`, or `dart` with `backbone: videomamba` as saved before the video family had its own model type), else
@@ -149,36 +144,12 @@ def read_dart_config(folder: str | Path) -> DartConfig:
 def load_dart_folder(folder: str | Path) -> nn.Module:
     """The image or video classifier saved in `folder`, in float32 and eval mode. Raises `ExportError` unless `folder`
     is a DART model folder whose weights hold exactly the model's tensors, with their shapes."""
-    from transformers.utils import logging as hf_logging
-
     config = read_dart_config(folder)
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # the mismatches are reported below, in one line
-    hf_logging.disable_progress_bar()
     model_class = DartVideoMambaForVideoClassification if is_video(config) else DartForImageClassification
     try:
-        model, info = model_class.from_pretrained(
-            folder, config=config, dtype=torch.float32, output_loading_info=True, ignore_mismatched_sizes=True
-        )
-    except (OSError, ValueError) as error:
-        raise ExportError(f"cannot load the weights of {folder}: {error}") from error
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-    problems = []
-    if info["missing_keys"]:
-        problems.append(f"missing {_listed(info['missing_keys'])}")
-    if info["unexpected_keys"]:
-        problems.append(f"unexpected {_listed(info['unexpected_keys'])}")
-    if info["mismatched_keys"]:
-        shapes = (f"{key} {tuple(saved)} vs {tuple(wanted)}" for key, saved, wanted in info["mismatched_keys"])
-        problems.append(f"mismatched {_listed(shapes)}")
-    if info.get("error_msgs"):
-        problems.append(f"errors {_listed(info['error_msgs'])}")
-    if problems:
-        raise ExportError(f"the weights in {folder} do not match its {type(model).__name__} "
-                          f"({'; '.join(problems)}); refusing to export randomly initialised tensors.")
+        model = load_complete_model(model_class, folder, "MODEL_DIR", config=config, dtype=torch.float32)
+    except ConversionError as error:
+        raise ExportError(str(error)) from error
     return model.eval()
 
 

@@ -174,23 +174,48 @@ def require_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
         raise ConversionError(f"{what} holds non-finite values in {len(problems)} tensor(s): {', '.join(problems[:8])}.")
 
 
-def load_complete_model(model_class, folder: str | Path, flag: str, **kwargs):
-    """`model_class.from_pretrained(folder)`, refusing a folder whose weights lack, add or mis-shape a tensor.
+def _listed(items, limit: int = 5) -> str:
+    items = sorted(str(item) for item in items)
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
 
-    `from_pretrained` initialises a missing tensor at random and only reports it; a converter must not build on
-    such a folder. Raises a `ConversionError` that names `flag` (the command-line argument that gave `folder`).
+
+def load_complete_model(model_class, folder: str | Path, flag: str, **kwargs):
+    """`model_class.from_pretrained(folder, **kwargs)`, refusing a folder whose weights lack, add or mis-shape a
+    tensor: the converters and the ONNX exporter must not build on randomly initialised tensors.
+
+    `from_pretrained` initialises a missing tensor at random and only reports it (and stops at a mis-shaped one with
+    a multi-line report): here every problem is listed in one `ConversionError` that names `flag` (the command-line
+    argument that gave `folder`). Transformers' own load report is silenced while loading.
     """
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
-        model, info = model_class.from_pretrained(folder, output_loading_info=True, **kwargs)
+        model, info = model_class.from_pretrained(folder, output_loading_info=True, ignore_mismatched_sizes=True,
+                                                  **kwargs)
     except (OSError, ValueError) as error:
         raise ConversionError(f"{flag} {folder}: cannot load it as a {model_class.__name__}: "
                               f"{one_line(error)}") from error
-    problems = {name: sorted(info.get(name) or []) for name in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-    problems = {name: [str(k) for k in keys] for name, keys in problems.items() if keys}
-    if problems or info.get("error_msgs"):
-        listed = "; ".join(f"{name.replace('_', ' ')}: {keys[:8]}" for name, keys in problems.items())
-        raise ConversionError(f"{flag} {folder}: its weights do not match its config ({listed or info['error_msgs']}); "
-                              "a converter builds only on complete folders.")
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    problems = []
+    if info.get("missing_keys"):
+        problems.append(f"missing {_listed(info['missing_keys'])}")
+    if info.get("unexpected_keys"):
+        problems.append(f"unexpected {_listed(info['unexpected_keys'])}")
+    if info.get("mismatched_keys"):
+        shapes = (f"{key} {tuple(saved)} vs {tuple(wanted)}" for key, saved, wanted in info["mismatched_keys"])
+        problems.append(f"mismatched {_listed(shapes)}")
+    if info.get("error_msgs"):
+        problems.append(f"errors {_listed(info['error_msgs'])}")
+    if problems:
+        raise ConversionError(f"{flag} {folder}: its weights do not match its {model_class.__name__} "
+                              f"({'; '.join(problems)}); refusing to build on randomly initialised tensors.")
     return model
 
 
