@@ -109,7 +109,8 @@ def strip_edges(
         first_edge_at_one (`bool`): the original's first edge: one warped pixel (`width / output_width` input
             pixels) instead of 0.
         scale_from_first_image (`bool`): the original's scale: the edges are taken in warped pixels and multiplied
-            by `width * num_rows` over the last edge of the batch's first image, read as a Python number.
+            by `width * num_rows` over the last edge of the batch's first image (the original reads that edge as a
+            Python number; here it stays a tensor, with the same result).
 
     Returns:
         `torch.Tensor` of shape `(batch, num_rows * num_cols + 1)`, in strip pixels.
@@ -122,7 +123,12 @@ def strip_edges(
     edges = torch.cat([first, inner], dim=1)
     if scale_from_first_image:
         in_warped_pixels = edges / unit
-        edges = in_warped_pixels * (width * num_rows / float(in_warped_pixels[0, -1]))
+        # a 0-d tensor, not the original's Python number (a host read, which breaks compiled and exported graphs),
+        # with the same value: one float64 division (`number / tensor` would be a reciprocal and a product), rounded
+        # to the edges' dtype as a Python scale would be
+        last = in_warped_pixels[0, -1].to(torch.float64)
+        scale = torch.full_like(last, width * num_rows) / last
+        edges = in_warped_pixels * scale.to(in_warped_pixels.dtype)
     return edges
 
 
@@ -407,8 +413,8 @@ class DartImageReshaper(nn.Module):
         score_normalization (`str`): `"image"` standardises each image's scores on its own; `"batch"` over the
             whole batch, as the original (an image's warp then depends on the other images).
         first_edge_at_one (`bool`): the original's first column edge, one warped pixel in instead of 0.
-        edge_scale_from_first_image (`bool`): the original's edge scale, taken from the batch's first image as a
-            Python number (see `strip_edges`).
+        edge_scale_from_first_image (`bool`): the original's edge scale, taken from the batch's first image (see
+            `strip_edges`).
         column_sampling (`str`): `"band"` (each row band sampled on its own) or `"strip"` (the original's: along
             the strip of bands, see `warp_pixels`).
     """
