@@ -43,7 +43,6 @@ from torch import nn
 from .configuration_dart import DartConfig
 from .embeddings_dart import ROW_MARGINAL_EPS, check_pixel_values
 from .partition_dart import (
-    interpolate_rows,
     piecewise_linear_quantiles,
     row_resampling_weights,
     sample_rows,
@@ -293,6 +292,70 @@ def input_pixel_targets(
     return axis(row_edges, height), axis(col_edges, width)
 
 
+def map_coordinates(positions: torch.Tensor, warped_size: int, map_size: int) -> torch.Tensor:
+    """Warped-pixel coordinates -> pixel-index coordinates of a map of `map_size` pixels covering the same warped
+    image of `warped_size` pixels (a decode head's logits at a fraction of the warped size, or upsampled).
+
+    Pixel centres align, as in `F.interpolate(..., align_corners=False)`: `m = (v + 0.5) * map_size / warped_size -
+    0.5`. At `map_size == warped_size` the coordinates pass through unchanged.
+
+    Args:
+        positions (`torch.Tensor` of any shape): warped coordinates (warped pixel `n` at `n`).
+        warped_size (`int`), map_size (`int`): sides, in pixels, along the axis.
+
+    Returns:
+        `torch.Tensor` of the shape of `positions`.
+    """
+    if map_size == warped_size:
+        return positions
+    return (positions + 0.5) * (map_size / warped_size) - 0.5
+
+
+def sample_separable(maps: torch.Tensor, y: torch.Tensor, x: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """Read `maps` on the separable grid `(y[:, i], x[:, j])`, batched (no loop over images or channels).
+
+    Coordinates are pixel indices of `maps` (pixel `n` at `n`), clamped to the map (`grid_sample`'s
+    `padding_mode="border"` with `align_corners=True`). `"bilinear"` interpolates linearly along each axis, in at
+    least float32 (half-precision weights are only good to about 1e-3), and returns the dtype of `maps`; it is
+    differentiable with respect to `maps` and to the coordinates. `"nearest"` takes the pixel at `floor(c + 0.5)` and
+    keeps any dtype (labels).
+
+    Args:
+        maps (`torch.Tensor` of shape `(batch, channels, map_height, map_width)`).
+        y (`torch.Tensor` of shape `(batch, out_height)`), x (`(batch, out_width)`): coordinates in map pixels.
+        mode (`str`): `"bilinear"` or `"nearest"`.
+
+    Returns:
+        `torch.Tensor` of shape `(batch, channels, out_height, out_width)`.
+    """
+    batch, channels, map_height, map_width = maps.shape
+    if mode == "nearest":
+        rows = (y.detach() + 0.5).floor().clamp(0, map_height - 1).to(torch.long)
+        cols = (x.detach() + 0.5).floor().clamp(0, map_width - 1).to(torch.long)
+        picked = maps.gather(2, rows.view(batch, 1, -1, 1).expand(batch, channels, -1, map_width))
+        return picked.gather(3, cols.view(batch, 1, 1, -1).expand(batch, channels, picked.shape[2], -1))
+    compute = torch.promote_types(maps.dtype, torch.float32)
+
+    def lerp_axis(values: torch.Tensor, positions: torch.Tensor, dim: int) -> torch.Tensor:
+        size = values.shape[dim]
+        positions = positions.clamp(0, size - 1)
+        whole = positions.detach().floor()
+        # the clamp only acts on NaN positions, whose integer cast is out of range
+        low = whole.to(torch.long).clamp(0, size - 1)
+        high = (low + 1).clamp(max=size - 1)
+        shape = [batch, 1, 1, 1]
+        shape[dim] = -1
+        out_shape = list(values.shape)
+        out_shape[dim] = positions.shape[1]
+        fraction = (positions - whole).to(compute).view(shape)
+        first = values.gather(dim, low.view(shape).expand(out_shape)).to(compute)
+        second = values.gather(dim, high.view(shape).expand(out_shape)).to(compute)
+        return first + (second - first) * fraction
+
+    rows = lerp_axis(maps, y, 2)  # (B, C, out_height, map_width), in `compute`
+    return lerp_axis(rows, x, 3).to(maps.dtype)
+
+
 def unwarp(
     maps: torch.Tensor,
     row_edges: torch.Tensor,
@@ -302,15 +365,22 @@ def unwarp(
     width: int,
     mode: str = "bilinear",
 ) -> torch.Tensor:
-    """Bring maps of the warped image (logits, labels) back to the input grid.
+    """Bring maps of the warped image (logits, labels) back to the input grid: the inverse of the warp.
 
     Input pixel `(y, x)` takes the maps' value at its warped coordinate (`input_pixel_targets`), by linear
-    interpolation (`"bilinear"`) or from the nearest warped pixel (`"nearest"`, for labels), coordinates clamped to
-    the maps.
+    interpolation (`"bilinear"`, for logits) or from the nearest map pixel (`"nearest"`, for labels), coordinates
+    clamped to the maps. The maps may have any size: a decode head's output at a fraction of the warped size, or
+    upsampled; a map of `h x w` pixels covers the warped image with its pixel centres aligned (`map_coordinates`), so
+    that reading a map at 1/4 of the warped size equals reading it after `F.interpolate(..., align_corners=False)`
+    up to the second interpolation that this saves. Batched (no loop over images), differentiable with respect to
+    the maps and the edges for `"bilinear"`, computed in at least float32 and returned in the dtype of `maps`.
+
+    At the warped size this is the segmentation fork's inverse (`ReshaperWithInverse.inverse_transform`) given its
+    renormalised row heights and column widths as edges.
 
     Args:
-        maps (`torch.Tensor` of shape `(batch, channels, num_rows * patch_size, num_cols * patch_size)`):
-            floating point for `"bilinear"`, any dtype for `"nearest"`.
+        maps (`torch.Tensor` of shape `(batch, channels, h, w)`): floating point for `"bilinear"`, any dtype for
+            `"nearest"`; `h x w` is the warped size (`num_rows * patch_size`, `num_cols * patch_size`) or any other.
         row_edges (`torch.Tensor` of shape `(batch, num_rows + 1)`), col_edges (`(batch, num_cols + 1)`): the warp,
             in input pixels.
         patch_size (`int`).
@@ -322,23 +392,72 @@ def unwarp(
     """
     if mode not in UNWARP_MODES:
         raise ValueError(f"`mode` must be one of {UNWARP_MODES}, got {mode!r}.")
-    if not isinstance(maps, torch.Tensor) or maps.dim() != 4:
+    if not isinstance(maps, torch.Tensor) or maps.dim() != 4 or 0 in maps.shape:
         shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
-        raise ValueError(f"`maps` must be a tensor of shape (batch, channels, height, width), got {shape}.")
+        raise ValueError(f"`maps` must be a non-empty tensor of shape (batch, channels, height, width), got {shape}.")
     _check_edges(row_edges, "row_edges")
     _check_edges(col_edges, "col_edges")
-    expected = ((row_edges.shape[1] - 1) * patch_size, (col_edges.shape[1] - 1) * patch_size)
-    if tuple(maps.shape[-2:]) != expected or maps.shape[0] != row_edges.shape[0]:
-        raise ValueError(f"`maps` must have shape ({row_edges.shape[0]}, channels, {expected[0]}, {expected[1]}) for "
-                         f"this warp, got {tuple(maps.shape)}.")
+    if not maps.shape[0] == row_edges.shape[0] == col_edges.shape[0]:
+        raise ValueError(f"`maps` holds {maps.shape[0]} images and the warp {row_edges.shape[0]} (row_edges) / "
+                         f"{col_edges.shape[0]} (col_edges): they must be equal.")
     if mode == "bilinear" and not maps.is_floating_point():
         raise TypeError(f"`maps` must be floating point for mode='bilinear' (use mode='nearest' for labels), got "
                         f"{maps.dtype}.")
     v, u = input_pixel_targets(row_edges, col_edges, patch_size, height, width)
-    if mode == "nearest":
-        v, u = (v + 0.5).floor(), (u + 0.5).floor()
-    rows = interpolate_rows(maps, v)  # (B, C, height, warped width)
-    return interpolate_rows(rows.transpose(2, 3), u).transpose(2, 3).contiguous()
+    warped_height, warped_width = (row_edges.shape[1] - 1) * patch_size, (col_edges.shape[1] - 1) * patch_size
+    v = map_coordinates(v, warped_height, maps.shape[2])
+    u = map_coordinates(u, warped_width, maps.shape[3])
+    return sample_separable(maps, v, u, mode)
+
+
+def warp_labels(
+    labels: torch.Tensor, row_edges: torch.Tensor, edges: torch.Tensor, num_cols: int, patch_size: int
+) -> torch.Tensor:
+    """Warp a label map as `warp_pixels` warps the image, with nearest sampling in both passes.
+
+    Warped pixel `(i * P + l, j * P + k)` (`P = patch_size`, row band `i`, cell `n = i * num_cols + j`) takes the
+    label of the input pixel nearest to the point the image reads: row `y = row_edges[i] + (row_edges[i + 1] -
+    row_edges[i]) * l / P`, column `x = edges[n] - i * width + (edges[n + 1] - edges[n]) * k / P` (the cell's
+    position in its own band), each rounded to the nearest pixel (`floor(c + 0.5)`) and clamped to the image. Every
+    warped label is an input label at the pixel the image sample lies closest to, so `ignore_index` (255) stays
+    where it was and no label is invented; the segmentation fork's vertical pass is bilinear and truncates instead
+    (see docs/design.md).
+
+    Args:
+        labels (`torch.Tensor` of shape `(batch, height, width)`): any dtype (integers for class ids).
+        row_edges (`torch.Tensor` of shape `(batch, num_rows + 1)`): row edges in input pixels.
+        edges (`torch.Tensor` of shape `(batch, num_rows * num_cols + 1)`): cell edges along the strip of row bands,
+            in strip pixels (`strip_edges`, `DartReshaperOutput.strip_edges`).
+        num_cols (`int`): cells per row band.
+        patch_size (`int`): side of a warped cell in pixels.
+
+    Returns:
+        `torch.Tensor` of shape `(batch, num_rows * patch_size, num_cols * patch_size)`, in the dtype of `labels`.
+    """
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 3:
+        shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"`labels` must be a tensor of shape (batch, height, width), got {shape}.")
+    _check_edges(row_edges, "row_edges")
+    _check_edges(edges, "edges")
+    batch, _, width = labels.shape
+    num_rows, patch = row_edges.shape[1] - 1, patch_size
+    if edges.shape[1] != num_rows * num_cols + 1 or row_edges.shape[0] != batch or edges.shape[0] != batch:
+        raise ValueError(f"The warp does not fit `labels` of shape {tuple(labels.shape)}: row_edges "
+                         f"{tuple(row_edges.shape)} and edges {tuple(edges.shape)} must be ({batch}, num_rows + 1) and "
+                         f"({batch}, num_rows * {num_cols} + 1).")
+    steps = torch.arange(patch, dtype=row_edges.dtype, device=row_edges.device) / patch
+    heights = row_edges[:, 1:] - row_edges[:, :-1]
+    y = (row_edges[:, :-1, None] + heights[:, :, None] * steps).reshape(batch, num_rows * patch)
+    offsets = torch.arange(num_rows, dtype=edges.dtype, device=edges.device).view(1, -1, 1) * width
+    starts = edges[:, :-1].reshape(batch, num_rows, num_cols) - offsets
+    widths = (edges[:, 1:] - edges[:, :-1]).reshape(batch, num_rows, num_cols)
+    x = (starts[..., None] + widths[..., None] * steps.to(edges.dtype)).reshape(batch, num_rows, num_cols * patch)
+    rows = (y.detach() + 0.5).floor().clamp(0, labels.shape[1] - 1).to(torch.long)
+    cols = (x.detach() + 0.5).floor().clamp(0, width - 1).to(torch.long)
+    picked = labels.gather(1, rows.unsqueeze(-1).expand(batch, num_rows * patch, width))  # (B, R * P, W)
+    # each warped row reads the columns of its own band
+    cols = cols.repeat_interleave(patch, dim=1)  # (B, R * P, K * P)
+    return picked.gather(2, cols)
 
 
 # ------------------------------------------------------------------------------------------------------- module
@@ -642,11 +761,14 @@ __all__ = [
     "input_pixel_targets",
     "input_to_warped",
     "load_original_reshaper_weights",
+    "map_coordinates",
     "marginal_quantile_cuts",
     "original_reshaper_key",
+    "sample_separable",
     "strip_edges",
     "uniform_edges",
     "unwarp",
+    "warp_labels",
     "warp_pixels",
     "warped_pixel_sources",
     "warped_to_input",

@@ -284,7 +284,7 @@ def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="mode"):
         unwarp(torch.zeros(1, 1, 32, 32), edges, edges, 16, 64, 64, mode="cubic")
     with pytest.raises(ValueError, match="maps"):
-        unwarp(torch.zeros(1, 1, 32, 48), edges, edges, 16, 64, 64)
+        unwarp(torch.zeros(2, 1, 32, 32), edges, edges, 16, 64, 64)  # maps of any size, but one per image
     with pytest.raises(TypeError, match="maps"):
         unwarp(torch.zeros(1, 1, 32, 32, dtype=torch.long), edges, edges, 16, 64, 64)
     with pytest.raises(ValueError, match="row_edges"):

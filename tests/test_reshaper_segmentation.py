@@ -1,0 +1,293 @@
+"""Segmentation with the image reshaper: the inverse warp of logits (`unwarp`), the label warp (`warp_labels`), and
+their parity with the segmentation fork's `ReshaperWithInverse` (`dair_seg_reshaper_golden.*`; tolerances from the
+fixtures README, section "Segmentation reshaper with inverse").
+
+Fixtures: ../shared/fixtures/original (or $DART_FIXTURES_DIR).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from modeling_dart.reshaper_dart import (
+    DartImageReshaper,
+    sample_separable,
+    unwarp,
+    warp_labels,
+)
+from tests.conftest import require_fixture
+
+SEGMENTATION_GOLDEN = "dair_seg_reshaper_golden.safetensors"
+NUM_CLASSES = 150  # the fixture's analytic logits
+IGNORE = 255
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: the cases are small, and two threads on a busy two-core machine wait for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------------- the fork's goldens
+@functools.cache
+def _golden(case: str) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    with safe_open(require_fixture() / SEGMENTATION_GOLDEN, "pt") as handle:
+        return {key[len(case) + 1:]: handle.get_tensor(key) for key in handle.keys() if key.startswith(case + ".")}
+
+
+def golden(case: str) -> dict[str, torch.Tensor]:
+    require_fixture(SEGMENTATION_GOLDEN)
+    return _golden(case)
+
+
+def analytic_logits(batch: int, height: int, width: int, channels) -> torch.Tensor:
+    """The fixture's logits `L[b, c, y, x] = ((37 x + 91 y + 53 c + 17 b) mod 256 - 128) / 64` (float32, exact) for
+    the channels `channels`."""
+    b = torch.arange(batch).view(-1, 1, 1, 1)
+    c = torch.as_tensor(channels).view(1, -1, 1, 1)
+    y = torch.arange(height).view(1, 1, -1, 1)
+    x = torch.arange(width).view(1, 1, 1, -1)
+    return (((37 * x + 91 * y + 53 * c + 17 * b) % 256 - 128) / 64).float()
+
+
+def edges_from_heights(heights: torch.Tensor) -> torch.Tensor:
+    heights = heights.double()
+    return torch.cat([torch.zeros(heights.shape[0], 1, dtype=torch.float64), heights.cumsum(-1)], dim=1)
+
+
+def fork_inverse_edges(case: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fork's inverse reads the row heights and column widths renormalised per image to sum to H and W."""
+    g = golden(case)
+    _, _, height, width = g["images_uint8"].shape
+    rows, cols = g["row_heights"].double(), g["col_heights"].double()
+    return (edges_from_heights(rows / rows.sum(-1, keepdim=True) * height),
+            edges_from_heights(cols / cols.sum(-1, keepdim=True) * width))
+
+
+def grid_sample_at(maps: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """An independent reference for the sampling stage: `grid_sample` (bilinear, border padding, align_corners) of
+    each image at the separable grid of warped coordinates `(y[b], x[b])`, as the fork's inverse samples."""
+    batch, _, height, width = maps.shape
+    out = []
+    for b in range(batch):
+        gx = (x[b] / (width - 1) * 2 - 1).view(1, 1, -1).expand(1, y.shape[1], -1)
+        gy = (y[b] / (height - 1) * 2 - 1).view(1, -1, 1).expand(1, -1, x.shape[1])
+        grid = torch.stack([gx, gy], dim=-1).to(maps.dtype)
+        out.append(F.grid_sample(maps[b : b + 1], grid, mode="bilinear", padding_mode="border", align_corners=True))
+    return torch.cat(out)
+
+
+SOME_CHANNELS = [0, 1, 2, 53, 75, 128, 148, 149]
+
+
+def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual.double() - expected.double()).abs().max())
+
+
+@pytest.mark.parametrize("case", ["seg_a", "seg_b"])
+def test_inverse_warp_reproduces_the_forks_maps_and_logits(case):
+    """Stage 1, the maps: our warped coordinates of every input row and column from the fork's renormalised heights
+    against its stored maps (README atol 5e-3). Stage 2, the sampling: `sample_separable` at the stored maps against
+    `grid_sample` at the same maps, which reproduces the stored channel 0 bit for bit (1e-3: `grid_sample` normalises
+the coordinates to [-1, 1] and back in float32, which moves them by up to about 1e-4 px, and the logits jump by 4
+across a pixel where the modulo wraps). End to end: `unwarp`
+    of the analytic logits from the heights against the fork's output (README atol 1e-2): channel 0 stored (seg_b),
+    other channels rebuilt by `grid_sample` at the stored maps."""
+    from modeling_dart.reshaper_dart import input_pixel_targets
+
+    g = golden(case)
+    batch, _, height, width = g["images_uint8"].shape
+    row_edges, col_edges = fork_inverse_edges(case)
+    v, u = input_pixel_targets(row_edges, col_edges, 16, height, width)
+    errors = {"y_map": max_error(v, g["inverse_y_map"]), "x_map": max_error(u, g["inverse_x_map"])}
+    assert max(errors.values()) < 5e-3, errors
+
+    logits = analytic_logits(batch, height, width, SOME_CHANNELS)
+    reference = grid_sample_at(logits, g["inverse_y_map"], g["inverse_x_map"])
+    if case == "seg_b":
+        assert torch.equal(reference[:, :1], g["inverse_logits_first1ch"])  # the reference is the fork's output
+    sampled = sample_separable(logits, g["inverse_y_map"], g["inverse_x_map"])
+    errors["sampling"] = max_error(sampled, reference)
+    assert errors["sampling"] < 1e-3, errors
+
+    ours = unwarp(logits, row_edges, col_edges, 16, height, width)
+    assert ours.shape == (batch, len(SOME_CHANNELS), height, width) and ours.dtype == torch.float32
+    errors["logits"] = max_error(ours, reference)
+    if case == "seg_b":
+        errors["logits_stored_channel_0"] = max_error(ours[:, :1], g["inverse_logits_first1ch"])
+    assert max(errors["logits"], errors.get("logits_stored_channel_0", 0.0)) < 1e-2, errors
+    print(case, errors)
+
+
+# -------------------------------------------------------------------------------------- the inverse on its own
+# the hand geometry of test_reshaper: input rows [0, 24) and [24, 64) warped to 8 rows each, columns [0, 32) and
+# [32, 64) likewise; input row y lands at warped row y / 3 (y < 24) or 8 + (y - 24) / 5, column x at x / 4
+HAND_ROWS = torch.tensor([[0.0, 24.0, 64.0]], dtype=torch.float64)
+HAND_COLS = torch.tensor([[0.0, 32.0, 64.0]], dtype=torch.float64)
+
+
+def hand_warped_rows() -> torch.Tensor:
+    y = torch.arange(64, dtype=torch.float64)
+    return torch.where(y < 24, y / 3, 8 + (y - 24) / 5)
+
+
+@pytest.mark.parametrize(("map_size", "first_centre", "step"), [(4, 1.5, 4.0), (16, 0.0, 1.0), (32, -0.25, 0.5)])
+def test_inverse_warp_reads_maps_of_any_size_at_aligned_pixel_centres(map_size, first_centre, step):
+    """A decode head's logits at 1/4 of the warped 16x16 image, at its size and upsampled 2x: map pixel `m` is centred
+    on warped coordinate `first_centre + m * step` (`align_corners=False`). A map linear in the warped row,
+    `f(v) = 3 v + 1`, comes back as `f` at each input row's warped coordinate, held at the outermost centres."""
+    centres = first_centre + step * torch.arange(map_size, dtype=torch.float64)
+    column = 3 * centres + 1
+    maps = column.view(1, 1, -1, 1).expand(1, 2, map_size, map_size).contiguous()
+    back = unwarp(maps, HAND_ROWS, HAND_COLS, 8, 64, 64)
+    assert back.shape == (1, 2, 64, 64) and back.dtype == torch.float64
+    v = hand_warped_rows().clamp(centres[0], centres[-1])
+    expected = (3 * v + 1).view(1, 1, 64, 1).expand(1, 2, 64, 64)
+    torch.testing.assert_close(back, expected, atol=1e-12, rtol=0)
+
+
+def test_inverse_warp_of_a_quarter_size_map_equals_reading_its_upsampling_where_that_is_linear():
+    """Reading a 1/4-size map directly is `F.interpolate(..., align_corners=False)` followed by the inverse, without
+    the second interpolation: on a map linear in both directions the two agree away from the clamped borders."""
+    m = torch.arange(4, dtype=torch.float64)
+    coarse = (2 * m.view(-1, 1) - 5 * m.view(1, -1) + 0.5).expand(1, 3, 4, 4).contiguous()
+    direct = unwarp(coarse, HAND_ROWS, HAND_COLS, 8, 64, 64)
+    upsampled = F.interpolate(coarse, size=(16, 16), mode="bilinear", align_corners=False)
+    via_upsampling = unwarp(upsampled, HAND_ROWS, HAND_COLS, 8, 64, 64)
+    # the upsampled map is linear from warped pixel 2 to 13 (pixels 0, 1, 14, 15 hold clamped coarse values)
+    rows = (hand_warped_rows() >= 2) & (hand_warped_rows() <= 13)
+    cols = (torch.arange(64) / 4 >= 2) & (torch.arange(64) / 4 <= 13)
+    inside = rows.view(-1, 1) & cols.view(1, -1)
+    torch.testing.assert_close(direct[..., inside], via_upsampling[..., inside], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_inverse_warp_in_half_precision_blends_in_float32(dtype):
+    """Half-precision logits come back in their dtype, as the float32 inverse of the same values rounded once."""
+    generator = torch.Generator().manual_seed(0)
+    maps = (torch.randn(2, 5, 16, 16, generator=generator) * 4).to(dtype)
+    rows = torch.cat([HAND_ROWS, torch.tensor([[0.0, 40.0, 64.0]], dtype=torch.float64)])
+    cols = torch.cat([HAND_COLS, torch.tensor([[0.0, 10.0, 64.0]], dtype=torch.float64)])
+    half = unwarp(maps, rows.to(torch.float32), cols.to(torch.float32), 8, 64, 64)
+    assert half.dtype == dtype and half.shape == (2, 5, 64, 64)
+    full = unwarp(maps.float(), rows.to(torch.float32), cols.to(torch.float32), 8, 64, 64)
+    assert torch.equal(half, full.to(dtype))
+
+
+def test_inverse_warp_is_batched_each_image_with_its_own_warp():
+    generator = torch.Generator().manual_seed(1)
+    maps = torch.randn(3, 4, 12, 20, generator=generator)  # 3/4 of a 16x... warped image: any size
+    sizes = torch.rand(3, 4, generator=generator, dtype=torch.float64) + 0.2
+    rows = edges_from_heights(sizes[:, :2] / sizes[:, :2].sum(-1, keepdim=True) * 48)
+    cols = edges_from_heights(sizes[:, 2:] / sizes[:, 2:].sum(-1, keepdim=True) * 80)
+    batched = unwarp(maps, rows, cols, 8, 48, 80)
+    for b in range(3):
+        alone = unwarp(maps[b : b + 1], rows[b : b + 1], cols[b : b + 1], 8, 48, 80)
+        assert torch.equal(batched[b : b + 1], alone)
+    labels = torch.randint(0, 9, (3, 1, 16, 16), generator=generator)
+    nearest = unwarp(labels, rows, cols, 8, 48, 80, mode="nearest")
+    assert nearest.dtype == torch.long and set(nearest.unique().tolist()) <= set(labels.unique().tolist())
+
+
+def test_inverse_warp_is_differentiable_gradcheck():
+    """float64 gradcheck with respect to the logits and the inner edges of both axes (the outer edges are the image's
+    borders, where the coordinates sit on the clamp)."""
+    generator = torch.Generator().manual_seed(2)
+    maps = torch.randn(1, 1, 4, 6, generator=generator, dtype=torch.float64, requires_grad=True)
+    inner_rows = torch.tensor([[4.3]], dtype=torch.float64, requires_grad=True)
+    inner_cols = torch.tensor([[3.7, 6.2]], dtype=torch.float64, requires_grad=True)
+    zero = torch.zeros(1, 1, dtype=torch.float64)
+
+    def inverse(maps, inner_rows, inner_cols):  # a 7x9 input warped to 2x3 cells of 2 px, read from a 4x6 map
+        rows = torch.cat([zero, inner_rows, zero + 7], dim=1)
+        cols = torch.cat([zero, inner_cols, zero + 9], dim=1)
+        return unwarp(maps, rows, cols, 2, 7, 9)
+
+    assert torch.autograd.gradcheck(inverse, (maps, inner_rows, inner_cols))
+
+
+# ------------------------------------------------------------------------------------------------ label warping
+@pytest.mark.parametrize("case", ["seg_a", "seg_b"])
+def test_label_warp_matches_the_fork_where_its_label_is_unambiguous(case):
+    """The fork reads labels as it reads pixels: its vertical pass is bilinear (then truncated), its horizontal pass
+    nearest. Where the two input rows that its vertical sample blends hold the same label at the column its nearest
+    sample picks (and that sample is not a half-pixel tie), its label is unambiguous: ours, sampling the nearest row
+    instead, must be that label. seg_b's stored float mask (before truncation) is that label there; the truncated masks
+    of both cases equal ours there or lie one below it, where the float blend of two equal labels rounded just under
+    the integer."""
+    g = golden(case)
+    labels = g["gt_mask"].long()
+    batch, height, width = labels.shape
+    rows, cols = height // 16, width // 16
+    row_edges, strip = edges_from_heights(g["row_heights"]), g["new_edges"].double()
+    ours = warp_labels(labels, row_edges, strip, cols, 16)
+    assert ours.shape == (batch, height, width) and ours.dtype == torch.long
+
+    # where the fork samples: rows y = Y_r + h_r k / 16, columns x = e_s - r W + (e_{s+1} - e_s) l / 16
+    t = torch.arange(16, dtype=torch.float64) / 16
+    heights = g["row_heights"].double()
+    y = (row_edges[:, :-1, None] + heights[:, :, None] * t).reshape(batch, height)
+    band_start = torch.arange(rows, dtype=torch.float64).view(1, -1, 1) * width
+    starts = strip[:, :-1].reshape(batch, rows, cols) - band_start
+    widths = strip.diff(dim=-1).reshape(batch, rows, cols)
+    x = (starts[..., None] + widths[..., None] * t).reshape(batch, rows, width).repeat_interleave(16, dim=1)
+    column = (x + 0.5).floor().clamp(0, width - 1).long()
+    above = y.floor().clamp(0, height - 1).long()
+    below = (above + 1).clamp(max=height - 1)
+
+    def read(at_rows):
+        return labels.gather(1, at_rows.unsqueeze(-1).expand(-1, -1, width)).gather(2, column)
+
+    tie = ((x - x.floor()) - 0.5).abs() < 1e-3
+    unambiguous = (read(above) == read(below)) & ~tie
+    assert unambiguous.double().mean() > 0.9
+    assert torch.equal(ours[unambiguous], read(above)[unambiguous])
+    theirs = g["warped_mask"].long()
+    difference = (theirs - ours)[unambiguous]
+    assert set(difference.unique().tolist()) <= {0, -1}
+    assert (difference == -1).double().mean() < 0.03
+    if case == "seg_b":
+        blended = g["warped_mask_float"].double()
+        # within 1e-2, not exactly: the fork's vertical pass reads column j at j plus a linspace rounding (~1e-5),
+        # which blends in a trace of the next column's label
+        assert (blended - ours)[unambiguous].abs().max() < 1e-2
+    # ours holds only labels of the input; the fork's truncation invents some (>= 150 and not 255)
+    assert set(ours.unique().tolist()) <= set(labels.unique().tolist())
+    invented = (theirs >= NUM_CLASSES) & (theirs != IGNORE)
+    assert invented.double().mean() > 0.02 and not ((ours >= NUM_CLASSES) & (ours != IGNORE)).any()
+
+
+def test_label_warp_is_nearest_in_both_passes_and_keeps_the_ignore_index():
+    """The uniform warp of 64x64 into 32x32 reads every other label exactly, as the pixels; the hand warp reads the
+    nearest input row and column of each sample point; ignore_index pixels stay 255."""
+    generator = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 7, (2, 64, 64), generator=generator)
+    labels[:, 10:20, 30:50] = IGNORE
+    reshaper = DartImageReshaper(scorer="uniform", score_grid_size=4, patch_size=8)
+    warp = reshaper(torch.zeros(2, 3, 64, 64))
+    uniform = warp_labels(labels, warp.row_edges, warp.strip_edges, 4, 8)
+    assert torch.equal(uniform, labels[:, ::2, ::2])
+
+    # rows [0, 24) -> warped rows 0..7 read y = 3 l, rows [24, 64) -> warped rows 8..15 read y = 24 + 5 l;
+    # columns: one band of [0, 10) and [10, 64), x = 10 k / 8 and 10 + 54 k / 8, rounded half up
+    strip = torch.tensor([[0.0, 10.0, 64.0, 74.0, 128.0]], dtype=torch.float64)
+    warped = warp_labels(labels[:1], HAND_ROWS, strip, 2, 8)
+    k = torch.arange(8, dtype=torch.float64)
+    expected_rows = torch.cat([3 * k, 24 + 5 * k]).long()
+    expected_cols = torch.cat([(10 * k / 8 + 0.5).floor(), (10 + 54 * k / 8 + 0.5).floor()]).long()
+    assert torch.equal(warped[0], labels[0][expected_rows][:, expected_cols])
+    ignored = warped[0] == IGNORE
+    assert ignored.any() and torch.equal(ignored, labels[0][expected_rows][:, expected_cols] == IGNORE)
+    with pytest.raises(ValueError, match="labels"):
+        warp_labels(labels[0], warp.row_edges, warp.strip_edges, 4, 8)
+    with pytest.raises(ValueError, match="warp does not fit"):
+        warp_labels(labels, warp.row_edges, warp.strip_edges, 3, 8)
