@@ -1,4 +1,5 @@
-"""Token-region pictures (`modeling_dart.visualize`): exact pieces, score overlay, the model+processor helper, the CLI."""
+"""Token-region pictures (`modeling_dart.visualize`): exact pieces, score overlay, the model+processor helper, the CLI;
+and the image reshaper's picture (the warped grid on the input, the warped image beside it)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ import torch
 from PIL import Image
 
 from modeling_dart import DartConfig, DartForImageClassification, DartImageProcessor
-from modeling_dart.visualize import draw_token_regions, make_grid, render_token_regions, token_geometry
+from modeling_dart.visualize import (
+    draw_reshaper_warp,
+    draw_token_regions,
+    draw_warped_grid,
+    main,
+    make_grid,
+    render_token_regions,
+    token_geometry,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -182,3 +191,110 @@ def test_cli_writes_a_grid(tiny_folder, astronaut, tmp_path):
     assert grid.width == 2 * 160 + 3 * 4  # two pictures side by side, 4 px padding
     assert grid.height > 160
     assert np.asarray(grid).std() > 20
+
+
+# ---------------------------------------------------------------------------------------------- the image reshaper
+# A hand-made warp of a 32x48 input: 4 row bands and 3 column bands of 8-pixel warped cells (warped image 32x24).
+ROW_EDGES = [0.0, 6.3, 10.0, 20.0, 32.0]
+COL_EDGES = [0.0, 20.0, 30.0, 48.0]
+GREY = (100, 100, 100)
+
+
+def hand_made_warp(warped=None):
+    warped = torch.zeros(1, 3, 32, 24) if warped is None else warped
+    return {"row_edges": torch.tensor([ROW_EDGES]), "col_edges": torch.tensor([COL_EDGES]),
+            "warped_pixel_values": warped, "score_map": torch.ones(1, 4, 4)}
+
+
+def full_lines(array, color):
+    """Rows and columns of `array` wholly in `color`, and the mask of that colour."""
+    is_line = np.all(array == color, axis=-1)
+    return np.flatnonzero(is_line.all(axis=1)).tolist(), np.flatnonzero(is_line.all(axis=0)).tolist(), is_line
+
+
+def test_warped_grid_lines_sit_on_the_edges():
+    """Displayed at twice the input size, row edge e is a horizontal line on pixel row round(2 e) and column edge e a
+    vertical line on pixel column round(2 e); the last edges (the input's border) on the last row / column. Nothing
+    else is drawn."""
+    image = Image.new("RGB", (48, 32), GREY)
+    picture = draw_warped_grid(image, hand_made_warp(), display_size=96, line_width=1, line_color=MAGENTA)
+    assert picture.size == (96, 64)
+    array = np.asarray(picture)
+    rows, cols, is_line = full_lines(array, MAGENTA)
+    assert rows == [0, 13, 20, 40, 63]  # 2 * 6.3 = 12.6 -> 13
+    assert cols == [0, 40, 60, 95]
+    expected = np.zeros((64, 96), dtype=bool)
+    expected[rows, :] = True
+    expected[:, cols] = True
+    assert np.array_equal(is_line, expected)
+    assert np.all(array[~is_line] == GREY)
+    # a 3-pixel line is centred on the 1-pixel one, and stays inside the picture at the borders
+    rows, cols, _ = full_lines(np.asarray(draw_warped_grid(image, hand_made_warp(), display_size=96, line_width=3,
+                                                           line_color=MAGENTA)), MAGENTA)
+    assert rows == [0, 1, 2, 12, 13, 14, 19, 20, 21, 39, 40, 41, 61, 62, 63]
+    assert cols == [0, 1, 2, 39, 40, 41, 59, 60, 61, 93, 94, 95]
+
+
+def test_warped_image_panel_is_the_denormalised_warp():
+    """Beside the input, the warped pixels undone with the processor's mean / std and rescale factor (rounded,
+    clipped to 0..255), each warped pixel a 2x2 block at the input picture's height; white padding between."""
+    mean, std = np.array([0.5, 0.4, 0.3]), np.array([0.2, 0.25, 0.3])
+    target = np.random.default_rng(0).integers(0, 256, size=(32, 24, 3))
+    warped = (target / 255.0 - mean) / std  # exact uint8 values after de-normalisation
+    warped[0, 0] = 50.0  # far above white: clipped to 255
+    warped[0, 1] = -50.0  # far below black: clipped to 0
+    expected = target.copy()
+    expected[0, 0], expected[0, 1] = 255, 0
+    outputs = hand_made_warp(torch.tensor(warped.transpose(2, 0, 1)[None], dtype=torch.float32))
+    picture = draw_reshaper_warp(Image.new("RGB", (48, 32), GREY), outputs, image_mean=mean.tolist(),
+                                 image_std=std.tolist(), rescale_factor=1 / 255, pad=4, display_size=96)
+    assert picture.size == (96 + 4 + 48, 64)
+    array = np.asarray(picture).astype(int)
+    assert np.all(array[:, 96:100] == 255)
+    assert np.array_equal(array[:, 100:], np.repeat(np.repeat(expected, 2, axis=0), 2, axis=1))
+    with pytest.raises(ValueError, match="warped_pixel_values"):
+        draw_reshaper_warp(Image.new("RGB", (48, 32)), {k: v for k, v in outputs.items() if k != "warped_pixel_values"})
+    with pytest.raises(ValueError, match="draw_reshaper_warp"):  # a reshaper output given to the token picture
+        draw_token_regions(Image.new("RGB", (48, 32)), outputs)
+
+
+@pytest.fixture(scope="module")
+def tiny_reshaper_folder(tmp_path_factory) -> Path:
+    """A saved reshaper classifier: 64x64 inputs warped to 32x32 by the uniform scorer (edges every 16 input pixels,
+    the warped image every other input pixel), a tiny ConvNeXt behind it."""
+    from transformers import ConvNextConfig
+
+    from modeling_dart import DartReshaperConfig, DartReshaperForImageClassification
+
+    backbone = ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1],
+                              id2label={0: "cat", 1: "person", 2: "rocket"})
+    config = DartReshaperConfig(backbone_config=backbone, image_size=64, patch_size=8, score_grid_size=4,
+                                scorer="uniform")
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_reshaper")
+    DartReshaperForImageClassification(config).save_pretrained(folder)
+    DartImageProcessor(size={"shortest_edge": 73}, crop_size={"height": 64, "width": 64}).save_pretrained(folder)
+    return folder
+
+
+def test_cli_draws_the_warp_of_a_reshaper_model(tiny_reshaper_folder, astronaut, tmp_path, capsys):
+    image, out = tmp_path / "astronaut.png", tmp_path / "warp.png"
+    astronaut.save(image)
+    picture = main(["--model", str(tiny_reshaper_folder), str(image), "--out", str(out), "--display_size", "128"])
+    assert out.read_bytes()[:8] == PNG_SIGNATURE
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(picture))
+    band = picture.height - 128  # the caption band on top
+    assert picture.width == 128 + 4 + 128 and band > 0  # the input and the warped image, each 128 pixels high
+    array = np.asarray(picture)[band:].astype(int)
+    rows, cols, _ = full_lines(array[:, :128], (0, 255, 255))  # the default line colour
+    assert rows == cols == [0, 32, 64, 96, 127]  # uniform edges 0, 16, 32, 48, 64 at twice the input size
+    # the warped image is the crop read every other pixel (de-normalised to within rounding), in 4x4 blocks
+    crop = DartImageProcessor.from_pretrained(tiny_reshaper_folder)(
+        astronaut, do_rescale=False, do_normalize=False, return_tensors="np")["pixel_values"][0]
+    crop = np.moveaxis(np.asarray(crop), 0, -1)
+    assert np.abs(array[:, 132::4][::4] - crop[::2, ::2]).max() <= 1
+    assert np.all(array[:, 132:][::4] == array[:, 132:][1::4])  # nearest-neighbour blocks
+    with pytest.raises(SystemExit) as stop:
+        main(["--model", str(tiny_reshaper_folder), str(image), "--out", str(tmp_path / "no.png"), "--num_tokens", "9"])
+    assert stop.value.code == 2 and not (tmp_path / "no.png").exists()
+    assert "--num_tokens" in capsys.readouterr().err
