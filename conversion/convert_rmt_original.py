@@ -13,7 +13,7 @@ shape (`--preset` to name one), or else is decomposed retention in every stage b
 DARMT-L6.
 
 The stored `Relpos.angle` / `Relpos.decay` buffers are compared with what the config computes and then left out (the
-model computes them); a mismatch is an error. Every other key maps to exactly one tensor of the model, and every tensor
+model computes them); a mismatch, or a stage without them, is an error. Every other key maps to exactly one tensor of the model, and every tensor
 of the model is filled: an unknown, missing or mis-shaped key is an error. A DARMT checkpoint (DART's image reshaper in
 front of RMT, keys `pre_image.*`) is refused unless `--rmt_only` asks for its RMT part alone (which expects the
 reshaper's warped 224x224 images as input); `convert_dart_original.py` is the converter for the whole model.
@@ -226,8 +226,18 @@ def check_relative_position_buffers(state_dict: dict[str, torch.Tensor], config:
     """Compare the checkpoint's `layers.{i}.Relpos.angle` / `.decay` buffers with what `config` computes (float32; the
     original computes them in float32 too, so they agree to rounding); return the keys checked. Raises a
     `ConversionError` naming the key, the largest difference and the config values on any mismatch in shape or value,
-    and for a buffer of a stage the config does not have."""
+    for a buffer of a stage the config does not have, and for a buffer of one of its stages that the checkpoint
+    lacks (the original stores both buffers of every stage: without them the checkpoint is incomplete, or not
+    VisRetNet's)."""
     expected = rmt_relative_position_buffers(config)
+    for stage in sorted(expected):
+        for name in ("angle", "decay"):
+            if f"layers.{stage}.Relpos.{name}" not in state_dict:
+                raise ConversionError(
+                    f"missing key 'layers.{stage}.Relpos.{name}': an original RMT checkpoint stores the angle and "
+                    f"decay buffers of every stage, and the converter checks them against the config; this one is "
+                    f"incomplete."
+                )
     checked = []
     for key, stored in state_dict.items():
         match = _RELPOS.fullmatch(key)

@@ -282,6 +282,13 @@ def test_darmt_l6_key_errors_name_the_key(tmp_path, capsys):
     tampered = {**state, "layers.2.Relpos.decay": state["layers.2.Relpos.decay"] * 1.001}
     with pytest.raises(conv.ConversionError, match=r"layers\.2\.Relpos\.decay differs"):
         conv.convert_darmt(_save(tmp_path / "t.pth", {"model": tampered}))
+    # the angles: a stored table that differs from the config's, one of another length, and one missing
+    for key, angle, message in (("layers.0.Relpos.angle", state["layers.0.Relpos.angle"] * 0.999, "differs"),
+                                ("layers.3.Relpos.angle", state["layers.3.Relpos.angle"][:16], "has shape")):
+        with pytest.raises(conv.ConversionError, match=re.escape(key) + " " + message):
+            conv.convert_darmt_state_dict({**state, key: angle}, model)
+    with pytest.raises(conv.ConversionError, match=r"missing key 'layers\.2\.Relpos\.angle'"):
+        conv.convert_darmt_state_dict({k: v for k, v in state.items() if k != "layers.2.Relpos.angle"}, model)
     # the wrong converter for the file: each names the right one, and nothing is written
     code, _, err = run(["--variant", "darvit_tiny", "--checkpoint", darmt_checkpoint(), "--output_dir",
                         tmp_path / "o1"], capsys)

@@ -351,6 +351,13 @@ def test_relative_position_buffers_are_checked_then_left_out():
     short["layers.3.Relpos.decay"] = original["layers.3.Relpos.decay"][:5]
     with pytest.raises(ConversionError, match=r"layers\.3\.Relpos\.decay has shape"):
         check_relative_position_buffers(short, model.config)
+    # a stage whose angles are not stored cannot be checked: the checkpoint is incomplete (the decays are needed to
+    # read the heads, so their absence already fails in `infer_rmt_config`)
+    no_angles = {k: v for k, v in original.items() if k != "layers.1.Relpos.angle"}
+    with pytest.raises(ConversionError, match=r"missing key 'layers\.1\.Relpos\.angle'"):
+        check_relative_position_buffers(no_angles, model.config)
+    with pytest.raises(ConversionError, match=r"missing key 'layers\.1\.Relpos\.angle'"):
+        convert_state_dict(no_angles, model)
 
 
 def test_every_key_mapped_or_an_error(tmp_path):
