@@ -11,7 +11,8 @@ reshaper (`reshaper.scorer.*`), every other key onto the RMT classifier (`backbo
 from the block keys, widths and ratios from the shapes, heads from `layers.{i}.Relpos.decay`, layer scales from the
 `gamma_*` keys), its stored `Relpos.angle` / `Relpos.decay` buffers are checked against what the config computes and
 then left out, and the reshaper takes the original's behaviour (`DAIR_PARITY_OPTIONS`). A darmt checkpoint given as
-a token variant, or a token (or plain RMT) checkpoint given as darmt_l6, is an error that names the right converter.
+a token variant, or a token, plain RMT, ViT/DeiT or Vision Mamba checkpoint given as darmt_l6, is an error that names
+the right converter.
 
 The checkpoint is read with `torch.load(..., weights_only=True)` (only `argparse.Namespace` is allow-listed, for the
 `args` entry of training checkpoints). Every key is accounted for: each original tensor maps to exactly one parameter or
@@ -60,9 +61,11 @@ from modeling_dart.modeling_reshaper_dart import DartReshaperForImageClassificat
 from modeling_dart.reshaper_dart import original_reshaper_key  # noqa: E402
 
 from conversion.convert_rmt_original import (  # noqa: E402
+    WRAP_ADVICE,
     check_relative_position_buffers,
     convert_rmt_key,
     infer_rmt_config,
+    plain_backbone_kind,
 )
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -221,6 +224,10 @@ def split_darmt_state_dict(state_dict: dict[str, torch.Tensor]) -> tuple[dict, d
                 f"this is a plain RMT checkpoint (no `{DARMT_PREFIX}*` reshaper keys), not {DARMT_VARIANT}; convert "
                 "it with conversion/convert_rmt_original.py."
             )
+        kind = plain_backbone_kind(state_dict)
+        if kind is not None:
+            raise ConversionError(f"this is {kind}, not {DARMT_VARIANT} (DART's image reshaper in front of RMT); "
+                                  f"{WRAP_ADVICE}.")
         raise ConversionError(f"no `{DARMT_PREFIX}*` keys: not a {DARMT_VARIANT} checkpoint (DART's image reshaper "
                               "in front of RMT).")
     return reshaper, rmt

@@ -172,7 +172,7 @@ def infer_rmt_config(state_dict: dict[str, torch.Tensor], preset: str | None = N
         depth = _contiguous({int(m.group(1)) for k in state_dict if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))},
                             f"stage {stage} block")
         if depth == 0:
-            raise ConversionError(f"stage {stage} has no `{prefix}*` keys.")
+            raise ConversionError(f"stage {stage} has no `{prefix}*` keys: not an RMT (VisRetNet) checkpoint.")
         dim = _require(state_dict, f"{prefix}0.retention_layer_norm.weight", 1).shape[0]
         ffn = _require(state_dict, f"{prefix}0.ffn.fc1.weight", 2).shape[0]
         decay_key = f"layers.{stage}.Relpos.decay"
@@ -262,9 +262,32 @@ def check_relative_position_buffers(state_dict: dict[str, torch.Tensor], config:
     return checked
 
 
+_PLAIN_BACKBONES = (  # (what the file is, a key pattern of its original release that RMT never has)
+    ("a ViT/DeiT checkpoint (`blocks.{i}.*` keys)", re.compile(r"^blocks\.\d+\.")),
+    ("a Vision Mamba checkpoint (`layers.{i}.mixer.*` keys)", re.compile(r"^layers\.\d+\.mixer\.")),
+)
+WRAP_ADVICE = ("wrap it in DART with conversion/convert_vit_to_dart.py (a Vim `.pth` directly, a ViT/DeiT through "
+               "its Transformers folder or Hub id)")
+
+
+def plain_backbone_kind(state_dict: dict[str, torch.Tensor]) -> str | None:
+    """What an original ViT/DeiT or Vision Mamba state dict is (e.g. "a Vision Mamba checkpoint (...)"), or None."""
+    for kind, pattern in _PLAIN_BACKBONES:
+        if any(pattern.match(key) for key in state_dict):
+            return kind
+    return None
+
+
 def rmt_state_dict(state_dict: dict[str, torch.Tensor], rmt_only: bool = False) -> dict[str, torch.Tensor]:
     """The RMT keys of an original checkpoint. A DARMT checkpoint (`pre_image.*` keys) is refused unless `rmt_only`,
-    which drops the reshaper's keys."""
+    which drops the reshaper's keys; a token DART, ViT/DeiT or Vision Mamba checkpoint is refused, naming the
+    converter that takes it."""
+    if any(key.startswith("patch_embed.spn.") for key in state_dict):
+        raise ConversionError("this is a token DART checkpoint (`patch_embed.spn.*` keys: darvit_* / darvim_*), not "
+                              "an RMT one; convert it with conversion/convert_dart_original.py --variant <its variant>.")
+    kind = plain_backbone_kind(state_dict)
+    if kind is not None:
+        raise ConversionError(f"this is {kind}, not an RMT (VisRetNet) one; {WRAP_ADVICE}.")
     reshaper = [key for key in state_dict if key.startswith(DARMT_PREFIX)]
     if reshaper and not rmt_only:
         raise ConversionError(

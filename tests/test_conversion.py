@@ -301,6 +301,27 @@ def test_darmt_l6_key_errors_name_the_key(tmp_path, capsys):
     assert code == 2 and "convert_rmt_original.py" in err
 
 
+def plain_backbone_state_dicts():
+    """Small state dicts in the key layout of the original ViT/DeiT (timm) and Vision Mamba (hustvl/Vim) releases."""
+    common = {"patch_embed.proj.weight": torch.zeros(8, 3, 16, 16), "cls_token": torch.zeros(1, 1, 8),
+              "pos_embed": torch.zeros(1, 5, 8), "head.weight": torch.zeros(4, 8), "head.bias": torch.zeros(4)}
+    deit = {**common, "blocks.0.norm1.weight": torch.ones(8), "blocks.0.attn.qkv.weight": torch.zeros(24, 8),
+            "norm.weight": torch.ones(8)}
+    vim = {**common, "layers.0.mixer.in_proj.weight": torch.zeros(32, 8), "layers.0.norm.weight": torch.ones(8),
+           "norm_f.weight": torch.ones(8)}
+    return {"ViT/DeiT": deit, "Vision Mamba": vim}
+
+
+def test_darmt_l6_refuses_a_plain_vit_or_vim_checkpoint_naming_the_wrapper(tmp_path, capsys):
+    """A ViT/DeiT or Vim release checkpoint given as darmt_l6: one error line that says what the file is and names
+    convert_vit_to_dart.py (which wraps such backbones in DART); nothing is written."""
+    for kind, state in plain_backbone_state_dicts().items():
+        path = _save(tmp_path / "plain.pth", {"model": state})
+        code, _, err = run(["--variant", "darmt_l6", "--checkpoint", path, "--output_dir", tmp_path / "out"], capsys)
+        assert code == 2 and not (tmp_path / "out").exists(), err
+        assert len(err.strip().splitlines()) == 1 and kind in err and "convert_vit_to_dart.py" in err, err
+
+
 def test_darmt_l6_full_size_from_the_manifest_on_the_meta_device():
     """The full-size DARMT_L6 from `manifest_darmt_l6.json` (shapes only, on the meta device; the Relpos decays from
     the manifest's per-head values, the angles computed): the config read from it is RMT-L6 behind the original

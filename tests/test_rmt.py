@@ -377,6 +377,26 @@ def test_every_key_mapped_or_an_error(tmp_path):
         infer_rmt_config(no_heads)
 
 
+def test_a_dart_vit_or_vim_checkpoint_is_refused_naming_its_converter(tmp_path, capsys):
+    """Checkpoints of the other families, given to the RMT converter: one error line that says what the file is and
+    names the converter that takes it; nothing is written. (A Vim file has `layers.{i}.*` keys too, and was
+    reported as an RMT stage without blocks.)"""
+    common = {"patch_embed.proj.weight": torch.zeros(8, 3, 16, 16), "cls_token": torch.zeros(1, 1, 8),
+              "head.weight": torch.zeros(4, 8)}
+    vim = {**common, "layers.0.mixer.in_proj.weight": torch.zeros(32, 8), "layers.0.norm.weight": torch.ones(8)}
+    deit = {**common, "blocks.0.attn.qkv.weight": torch.zeros(24, 8), "norm.weight": torch.ones(8)}
+    token_vim = {**vim, "patch_embed.spn.spn.spn.mlp.net.0.weight": torch.zeros(8, 16)}
+    for state, kind, converter in ((vim, "Vision Mamba", "convert_vit_to_dart.py"),
+                                   (deit, "ViT/DeiT", "convert_vit_to_dart.py"),
+                                   (token_vim, "token DART", "convert_dart_original.py")):
+        path = tmp_path / "other.pth"
+        torch.save({"model": state}, path)
+        assert main(["--checkpoint", str(path), "--output_dir", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and kind in err and converter in err, err
+        assert not (tmp_path / "out").exists()
+
+
 def test_converter_command_writes_a_loadable_folder(tmp_path, capsys):
     folder = require_fixture(CHECKPOINT)
     out = tmp_path / "rmt"
