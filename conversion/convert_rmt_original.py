@@ -130,7 +130,13 @@ def _decay_settings(decay: torch.Tensor, key: str) -> tuple[float, float | None]
     init_value = _tidy(float(exponents[0]))
     if decay.numel() == 1:
         return init_value, None
-    return init_value, _tidy(float(exponents[1] - exponents[0]) * decay.numel())
+    heads_range = _tidy(float(exponents[1] - exponents[0]) * decay.numel())
+    if not heads_range > 0:
+        raise ConversionError(
+            f"{key} must rise from head to head (RMT's decay of head h is log(1 - 2**-(init_value + heads_range * h / "
+            f"num_heads)) with heads_range > 0), got {decay.tolist()}: heads_range {heads_range}."
+        )
+    return init_value, heads_range
 
 
 def _tidy(value: float) -> float:
@@ -178,6 +184,11 @@ def infer_rmt_config(state_dict: dict[str, torch.Tensor], preset: str | None = N
         decay_key = f"layers.{stage}.Relpos.decay"
         decay = _require(state_dict, decay_key, 1)
         init_value, heads_range = _decay_settings(decay, decay_key)
+        if dim % (2 * decay.numel()):
+            raise ConversionError(
+                f"{decay_key} holds {decay.numel()} decays (one per head), but {decay.numel()} heads do not divide "
+                f"the stage's width {dim} into even key dimensions: the buffer does not belong to this stage."
+            )
         fields["embed_dims"].append(dim)
         fields["depths"].append(depth)
         fields["num_heads"].append(decay.numel())

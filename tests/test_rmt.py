@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 import subprocess
 import sys
 import textwrap
@@ -375,6 +376,12 @@ def test_every_key_mapped_or_an_error(tmp_path):
     no_heads = {k: v for k, v in original.items() if k != "layers.1.Relpos.decay"}
     with pytest.raises(ConversionError, match=r"layers\.1\.Relpos\.decay"):
         infer_rmt_config(no_heads)
+    # decays that give no valid config name their buffer: in reverse head order (a negative heads range), and one
+    # decay short (5 heads do not divide the stage's width 192 into even key dimensions)
+    for key, decay in (("layers.2.Relpos.decay", original["layers.2.Relpos.decay"].flip(0)),
+                       ("layers.3.Relpos.decay", original["layers.3.Relpos.decay"][:5])):
+        with pytest.raises(ConversionError, match=re.escape(key)):
+            infer_rmt_config({**original, key: decay})
 
 
 def test_a_dart_vit_or_vim_checkpoint_is_refused_naming_its_converter(tmp_path, capsys):
