@@ -131,3 +131,19 @@ DartReshaperForImageClassification.register_for_auto_class("AutoModelForImageCla
 __all__ += ["DartReshaperConfig", "DAIR_PARITY_OPTIONS", "DartReshaperPreTrainedModel",
             "DartReshaperForImageClassification", "DartReshaperImageClassifierOutput", "DartImageReshaper",
             "DartReshaperOutput"]
+
+# The reshaper for semantic segmentation (the same `DartReshaperConfig`, with a segmentation model's configuration as
+# `backbone_config`, e.g. UperNet with a Swin / ConvNeXt / RMT backbone): `AutoModelForSemanticSegmentation` ->
+# `DartReshaperForSemanticSegmentation`, which `pipeline("image-segmentation")` finds; saved folders also load with
+# `trust_remote_code=True`.
+from transformers import AutoModelForSemanticSegmentation  # noqa: E402
+
+from .modeling_reshaper_dart import (  # noqa: E402
+    DartReshaperForSemanticSegmentation,
+    DartReshaperSemanticSegmenterOutput,
+)
+
+AutoModelForSemanticSegmentation.register(DartReshaperConfig, DartReshaperForSemanticSegmentation, exist_ok=True)
+DartReshaperForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
+
+__all__ += ["DartReshaperForSemanticSegmentation", "DartReshaperSemanticSegmenterOutput"]

@@ -68,10 +68,30 @@ def is_image_classifier_config(config) -> bool:
     return type(config) in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
 
 
+def is_semantic_segmentation_config(config) -> bool:
+    """Whether `AutoModelForSemanticSegmentation` builds a segmentation model from `config` (UperNet, Segformer,
+    BEiT, DPT, ...)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING
+
+    return type(config) in MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING
+
+
+def _resolve_nested_local_configs(fields: dict) -> dict:
+    """A segmentation config's own `backbone_config` (UperNet's) given as a dict of this package's model type (RMT)
+    is rebuilt here: where only the folder's remote code defines it, Transformers' `CONFIG_MAPPING` does not know it."""
+    nested = fields.get("backbone_config")
+    if isinstance(nested, dict) and nested.get("model_type") in LOCAL_BACKBONE_CONFIGS:
+        nested = dict(nested)
+        config_class = LOCAL_BACKBONE_CONFIGS[nested.pop("model_type")]
+        nested.pop("transformers_version", None)
+        fields = {**fields, "backbone_config": config_class(**nested)}
+    return fields
+
+
 def resolve_backbone_config(backbone_config) -> PreTrainedConfig:
     """A backbone configuration from a config object, a dict with its `model_type` (as `config.json` stores it), or
     `None` (the default, RMT-T3); raise a `TypeError` / `ValueError` naming `backbone_config` for anything else or for
-    the configuration of a model that is not an image classifier."""
+    the configuration of a model that is neither an image classifier nor a semantic segmentation model."""
     if backbone_config is None:
         backbone_config = RmtConfig()
     elif isinstance(backbone_config, dict):
@@ -79,16 +99,17 @@ def resolve_backbone_config(backbone_config) -> PreTrainedConfig:
         model_type = fields.pop("model_type", None)
         if not isinstance(model_type, str):
             raise ValueError("DartReshaperConfig: a `backbone_config` dict must name its `model_type` (e.g. 'rmt', "
-                             f"'convnext', 'resnet', 'swin'), got keys {sorted(backbone_config)[:8]}.")
+                             f"'convnext', 'resnet', 'swin', 'upernet'), got keys {sorted(backbone_config)[:8]}.")
         fields.pop("transformers_version", None)
-        backbone_config = _config_class(model_type)(**fields)
+        backbone_config = _config_class(model_type)(**_resolve_nested_local_configs(fields))
     elif not isinstance(backbone_config, PreTrainedConfig):
         raise TypeError(f"DartReshaperConfig: `backbone_config` must be a configuration, a dict with its "
                         f"`model_type`, or None, got {type(backbone_config).__name__}.")
-    if not is_image_classifier_config(backbone_config):
+    if not (is_image_classifier_config(backbone_config) or is_semantic_segmentation_config(backbone_config)):
         raise ValueError(
             f"DartReshaperConfig: `backbone_config` must configure an image classifier (a model type with an "
-            f"`AutoModelForImageClassification` class, e.g. 'rmt', 'convnext', 'resnet', 'swin'), got "
+            f"`AutoModelForImageClassification` class, e.g. 'rmt', 'convnext', 'resnet', 'swin') or a semantic "
+            f"segmentation model (an `AutoModelForSemanticSegmentation` class, e.g. 'upernet', 'segformer'), got "
             f"{type(backbone_config).__name__} (model_type {getattr(backbone_config, 'model_type', None)!r})."
         )
     return backbone_config
@@ -97,14 +118,17 @@ def resolve_backbone_config(backbone_config) -> PreTrainedConfig:
 # `@strict` (Transformers' dataclass configs) is left out on purpose, as for `DartConfig`: it raises huggingface_hub's
 # `StrictDataclassFieldValidationError`, which is neither a `ValueError` nor a `TypeError`; the fields are checked here.
 @auto_docstring(
-    custom_intro="""Configuration of a DART reshaper classifier ([`DartReshaperForImageClassification`]): DART's image reshaper (the original's `DynamicAdaptiveImageReshaper`, "DAIR") warps the input into a smaller image whose rows and columns give more pixels to the parts with high scores, and any image classifier configured by `backbone_config` (as `UperNetConfig` nests its backbone's) classifies the warped image. The labels (`id2label`, `label2id`, `num_labels`, `problem_type`) are the backbone's: setting them here sets them there. The defaults are clean for new models (per-image scores, the first edge at 0, exact scales, band sampling); `DAIR_PARITY_OPTIONS` holds the original's behaviour, which the released darmt-L6 needs (`DartReshaperConfig.darmt_l6()`).""",
+    custom_intro="""Configuration of a DART reshaper model ([`DartReshaperForImageClassification`], [`DartReshaperForSemanticSegmentation`]): DART's image reshaper (the original's `DynamicAdaptiveImageReshaper`, "DAIR") warps the input into a smaller image whose rows and columns give more pixels to the parts with high scores, and the image classifier or semantic segmentation model configured by `backbone_config` (as `UperNetConfig` nests its backbone's) takes the warped image; a segmentation model's logits are warped back to the input grid. The labels (`id2label`, `label2id`, `num_labels`, `problem_type`) are the backbone's: setting them here sets them there. The defaults are clean for new models (per-image scores, the first edge at 0, exact scales, band sampling); `DAIR_PARITY_OPTIONS` holds the original's behaviour, which the released darmt-L6 needs (`DartReshaperConfig.darmt_l6()`).""",
 )
 class DartReshaperConfig(PreTrainedConfig):  # trf-ignore: TRF010
     r"""
     backbone_config (`PreTrainedConfig` or `dict`, *optional*):
-        Configuration of the image classifier that takes the warped image: an [`RmtConfig`] or any configuration with
-        an `AutoModelForImageClassification` class (Transformers' `ConvNextConfig`, `SwinConfig`, `ResNetConfig`, ...).
-        A dict names its `model_type` (as `config.json` stores it). Defaults to RMT-T3.
+        Configuration of the model that takes the warped image: for [`DartReshaperForImageClassification`] an
+        [`RmtConfig`] or any configuration with an `AutoModelForImageClassification` class (Transformers'
+        `ConvNextConfig`, `SwinConfig`, `ResNetConfig`, ...); for [`DartReshaperForSemanticSegmentation`] any
+        configuration with an `AutoModelForSemanticSegmentation` class (`UperNetConfig` with a Swin, ConvNeXt or RMT
+        backbone, `SegformerConfig`, ...). A dict names its `model_type` (as `config.json` stores it). Defaults to
+        RMT-T3.
     image_size (`int`, *optional*, defaults to 448):
         Side of the input the model was trained at (the image processor's crop). Other sizes work at call time.
     patch_size (`int`, *optional*, defaults to 16):
@@ -155,7 +179,7 @@ class DartReshaperConfig(PreTrainedConfig):  # trf-ignore: TRF010
     model_type = "dart_reshaper"
     # what `Trainer.evaluate/predict` leaves out of the gathered predictions: metrics need only the logits
     keys_to_ignore_at_inference = ["hidden_states", "attentions", "warped_pixel_values", "score_map", "row_edges",
-                                   "col_edges"]
+                                   "col_edges", "warped_logits", "warped_labels"]
 
     def __init__(
         self,
@@ -289,4 +313,5 @@ class DartReshaperConfig(PreTrainedConfig):  # trf-ignore: TRF010
             raise type(error)(str(error).replace("DartConfig:", f"{name}:", 1)) from None
 
 
-__all__ = ["DartReshaperConfig", "DAIR_PARITY_OPTIONS", "is_image_classifier_config", "resolve_backbone_config"]
+__all__ = ["DartReshaperConfig", "DAIR_PARITY_OPTIONS", "is_image_classifier_config", "is_semantic_segmentation_config",
+           "resolve_backbone_config"]

@@ -48,6 +48,7 @@ from transformers.image_utils import (
     SizeDict,
     get_image_size_for_max_height_width,
 )
+from transformers.processing_utils import ImagesKwargs
 from transformers.utils import TensorType, auto_docstring, logging
 
 
@@ -55,10 +56,12 @@ logger = logging.get_logger(__name__)
 
 __all__ = [
     "DartImageProcessor",
+    "DartImageProcessorKwargs",
     "DartImageProcessorPil",
     "DartTrainTransform",
     "PerWorkerGenerator",
     "random_resized_crop_and_flip",
+    "reduce_labels",
     "register_image_processor",
 ]
 
@@ -269,6 +272,79 @@ def _typed_kwarg_error(error: StrictDataclassError, kwargs: dict, valid_kwargs: 
 
 
 
+class DartImageProcessorKwargs(ImagesKwargs, total=False):
+    r"""
+    do_reduce_labels (`bool`, *optional*, defaults to `self.do_reduce_labels`):
+        Reduce every label of the segmentation maps by 1 and make label 0 the ignore index 255, for datasets whose
+        label 0 is a background that is not a class (ADE20K).
+    """
+
+    do_reduce_labels: bool
+
+
+# the label of pixels without one (Transformers' segmentation processors and losses): labels reduced from 0 and pixels
+# a crop pads get it
+IGNORE_LABEL = 255
+# label maps are resized in PIL's 32-bit float mode beyond 8 bits: integers are exact up to 2**24
+_MAX_LABEL = 2**24
+
+
+def _flatten_segmentation_maps(maps: Any) -> list:
+    """The `segmentation_maps` argument as a flat list of single maps: one map (PIL image, 2-D array or tensor), a
+    3-D array or tensor `(batch, height, width)`, or a list of maps."""
+    if maps is None:
+        raise TypeError("`segmentation_maps` is None; expected label maps, or leave the argument out.")
+    if isinstance(maps, (list, tuple)):
+        if len(maps) == 0:
+            raise ValueError("`segmentation_maps` is an empty list; expected one label map per image.")
+        return list(maps)
+    if (isinstance(maps, np.ndarray) or _is_torch_tensor(maps)) and maps.ndim == 3:
+        return list(maps)
+    return [maps]
+
+
+def _segmentation_map_to_array(label_map: Any, where: str) -> np.ndarray:
+    """One label map as an `(H, W)` int64 array of class ids, or `TypeError` / `ValueError` naming `where`.
+
+    PIL images of modes `L`, `P` (palette indices are the class ids), `I`, `I;16*` give their values; colour images,
+    floats and booleans are refused (a label map holds integer class ids). Arrays and tensors may be `(H, W)`,
+    `(1, H, W)` or `(H, W, 1)`.
+    """
+    if isinstance(label_map, PIL.Image.Image):
+        if label_map.mode not in ("L", "P", "I", *_SIXTEEN_BIT_MODES):
+            raise TypeError(
+                f"`{where}` is a PIL image of mode {label_map.mode!r}; a label map holds one integer class id per "
+                "pixel (modes 'L', 'P', 'I' or 'I;16'). Convert colour-coded masks to class ids first."
+            )
+        array = np.asarray(label_map)
+    elif _is_torch_tensor(label_map):
+        array = label_map.detach().cpu().numpy()
+    elif isinstance(label_map, np.ndarray):
+        array = label_map
+    else:
+        raise TypeError(f"`{where}` has type {_describe(label_map)}; expected a PIL image, a numpy array or a torch "
+                        "tensor of integer class ids.")
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"`{where}` has dtype {array.dtype}; a label map holds integer class ids (e.g. uint8 or "
+                        "int64).")
+    if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
+        array = array.reshape(array.shape[1:] if array.shape[0] == 1 else array.shape[:-1])
+    if array.ndim != 2 or 0 in array.shape:
+        raise ValueError(f"`{where}` has shape {tuple(array.shape)}; expected a non-empty (height, width) label map.")
+    if array.size and (int(array.min()) < 0 or int(array.max()) >= _MAX_LABEL):
+        raise ValueError(f"`{where}` has labels in [{int(array.min())}, {int(array.max())}]; expected class ids in "
+                         f"[0, {_MAX_LABEL}) ({IGNORE_LABEL} for pixels without a label).")
+    return array.astype(np.int64)
+
+
+def reduce_labels(label_map: np.ndarray) -> np.ndarray:
+    """Label 0 (a background that is not a class) becomes the ignore index 255, every other label `l` becomes
+    `l - 1`, and 255 stays 255 (Transformers' `do_reduce_labels`)."""
+    reduced = label_map - 1
+    reduced[(label_map == 0) | (label_map == IGNORE_LABEL)] = IGNORE_LABEL
+    return reduced
+
+
 # what the generated docstring says before the arguments
 _PROCESSOR_INTRO = r"""Constructs a DART image processor with the PIL/NumPy backend (no torchvision required).
 
@@ -315,6 +391,7 @@ class DartImageProcessorPil(PilBackend):
     """
 
     model_input_names = ["pixel_values"]
+    valid_kwargs = DartImageProcessorKwargs
 
     do_convert_rgb = True
     do_resize = True
@@ -328,6 +405,7 @@ class DartImageProcessorPil(PilBackend):
     do_normalize = True
     image_mean = IMAGENET_DEFAULT_MEAN
     image_std = IMAGENET_DEFAULT_STD
+    do_reduce_labels = False
 
     def __init__(self, **kwargs):
         super().__init__(**_checked_numeric_settings(kwargs))
@@ -336,20 +414,120 @@ class DartImageProcessorPil(PilBackend):
 
     # ------------------------------------------------------------------ settings
 
+    @classmethod
+    def for_semantic_segmentation(cls, height: int = 512, width: int = 512, **kwargs) -> DartImageProcessorPil:
+        """A processor for segmentation: every image resized to `height x width` (bilinear), no crop, so that a
+        prediction covers the whole image and `post_process_semantic_segmentation` maps it back to the image's size;
+        label maps given as `segmentation_maps` are resized with nearest sampling. `kwargs` override any setting."""
+        settings = {"size": {"height": height, "width": width}, "do_center_crop": False,
+                    "resample": PILImageResampling.BILINEAR, **kwargs}
+        return cls(**settings)
+
     @auto_docstring
-    def preprocess(self, images: Any, *args, **kwargs) -> BatchFeature:
+    def preprocess(self, images: Any, segmentation_maps: Any = None, **kwargs) -> BatchFeature:
         r"""
         images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, a path or URL, or a list of those):
             The images to preprocess (see the class docstring for the accepted layouts, modes and value scales). The
             numeric options are checked first, and every option is refused with a `TypeError` / `ValueError` that
             names it.
+        segmentation_maps (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, or a list of those, *optional*):
+            One label map per image, of the image's size, holding integer class ids (255 for pixels without a
+            label): PIL images of mode `L`, `P`, `I` or `I;16`, `(H, W)` arrays or tensors, or a `(batch, H, W)`
+            batch. They are resized (nearest) and cropped as their images, never rescaled or normalised, and returned
+            as `labels` (int64). Padding by the crop gets 255.
         """
         kwargs = _checked_numeric_settings(kwargs)
         try:
             validate_typed_dict(self.valid_kwargs, kwargs)
         except StrictDataclassError as error:
             raise _typed_kwarg_error(error, kwargs, self.valid_kwargs) from error
-        return super().preprocess(images, *args, **kwargs)
+        return super().preprocess(images, segmentation_maps, **kwargs)
+
+    def _preprocess_image_like_inputs(self, images: Any, segmentation_maps: Any = None, **kwargs) -> BatchFeature:
+        do_reduce_labels = kwargs.pop("do_reduce_labels", None)
+        prepared = self._prepare_image_like_inputs(images, **kwargs)
+        data = self._preprocess(prepared, **kwargs)
+        if segmentation_maps is None:
+            return data
+        maps = _flatten_segmentation_maps(segmentation_maps)
+        if len(maps) != len(prepared):
+            raise ValueError(f"`segmentation_maps` holds {len(maps)} label map(s) for {len(prepared)} image(s); "
+                             "give one label map per image.")
+        labels = []
+        for i, (label_map, image) in enumerate(zip(maps, prepared)):
+            where = "segmentation_maps" if len(maps) == 1 else f"segmentation_maps[{i}]"
+            label_map = _segmentation_map_to_array(label_map, where)
+            if label_map.shape != image.shape[1:]:
+                which = "the image" if len(maps) == 1 else f"image {i}"
+                raise ValueError(f"`{where}` has size {label_map.shape[0]}x{label_map.shape[1]} (height x width) "
+                                 f"but {which} has {image.shape[1]}x{image.shape[2]}; a label map gives the class of "
+                                 "each pixel of its image.")
+            if do_reduce_labels:
+                label_map = reduce_labels(label_map)
+            labels.append(self._resize_and_crop_labels(label_map, **kwargs))
+        return_tensors = kwargs.get("return_tensors")
+        if return_tensors is not None and len({label.shape for label in labels}) > 1:
+            raise ValueError(f"cannot stack label maps of different sizes {sorted({label.shape for label in labels})} "
+                             f"(return_tensors={return_tensors!r}); resize to one size (`size={{'height': h, 'width': "
+                             "w}`) or pass return_tensors=None.")
+        return BatchFeature(data={**data, "labels": labels}, tensor_type=return_tensors)
+
+    def _resize_and_crop_labels(self, label_map: np.ndarray, do_resize=None, size=None, do_center_crop=None,
+                                crop_size=None, **kwargs) -> np.ndarray:
+        """One `(H, W)` int64 label map through its image's geometry: resize with nearest sampling (in PIL's 8-bit
+        mode, or its 32-bit float mode for labels above 255, exact for integers), then the same centre crop, padding
+        with 255."""
+        small = int(label_map.max()) <= 255
+        values = label_map.astype(np.uint8 if small else np.float32)[None]
+        if do_resize:
+            values = self.resize(values, size, resample=PILImageResampling.NEAREST)
+        values = values.astype(np.int64)
+        if do_center_crop:
+            height, width = values.shape[1:]
+            pad_h, pad_w = max(crop_size.height - height, 0), max(crop_size.width - width, 0)
+            if pad_h or pad_w:  # torchvision's CenterCrop pads as `center_crop` does, here with the ignore label
+                values = np.pad(values, ((0, 0), (pad_h // 2, (pad_h + 1) // 2), (pad_w // 2, (pad_w + 1) // 2)),
+                                constant_values=IGNORE_LABEL)
+            values = self.center_crop(values, crop_size)
+        return np.ascontiguousarray(values[0])
+
+    def post_process_semantic_segmentation(self, outputs, target_sizes: Sequence | None = None) -> list:
+        """The class of every pixel from a segmentation model's output (Transformers' Segformer / BEiT interface).
+
+        Args:
+            outputs: the model's output, with `logits` of shape `(batch_size, num_labels, height, width)`
+                ([`DartReshaperForSemanticSegmentation`]: already on the input grid).
+            target_sizes (`list[tuple[int, int]]` or a `(batch_size, 2)` tensor, *optional*): the `(height, width)`
+                of each prediction, usually the original image's; the logits are resized to it bilinearly
+                (`align_corners=False`) before the argmax. Without it the maps have the logits' size.
+
+        Returns:
+            `list[torch.Tensor]`: one `(height, width)` int64 map of class ids per image.
+        """
+        import torch
+        from torch.nn import functional as F
+
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 4:
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ValueError(f"`outputs.logits` must have shape (batch_size, num_labels, height, width), got {shape}.")
+        if target_sizes is None:
+            return list(logits.argmax(dim=1))
+        if isinstance(target_sizes, torch.Tensor):
+            target_sizes = target_sizes.tolist()
+        if len(target_sizes) != len(logits):
+            raise ValueError(f"`target_sizes` holds {len(target_sizes)} size(s) for {len(logits)} prediction(s); give "
+                             "one (height, width) per image.")
+        maps = []
+        for i, size in enumerate(target_sizes):
+            if (len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1
+                                      for s in size)):
+                raise ValueError(f"`target_sizes[{i}]` must be a (height, width) pair of positive integers, got "
+                                 f"{size!r}.")
+            resized = F.interpolate(logits[i : i + 1], size=(int(size[0]), int(size[1])), mode="bilinear",
+                                    align_corners=False)
+            maps.append(resized[0].argmax(dim=0))
+        return maps
 
     def _validate_preprocess_kwargs(self, **kwargs) -> None:
         # the options merged with the instance's settings (sizes standardised to `SizeDict`)
@@ -358,6 +536,11 @@ class DartImageProcessorPil(PilBackend):
             _check_size(name, kwargs.get(name))
         _check_choice("return_tensors", kwargs.get("return_tensors"), TensorType)
         _check_choice("input_data_format", kwargs.get("input_data_format"), ChannelDimension)
+        # this module's annotations are strings (`from __future__ import annotations`), which the typed-dict
+        # validation does not check: the option added here is checked by hand
+        reduce = kwargs.get("do_reduce_labels")
+        if reduce is not None and not isinstance(reduce, (bool, np.bool_)):
+            raise TypeError(f"`do_reduce_labels` got {reduce!r} of type {type(reduce).__name__}; expected bool or None.")
         super()._validate_preprocess_kwargs(**kwargs)
 
     # ------------------------------------------------------------------ input preparation and validation

@@ -11,8 +11,9 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""PyTorch DART reshaper classifier: DART's image reshaper in front of any image classifier (DART's second form; the
-released darmt-L6 is RMT-L6 behind it)."""
+"""PyTorch DART reshaper models: DART's image reshaper in front of any image classifier (DART's second form; the
+released darmt-L6 is RMT-L6 behind it) or any semantic segmentation model (the authors' segmentation fork: warp the
+image, segment the warped image, warp the logits back)."""
 
 from __future__ import annotations
 
@@ -22,10 +23,15 @@ import torch
 from transformers.utils import ModelOutput, auto_docstring
 from transformers.utils.generic import can_return_tuple
 
-from .configuration_reshaper_dart import DartReshaperConfig, is_image_classifier_config
+from .configuration_reshaper_dart import (
+    DartReshaperConfig,
+    is_image_classifier_config,
+    is_semantic_segmentation_config,
+)
+from .embeddings_dart import check_pixel_values
 from .modeling_dart import DART_LABELS_ARG, DartPreTrainedModel, _mark_trunk, check_classification_labels
-from .modeling_rmt import RmtForImageClassification
-from .reshaper_dart import DartImageReshaper
+from .modeling_rmt import RmtBackbone, RmtForImageClassification
+from .reshaper_dart import DartImageReshaper, unwarp, warp_labels
 
 # Classifiers this package defines, by model type: built directly, so that a folder's remote code builds them where
 # the package is not installed (the Auto classes do not know them there).
@@ -162,9 +168,189 @@ class DartReshaperForImageClassification(DartReshaperPreTrainedModel):
         )
 
 
+# ------------------------------------------------------------------------------------------------ segmentation
+# Backbones this package defines, by model type: registered with `AutoBackbone` before a segmentation model that nests
+# them is built, so that a folder's remote code builds UperNet with RMT where the package is not installed.
+LOCAL_BACKBONES = {"rmt": RmtBackbone}
+
+# the label that segmentation losses skip, where the segmentation model's configuration does not name its own
+DEFAULT_IGNORE_INDEX = 255
+
+
+def build_semantic_segmenter(config):
+    """The semantic segmentation model of a configuration (`AutoModelForSemanticSegmentation.from_config`): UperNet
+    with a Swin, ConvNeXt or RMT backbone, Segformer, BEiT, ..."""
+    if not is_semantic_segmentation_config(config):
+        raise ValueError(f"`backbone_config` must configure a semantic segmentation model (a model type with an "
+                         f"`AutoModelForSemanticSegmentation` class, e.g. 'upernet', 'segformer'), got "
+                         f"{type(config).__name__} (model_type {getattr(config, 'model_type', None)!r}).")
+    from transformers import AutoBackbone, AutoModelForSemanticSegmentation
+
+    nested = getattr(config, "backbone_config", None)
+    local = LOCAL_BACKBONES.get(getattr(nested, "model_type", None))
+    if local is not None:
+        AutoBackbone.register(type(nested), local, exist_ok=True)
+    return AutoModelForSemanticSegmentation.from_config(config)
+
+
+def segmentation_ignore_index(config) -> int:
+    """The label a segmentation model's loss ignores: UperNet's `loss_ignore_index`, Segformer's / BEiT's
+    `semantic_loss_ignore_index`, else 255."""
+    for name in ("loss_ignore_index", "semantic_loss_ignore_index"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return DEFAULT_IGNORE_INDEX
+
+
+def check_segmentation_labels(labels, pixel_values: torch.Tensor, num_labels: int, ignore_index: int) -> None:
+    """Validate a batch of label maps for `pixel_values`; raise a `TypeError` / `ValueError` naming `labels`.
+
+    `labels` is an integer tensor of shape `(batch, height, width)`, the size of `pixel_values` (one class id per
+    input pixel), holding class ids in `[0, num_labels)` or `ignore_index`. The value check is skipped under
+    `torch.compile` / export (it branches on the data); the dtype and shape checks stay.
+    """
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"`labels` must be a torch.Tensor of class ids, got {type(labels).__name__}.")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"`labels` must hold integer class ids (e.g. torch.long), got {labels.dtype}.")
+    batch, _, height, width = pixel_values.shape
+    if tuple(labels.shape) != (batch, height, width):
+        hint = " (drop the channel dimension)" if labels.dim() == 4 and labels.shape[1] == 1 else ""
+        raise ValueError(f"`labels` must have shape (batch, height, width) = ({batch}, {height}, {width}), one class "
+                         f"id per pixel of `pixel_values`, got {tuple(labels.shape)}{hint}.")
+    if torch.compiler.is_compiling():
+        return
+    bad = labels[(labels != ignore_index) & ((labels < 0) | (labels >= num_labels))]
+    if bad.numel():
+        raise ValueError(f"`labels` must be class ids in [0, {num_labels}) or {ignore_index} (ignored), got "
+                         f"{bad[0].item()} ({bad.numel()} pixels out of range).")
+
+
+@auto_docstring(
+    custom_intro="Output of [`DartReshaperForSemanticSegmentation`]: the loss on the warped grid, the logits warped "
+    "back to the input grid, and the warp (the warped image, the segmentation model's own logits on it, the warped "
+    "labels, the row and column edges in input pixels and the score map).",
+    custom_args=r"""
+    loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` is given):
+        The segmentation model's loss (UperNet's: cross-entropy plus the auxiliary head's), on the warped image
+        against the warped labels, pixels of the ignore index skipped.
+    logits (`torch.FloatTensor` of shape `(batch_size, num_labels, height, width)`):
+        Classification scores of every input pixel (before softmax), at the input's resolution: the segmentation
+        model's logits warped back by the inverse of the warp.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+        The segmentation model's hidden states, as it returns them.
+    attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
+        The segmentation model's attention maps, where it has any.
+    warped_logits (`torch.FloatTensor` of shape `(batch_size, num_labels, h', w')`):
+        The segmentation model's logits on the warped image, at the size it returns them (UperNet: the warped
+        image's; Segformer: a quarter of it).
+    warped_labels (`torch.LongTensor` of shape `(batch_size, h, w)`, *optional*, returned when `labels` is given):
+        The labels warped as the image (nearest sampling), which the loss compares with.
+    warped_pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, h, w)`):
+        The warped image that the segmentation model took (`h = num_rows * patch_size`, `w = num_cols * patch_size`).
+    score_map (`torch.FloatTensor` of shape `(batch_size, score_grid_size, score_grid_size)`):
+        The scorer's map that placed the rows and columns.
+    row_edges (`torch.FloatTensor` of shape `(batch_size, num_rows + 1)`):
+        Warped row band `i` reads input rows `[row_edges[i], row_edges[i + 1])`, in input pixels.
+    col_edges (`torch.FloatTensor` of shape `(batch_size, num_cols + 1)`):
+        Warped column band `j` reads input columns `[col_edges[j], col_edges[j + 1])`, in input pixels.
+""",
+)
+@dataclass
+class DartReshaperSemanticSegmenterOutput(ModelOutput):
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    warped_logits: torch.FloatTensor | None = None
+    warped_labels: torch.LongTensor | None = None
+    warped_pixel_values: torch.FloatTensor | None = None
+    score_map: torch.FloatTensor | None = None
+    row_edges: torch.FloatTensor | None = None
+    col_edges: torch.FloatTensor | None = None
+
+
+DART_SEGMENTATION_LABELS_ARG = r"""
+    labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
+        One class id per input pixel, in `[0, num_labels)`, or the segmentation model's ignore index (255 unless its
+        configuration says otherwise) for pixels without a label. They are warped as the image (nearest sampling in
+        both directions, so ignored pixels stay ignored) and the loss compares them with the segmentation model's
+        logits on the warped grid. Checked by [`check_segmentation_labels`].
+"""
+
+
+@auto_docstring(custom_intro="DART's image reshaper in front of a semantic segmentation model: the reshaper warps "
+                "the input (rows and columns from the quantiles of the score map's marginals), the model built from "
+                "`config.backbone_config` (UperNet with a Swin, ConvNeXt or RMT backbone, Segformer, ...) segments "
+                "the warped image, and its logits are warped back to the input grid by the inverse of the warp. "
+                "Labels are warped as the image for the loss, which is computed on the warped grid.")
+class DartReshaperForSemanticSegmentation(DartReshaperPreTrainedModel):
+    _remote_auto_map = {
+        "AutoConfig": "configuration_reshaper_dart.DartReshaperConfig",
+        "AutoModelForSemanticSegmentation": "modeling_reshaper_dart.DartReshaperForSemanticSegmentation",
+    }
+
+    def __init__(self, config: DartReshaperConfig):
+        if getattr(config, "model_type", None) != DartReshaperConfig.model_type or not hasattr(config, "reshaper_kwargs"):
+            raise TypeError(f"DartReshaperForSemanticSegmentation takes a `DartReshaperConfig`, got `config` of type "
+                            f"{type(config).__name__}.")
+        config.validate_reshaper()
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.ignore_index = segmentation_ignore_index(config.backbone_config)
+        self.reshaper = DartImageReshaper(**config.reshaper_kwargs())
+        self.backbone = build_semantic_segmenter(config.backbone_config)
+        _mark_trunk(self)
+        self.post_init()
+
+    @can_return_tuple
+    @auto_docstring(custom_args=DART_RESHAPER_CALL_ARGS + DART_SEGMENTATION_LABELS_ARG)
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_size: int | tuple[int, int] | None = None,
+        score_normalization: str | None = None,
+        **kwargs,
+    ) -> DartReshaperSemanticSegmenterOutput | tuple:
+        if pixel_values is None:
+            raise ValueError("You have to specify `pixel_values` of shape (batch, channels, height, width).")
+        if labels is not None:  # before the scorer runs
+            check_pixel_values(pixel_values, self.config.num_channels, 1)
+            check_segmentation_labels(labels, pixel_values, self.config.num_labels, self.ignore_index)
+        warp = self.reshaper(pixel_values, output_size=output_size, score_normalization=score_normalization)
+        warped_labels = None
+        if labels is not None:
+            num_cols = warp.col_edges.shape[1] - 1
+            warped_labels = warp_labels(labels.to(warp.row_edges.device), warp.row_edges, warp.strip_edges,
+                                        num_cols, self.reshaper.patch_size).long()
+        warped = warp.warped_pixel_values.to(self.backbone.dtype)
+        outputs = self.backbone(pixel_values=warped, labels=warped_labels, return_dict=True, **kwargs)
+        height, width = pixel_values.shape[-2:]
+        logits = unwarp(outputs.logits, warp.row_edges, warp.col_edges, self.reshaper.patch_size, height, width)
+        return DartReshaperSemanticSegmenterOutput(
+            loss=outputs.get("loss"),
+            logits=logits,
+            hidden_states=outputs.get("hidden_states"),
+            attentions=outputs.get("attentions"),
+            warped_logits=outputs.logits,
+            warped_labels=warped_labels,
+            warped_pixel_values=warp.warped_pixel_values,
+            score_map=warp.score_map,
+            row_edges=warp.row_edges,
+            col_edges=warp.col_edges,
+        )
+
+
 __all__ = [
     "DartReshaperPreTrainedModel",
     "DartReshaperForImageClassification",
+    "DartReshaperForSemanticSegmentation",
     "DartReshaperImageClassifierOutput",
+    "DartReshaperSemanticSegmenterOutput",
     "build_image_classifier",
+    "build_semantic_segmenter",
+    "check_segmentation_labels",
+    "segmentation_ignore_index",
 ]

@@ -672,3 +672,112 @@ def test_seeded_train_transform_differs_between_dataloader_workers(chelsea, monk
         assert torch.equal(runs[0], runs[1])
         crops[worker] = runs[0]
     assert not torch.equal(crops[0], crops[1]) and not torch.equal(crops[None], crops[0])
+
+
+# ---------------------------------------------------------------------- segmentation maps and post-processing
+
+
+def label_map(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Blocks of class ids 0..5 (8x8 pixels each) with an ignored (255) band: nearest resizing keeps whole blocks."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 6, size=(-(-height // 8), -(-width // 8)))
+    labels = np.kron(blocks, np.ones((8, 8), dtype=np.int64))[:height, :width]
+    labels[: height // 5] = 255
+    return labels.astype(np.uint8)
+
+
+def test_segmentation_maps_follow_their_images_geometry_with_nearest_sampling():
+    """Resized (nearest) and cropped as its image, never rescaled: a label map comes back as int64 `labels` whose
+    pixels are the PIL nearest resize of the map, on the image's output grid."""
+    processor = DartImageProcessor.for_semantic_segmentation(48, 40)
+    image, labels = smooth_image(100, 80), label_map(100, 80)
+    out = processor(image, segmentation_maps=labels, return_tensors="pt")
+    assert out["pixel_values"].shape == (1, 3, 48, 40) and out["labels"].shape == (1, 48, 40)
+    assert out["labels"].dtype == torch.int64
+    expected = np.asarray(PIL.Image.fromarray(labels).resize((40, 48), PIL.Image.NEAREST))
+    assert np.array_equal(out["labels"][0].numpy(), expected)
+    assert set(np.unique(expected)) <= set(np.unique(labels)) and (expected == 255).any()
+    # the classification defaults: shorter side 512, centre crop 448; the map cropped at the image's offsets
+    cropped = DartImageProcessor()(image, segmentation_maps=labels, return_tensors="pt")
+    resized = np.asarray(PIL.Image.fromarray(labels).resize((512, 640), PIL.Image.NEAREST))
+    assert np.array_equal(cropped["labels"][0].numpy(), resized[96:544, 32:480])
+
+
+def test_segmentation_map_inputs_and_label_reduction():
+    processor = DartImageProcessor.for_semantic_segmentation(32, 32)
+    images = [smooth_image(40, 40, seed=1), smooth_image(40, 40, seed=2)]
+    labels = label_map(40, 40)
+    as_pil = processor(images, segmentation_maps=[PIL.Image.fromarray(labels), PIL.Image.fromarray(labels, "L")],
+                       return_tensors="pt")["labels"]
+    batch = np.stack([labels, labels]).astype(np.int64)
+    for maps in (torch.from_numpy(batch), batch, [labels[None], labels[..., None]]):
+        assert torch.equal(processor(images, segmentation_maps=maps, return_tensors="pt")["labels"], as_pil)
+    palette = PIL.Image.fromarray(labels, "L").convert("P")  # palette indices are the class ids
+    assert torch.equal(processor(images[0], segmentation_maps=palette, return_tensors="pt")["labels"], as_pil[:1])
+    wide = labels.astype(np.int64) * 100  # class ids beyond 8 bits
+    out = processor(images[0], segmentation_maps=wide, return_tensors="pt")["labels"]
+    assert torch.equal(out, as_pil[:1] * 100)
+    # reduce_labels: 0 (background) -> 255, l -> l - 1, 255 stays
+    reduced = processor(images[0], segmentation_maps=labels, do_reduce_labels=True, return_tensors="pt")["labels"]
+    original = as_pil[:1]
+    assert torch.equal(reduced, torch.where((original == 0) | (original == 255), 255, original - 1))
+    assert processor(images[0], return_tensors="pt").keys() == {"pixel_values"}
+
+
+def test_bad_segmentation_maps_are_refused_naming_them():
+    processor = DartImageProcessor.for_semantic_segmentation(32, 32)
+    image, labels = smooth_image(40, 40), label_map(40, 40)
+    with pytest.raises(ValueError, match=r"segmentation_maps.*36x40.*image has 40x40"):
+        processor(image, segmentation_maps=labels[:36])
+    with pytest.raises(ValueError, match=r"segmentation_maps\[1\].*40x36.*image 1 has 40x40"):
+        processor([image, image], segmentation_maps=[labels, labels[:, :36]])
+    with pytest.raises(ValueError, match="2 label map.*1 image"):
+        processor(image, segmentation_maps=[labels, labels])
+    with pytest.raises(TypeError, match="segmentation_maps.*float32.*integer class ids"):
+        processor(image, segmentation_maps=labels.astype(np.float32))
+    with pytest.raises(TypeError, match="segmentation_maps.*bool"):
+        processor(image, segmentation_maps=labels > 3)
+    with pytest.raises(TypeError, match="segmentation_maps.*mode 'RGB'"):
+        processor(image, segmentation_maps=PIL.Image.fromarray(image))
+    with pytest.raises(ValueError, match=r"segmentation_maps.*\[-1, "):
+        processor(image, segmentation_maps=labels.astype(np.int64) - 1)
+    with pytest.raises(TypeError, match="segmentation_maps.*str"):
+        processor(image, segmentation_maps="mask.png")
+    with pytest.raises(TypeError, match="do_reduce_labels"):
+        processor(image, segmentation_maps=labels, do_reduce_labels="yes")
+
+
+def test_post_process_semantic_segmentation():
+    """Logits resized to each target size (bilinear, `align_corners=False`) before the argmax, as Segformer's."""
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    logits = torch.randn(2, 5, 16, 12, generator=torch.Generator().manual_seed(0))
+    outputs = SimpleNamespace(logits=logits)
+    processor = DartImageProcessor()
+    plain = processor.post_process_semantic_segmentation(outputs)
+    assert len(plain) == 2 and torch.equal(plain[1], logits[1].argmax(0))
+    sized = processor.post_process_semantic_segmentation(outputs, target_sizes=[(30, 20), (7, 9)])
+    assert [tuple(m.shape) for m in sized] == [(30, 20), (7, 9)] and sized[0].dtype == torch.int64
+    expected = F.interpolate(logits[1:], size=(7, 9), mode="bilinear", align_corners=False)[0].argmax(0)
+    assert torch.equal(sized[1], expected)
+    assert torch.equal(processor.post_process_semantic_segmentation({"logits": logits}, torch.tensor([[30, 20],
+                                                                                                      [7, 9]]))[0],
+                       sized[0])
+    with pytest.raises(ValueError, match="target_sizes.*1 size.*2 prediction"):
+        processor.post_process_semantic_segmentation(outputs, target_sizes=[(30, 20)])
+    with pytest.raises(ValueError, match=r"target_sizes\[1\]"):
+        processor.post_process_semantic_segmentation(outputs, target_sizes=[(30, 20), (0, 9)])
+    with pytest.raises(ValueError, match="logits"):
+        processor.post_process_semantic_segmentation(SimpleNamespace(logits=logits[0]))
+
+
+def test_segmentation_settings_save_and_load(tmp_path):
+    processor = DartImageProcessor.for_semantic_segmentation(64, 96, do_reduce_labels=True)
+    processor.save_pretrained(tmp_path)
+    again = DartImageProcessor.from_pretrained(tmp_path)
+    assert again.size == {"height": 64, "width": 96} and again.do_center_crop is False
+    assert again.do_reduce_labels is True and again.resample == PIL.Image.BILINEAR
+    out = again(smooth_image(40, 40), segmentation_maps=label_map(40, 40), return_tensors="pt")
+    assert out["pixel_values"].shape == (1, 3, 64, 96) and out["labels"].shape == (1, 64, 96)

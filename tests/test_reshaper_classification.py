@@ -139,14 +139,18 @@ def test_config_refuses_bad_values_naming_the_field(overrides, error, field):
 
 
 def test_a_backbone_that_is_not_an_image_classifier_is_refused():
+    """A text model's configuration is refused by the configuration; a segmentation model's (UperNet), which the
+    configuration takes for `DartReshaperForSemanticSegmentation`, by the classifier."""
     from transformers import BertConfig, UperNetConfig
 
-    for config in (BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8),
-                   UperNetConfig()):
-        with pytest.raises(ValueError, match=r"backbone_config.*image classifier"):
-            DartReshaperConfig(backbone_config=config)
+    with pytest.raises(ValueError, match=r"backbone_config.*image classifier.*semantic segmentation"):
+        DartReshaperConfig(backbone_config=BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+                                                      intermediate_size=8))
     with pytest.raises(ValueError, match=r"backbone_config.*image classifier"):
         DartReshaperConfig(backbone_config={"model_type": "bert"})
+    segmentation = DartReshaperConfig(backbone_config=UperNetConfig(), scorer="uniform")
+    with pytest.raises(ValueError, match=r"backbone_config.*image classifier"):
+        DartReshaperForImageClassification(segmentation)
     with pytest.raises(TypeError, match="config"):
         DartReshaperForImageClassification(RmtConfig())
 

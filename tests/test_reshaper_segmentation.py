@@ -291,3 +291,253 @@ def test_label_warp_is_nearest_in_both_passes_and_keeps_the_ignore_index():
         warp_labels(labels[0], warp.row_edges, warp.strip_edges, 4, 8)
     with pytest.raises(ValueError, match="warp does not fit"):
         warp_labels(labels, warp.row_edges, warp.strip_edges, 3, 8)
+
+
+# ------------------------------------------------------------------------------------ the segmentation model
+LABELS = {i: f"class_{i}" for i in range(4)}
+
+
+def segmentation_backbone(kind: str):
+    """A tiny UperNet (Swin, ConvNeXt or RMT inside) or Segformer configuration with 4 labels, for 32x32 images."""
+    from transformers import ConvNextConfig, SegformerConfig, SwinConfig, UperNetConfig
+
+    from modeling_dart import RmtConfig
+
+    if kind == "segformer":  # logits at a quarter of the warped size
+        return SegformerConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16],
+                               patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2],
+                               decoder_hidden_size=8, id2label=LABELS)
+    stages = [f"stage{i}" for i in range(1, 4)]
+    if kind == "convnext":
+        backbone = ConvNextConfig(num_stages=3, hidden_sizes=[8, 16, 16], depths=[1, 1, 1], out_features=stages)
+    elif kind == "swin":
+        backbone = SwinConfig(image_size=32, patch_size=4, embed_dim=8, depths=[1, 1, 1], num_heads=[1, 2, 2],
+                              window_size=2, out_features=stages)
+    else:
+        backbone = RmtConfig(embed_dims=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_heads=[2, 2, 3, 4],
+                             heads_ranges=[4, 4, 6, 6], mlp_ratios=[2, 2, 2, 2],
+                             chunkwise_recurrents=[True, True, True, False], layerscales=[False] * 4, projection=16,
+                             drop_path_rate=0.0, out_features=stages + ["stage4"])
+    return UperNetConfig(backbone_config=backbone, hidden_size=8, auxiliary_channels=4, pool_scales=[1, 2],
+                         id2label=LABELS)
+
+
+def segmentation_config(kind: str = "convnext", **overrides):
+    """64x64 inputs warped to 32x32 (cells of 8 px on a 4x4 score grid); a uniform scorer unless overridden."""
+    from modeling_dart import DartReshaperConfig
+
+    fields = dict(backbone_config=segmentation_backbone(kind), image_size=64, patch_size=8, score_grid_size=4,
+                  scorer="uniform")
+    fields.update(overrides)
+    return DartReshaperConfig(**fields)
+
+
+def learned_segmentation_config(kind: str = "convnext", **overrides):
+    return segmentation_config(kind, scorer="learned", scorer_trunk="mobilenet_v3_small", scorer_trunk_depth=4,
+                               **overrides)
+
+
+def segmenter(config, seed: int = 0):
+    from modeling_dart import DartReshaperForSemanticSegmentation
+
+    torch.manual_seed(seed)
+    return DartReshaperForSemanticSegmentation(config).eval()
+
+
+def pixels(batch: int = 2, size: int = 64, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def label_maps(batch: int = 2, size: int = 64, seed: int = 2) -> torch.Tensor:
+    labels = torch.randint(0, len(LABELS), (batch, size, size), generator=torch.Generator().manual_seed(seed))
+    labels[:, 5:9, 20:40] = IGNORE
+    return labels
+
+
+def uniform_unwarp_by_hand(warped: torch.Tensor) -> torch.Tensor:
+    """The uniform warp of 64 into 32 reads input pixel 2 v at warped pixel v: input pixel y is warped coordinate y / 2,
+    so even rows and columns take a warped value, odd ones the mean of two (the last held at warped pixel 31)."""
+    y = torch.arange(64)
+    low, high = y // 2, ((y + 1) // 2).clamp(max=31)
+    rows = (warped[:, :, low] + warped[:, :, high]) / 2
+    return (rows[..., low] + rows[..., high]) / 2
+
+
+def test_config_takes_a_segmentation_model_and_each_model_refuses_the_other_kind():
+    from transformers import UperNetConfig
+
+    from modeling_dart import (
+        DartReshaperConfig,
+        DartReshaperForImageClassification,
+        DartReshaperForSemanticSegmentation,
+        RmtConfig,
+    )
+
+    config = segmentation_config("rmt")
+    assert type(config.backbone_config) is UperNetConfig and config.num_labels == 4 and config.id2label == LABELS
+    saved = config.to_dict()
+    assert saved["backbone_config"]["model_type"] == "upernet"
+    assert saved["backbone_config"]["backbone_config"]["model_type"] == "rmt"
+    again = DartReshaperConfig.from_dict(saved)
+    assert type(again.backbone_config.backbone_config) is RmtConfig and again.to_dict() == saved
+    with pytest.raises(ValueError, match=r"backbone_config.*image classifier"):
+        DartReshaperForImageClassification(config)
+    from tests.test_reshaper_classification import tiny_config
+
+    with pytest.raises(ValueError, match=r"backbone_config.*semantic segmentation"):
+        DartReshaperForSemanticSegmentation(tiny_config("convnext"))
+    with pytest.raises(TypeError, match="DartReshaperConfig"):
+        DartReshaperForSemanticSegmentation(segmentation_backbone("convnext"))
+
+
+@pytest.mark.parametrize("kind", ["convnext", "swin", "rmt"])
+def test_uniform_warp_segments_the_resized_image_and_brings_the_logits_back(kind):
+    """With the uniform scorer the warped image and labels are every other input pixel; the loss is the segmentation
+    model's own (UperNet: cross-entropy plus the auxiliary head's, 255 ignored) on them; the logits are its logits
+    read back at each input pixel's warped coordinate, at the input's resolution."""
+    model = segmenter(segmentation_config(kind))
+    x, labels = pixels(), label_maps()
+    with torch.no_grad():
+        out = model(x, labels=labels)
+        expected = model.backbone(pixel_values=x[:, :, ::2, ::2], labels=labels[:, ::2, ::2])
+    assert torch.equal(out.warped_pixel_values, x[:, :, ::2, ::2]) and torch.equal(out.warped_labels,
+                                                                                    labels[:, ::2, ::2])
+    torch.testing.assert_close(out.loss, expected.loss, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.warped_logits, expected.logits, atol=1e-6, rtol=0)
+    assert out.logits.shape == (2, 4, 64, 64) and out.warped_logits.shape == (2, 4, 32, 32)
+    torch.testing.assert_close(out.logits, uniform_unwarp_by_hand(out.warped_logits), atol=1e-6, rtol=0)
+    with torch.no_grad():
+        plain = model(x)
+    assert plain.loss is None and plain.warped_labels is None and torch.equal(plain.logits, out.logits)
+
+
+def test_a_segmentation_model_with_quarter_size_logits_segformer():
+    """Segformer returns logits at a quarter of its input: they are read back from that size (no upsampling first),
+    and its own loss upsamples them to the warped labels."""
+    model = segmenter(segmentation_config("segformer"))
+    x, labels = pixels(), label_maps()
+    with torch.no_grad():
+        out = model(x, labels=labels)
+        expected = model.backbone(pixel_values=out.warped_pixel_values, labels=out.warped_labels)
+    assert out.warped_logits.shape == (2, 4, 8, 8) and out.logits.shape == (2, 4, 64, 64)
+    torch.testing.assert_close(out.loss, expected.loss, atol=1e-6, rtol=0)
+    assert torch.equal(out.logits, unwarp(out.warped_logits, out.row_edges, out.col_edges, 8, 64, 64))
+
+
+def test_learned_warp_training_step_and_half_precision():
+    """A learned scorer warps each image its own way; the loss reaches the scorer head (through the warped image)
+    and the segmentation model, the trunk stays frozen; a bfloat16 model returns bfloat16 logits on the input grid
+    with the float32 model's warp (its scorer stays float32)."""
+    model = segmenter(learned_segmentation_config("convnext")).train()
+    x, labels = pixels(batch=3, seed=4), label_maps(batch=3, seed=5)
+    out = model(x, labels=labels)
+    assert out.logits.shape == (3, 4, 64, 64) and (out.row_edges.diff(dim=-1) > 0).all()
+    assert not torch.equal(out.row_edges[0], out.row_edges[1])
+    assert set(out.warped_labels.unique().tolist()) <= set(labels.unique().tolist())
+    out.loss.backward()
+    assert all(p.grad is None for p in model.reshaper.scorer.features.parameters())
+    assert model.reshaper.scorer.head.fc1.weight.grad is not None
+    assert all(p.grad is not None for p in model.backbone.decode_head.parameters())
+    model = model.eval()
+    with torch.no_grad():
+        full = model(x)
+        half = model.to(torch.bfloat16)(x)
+    assert half.logits.dtype == torch.bfloat16 and half.logits.shape == (3, 4, 64, 64)
+    assert torch.equal(half.row_edges, full.row_edges) and torch.equal(half.col_edges, full.col_edges)
+
+
+def test_bad_labels_are_refused_naming_the_problem():
+    model = segmenter(segmentation_config("convnext"))
+    x, labels = pixels(), label_maps()
+    with pytest.raises(ValueError, match=r"labels.*\(2, 64, 64\).*got \(2, 32, 32\)"):
+        model(x, labels=labels[:, ::2, ::2])
+    with pytest.raises(ValueError, match="drop the channel dimension"):
+        model(x, labels=labels[:, None])
+    with pytest.raises(TypeError, match="labels.*integer.*float32"):
+        model(x, labels=labels.float())
+    with pytest.raises(TypeError, match="labels.*integer.*bool"):
+        model(x, labels=labels > 0)
+    with pytest.raises(TypeError, match="labels.*torch.Tensor"):
+        model(x, labels=labels.tolist())
+    for bad in (4, -1, 254):
+        wrong = labels.clone()
+        wrong[1, 3, 7] = bad
+        with pytest.raises(ValueError, match=rf"labels.*\[0, 4\) or 255.*got {bad}"):
+            model(x, labels=wrong)
+    model(x[:1], labels=torch.full((1, 64, 64), IGNORE))  # all ignored: accepted
+
+
+def test_save_load_auto_class_pipeline_and_post_processing(tmp_path, photo):
+    from transformers import AutoModelForSemanticSegmentation, pipeline
+
+    from modeling_dart import DartImageProcessor, DartReshaperForSemanticSegmentation
+
+    model = segmenter(learned_segmentation_config("convnext"))
+    assert type(AutoModelForSemanticSegmentation.from_config(model.config)) is DartReshaperForSemanticSegmentation
+    model.save_pretrained(tmp_path)
+    processor = DartImageProcessor.for_semantic_segmentation(64, 64)
+    processor.save_pretrained(tmp_path)
+    saved = (tmp_path / "config.json").read_text()
+    assert '"AutoModelForSemanticSegmentation": "modeling_reshaper_dart.DartReshaperForSemanticSegmentation"' in saved
+    assert '"AutoModelForImageClassification"' not in saved
+    reloaded = AutoModelForSemanticSegmentation.from_pretrained(tmp_path).eval()
+    assert type(reloaded) is DartReshaperForSemanticSegmentation and reloaded.config.id2label == LABELS
+    for key, value in model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[key], value), key
+
+    segment = pipeline("image-segmentation", model=str(tmp_path))
+    found = segment(photo)
+    inputs = DartImageProcessor.from_pretrained(tmp_path)(photo, return_tensors="pt")
+    assert inputs["pixel_values"].shape == (1, 3, 64, 64)
+    with torch.no_grad():
+        outputs = reloaded(**inputs)
+    (classes,) = processor.post_process_semantic_segmentation(outputs, target_sizes=[(photo.height, photo.width)])
+    assert classes.shape == (photo.height, photo.width)
+    assert [item["label"] for item in found] == [LABELS[c] for c in classes.unique().tolist()]
+    for item in found:
+        assert item["mask"].size == photo.size
+        mask = torch.as_tensor(list(item["mask"].getdata())).view(photo.height, photo.width) > 0
+        assert torch.equal(mask, classes == next(k for k, v in LABELS.items() if v == item["label"]))
+
+
+REMOTE_SCRIPT = """
+import sys
+sys.modules["modeling_dart"] = None  # the package is NOT importable here
+import json, torch
+from transformers import AutoModelForSemanticSegmentation
+answers = {}
+for folder in sys.argv[2:]:
+    model = AutoModelForSemanticSegmentation.from_pretrained(folder, trust_remote_code=True).eval()
+    with torch.no_grad():
+        logits = model(torch.load(sys.argv[1])).logits
+    answers[folder] = {"module": type(model).__module__, "backbone": type(model.backbone.backbone).__name__,
+                       "logits": logits.flatten()[::97].tolist()}
+print(json.dumps(answers))
+"""
+
+
+def test_remote_code_loads_without_the_package(tmp_path):
+    """UperNet with RMT inside (this package's backbone, which only the folder's code defines there, nested in a
+    Transformers configuration that looks it up by model type) and with ConvNeXt inside (Transformers' own)."""
+    import json
+    import subprocess
+    import sys
+
+    models = {"rmt": segmenter(learned_segmentation_config("rmt")), "convnext": segmenter(segmentation_config())}
+    for name, model in models.items():
+        model.save_pretrained(tmp_path / name)
+    torch.save(pixels(batch=1), tmp_path / "x.pt")
+    (tmp_path / "remote.py").write_text(REMOTE_SCRIPT)
+    folders = [str(tmp_path / name) for name in models]
+    result = subprocess.run([sys.executable, str(tmp_path / "remote.py"), str(tmp_path / "x.pt"), *folders],
+                            check=False, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    answers = json.loads(result.stdout.strip().splitlines()[-1])
+    for (name, model), folder in zip(models.items(), folders):
+        answer = answers[folder]
+        assert "modeling_dart" not in answer["module"]
+        assert answer["backbone"] == type(model.backbone.backbone).__name__
+        with torch.no_grad():
+            expected = model(pixels(batch=1)).logits.flatten()[::97]
+        torch.testing.assert_close(torch.tensor(answer["logits"]), expected, atol=1e-5, rtol=0)
+    assert answers[folders[0]]["backbone"] == "RmtBackbone" and answers[folders[1]]["backbone"] == "ConvNextBackbone"
