@@ -446,6 +446,38 @@ def test_learned_warp_training_step_and_half_precision():
     assert torch.equal(half.row_edges, full.row_edges) and torch.equal(half.col_edges, full.col_edges)
 
 
+def test_the_ignore_index_stays_through_a_learned_warp_and_follows_the_models_config():
+    """A block of ignored pixels (rows and columns 16..47) under a learned warp: the warped labels hold only the
+    input's labels, and a warped row holds ignored pixels exactly where the input row it reads (row edges, nearest)
+    lies in the block. A model whose UperNet ignores another index (9) accepts it, keeps it, and refuses 255."""
+    model = segmenter(learned_segmentation_config("convnext"))
+    x = pixels(batch=2, seed=6)
+    labels = torch.full((2, 64, 64), 2)
+    labels[:, 16:48, 16:48] = IGNORE
+    with torch.no_grad():
+        out = model(x, labels=labels)
+    warped = out.warped_labels
+    assert set(warped.unique().tolist()) == {2, IGNORE}
+    assert not torch.equal(out.row_edges[0], torch.linspace(0, 64, 5))  # not the uniform warp
+    for b in range(2):
+        for r in range(32):
+            band, offset = divmod(r, 8)
+            top, bottom = out.row_edges[b, band].item(), out.row_edges[b, band + 1].item()
+            y = min(int(top + (bottom - top) * offset / 8 + 0.5), 63)
+            assert bool((warped[b, r] == IGNORE).any()) == (16 <= y < 48), (b, r, y)
+
+    upernet = segmentation_backbone("convnext")
+    upernet.loss_ignore_index = 9
+    other = segmenter(learned_segmentation_config("convnext", backbone_config=upernet))
+    assert other.ignore_index == 9
+    relabelled = torch.where(labels == IGNORE, 9, labels)
+    with torch.no_grad():
+        out9 = other(x, labels=relabelled)
+    assert torch.equal(out9.warped_labels == 9, out.warped_labels == IGNORE) and torch.isfinite(out9.loss)
+    with pytest.raises(ValueError, match=r"labels.*\[0, 4\) or 9 \(ignored\).*got 255"):
+        other(x, labels=labels)
+
+
 def test_bad_labels_are_refused_naming_the_problem():
     model = segmenter(segmentation_config("convnext"))
     x, labels = pixels(), label_maps()
