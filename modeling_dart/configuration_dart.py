@@ -33,6 +33,16 @@ _HEADS = ("v1", "v2", "saliency")
 _NORMALIZATIONS = ("image", "batch")
 _CLS_POSITIONS = ("head", "middle")
 _VIDEO_POOLING = ("frame", "clip")
+_VIDEO_TOKENIZERS = ("per_frame", "motion")
+_MOTION_ROW_RULES = ("aspect", "original")
+# the original motion tokeniser's cut of its trunk (`features[:8]` of MobileNetV3-Small: stride 16, 48 channels)
+MOTION_TRUNK_DEPTHS = {"mobilenet_v3_small": 8}
+# the motion tokeniser exactly as the authors' `DynamicVideoPatchEmbed` computes it (224x224 frames, 16-pixel patches)
+MOTION_PARITY_OPTIONS = dict(
+    video_tokenizer="motion", motion_first_frame_score=0.5, motion_row_rule="original",
+    scorer_trunk="mobilenet_v3_small", scorer_trunk_depth=8, score_normalization="image",
+    image_size=224, patch_size=16, score_grid_size=14,
+)
 _SCORERS = ("learned", "uniform")
 
 # Maximum number of tokens relative to the base grid: beyond this, tokens are far smaller than a pixel.
@@ -382,14 +392,51 @@ class DartVideoConfig(DartConfig):
         Temporal patch size (only 1 is supported).
     video_score_pooling (`str`, *optional*, defaults to `"frame"`):
         `"frame"` scores every frame on its own; `"clip"` scores the mean frame once, so all frames share regions.
+        Per-frame tokeniser only.
+    video_tokenizer (`str`, *optional*, defaults to `"per_frame"`):
+        How a clip becomes tokens. `"per_frame"`: every frame gets `num_tokens` DART tokens of its own (the scorer
+        of [`DartConfig`]) plus the temporal position of its frame. `"motion"`: the motion tokeniser of the authors'
+        later video code (`DynamicVideoPatchEmbed`): `num_tokens` is ONE budget for the whole clip; the scores are
+        the differences of the frozen trunk's features (`scorer_trunk`, cut at `scorer_trunk_depth`, by default the
+        original's 8 entries of MobileNetV3-Small: stride 16, 48 channels) between consecutive frames, gated by the
+        clip's mean feature and standardised per clip (`score_normalization="image"`); the frames are stacked into
+        one tall image, token rows are cut from the clip's row marginal and tokens from the per-row density, and the
+        spatial and temporal position tables are resampled with the tokens (cls first). Frames with motion get more
+        rows and tokens. It needs at least 2 frames and frame sides divisible by `patch_size`; the score grid of a
+        frame is its patch grid (`height / patch_size` x `width / patch_size`; the original's hard-coded 14 is the
+        patch grid of a 224 frame), and `score_grid_size` is the side of the spatial position table, resampled by
+        area overlap to other patch grids. `scorer_head` and `scorer_hidden_size` do not apply (the motion head is
+        two `Linear(C, C)` on the trunk's `C` channels).
+    motion_first_frame_score (`float`, *optional*):
+        Motion tokeniser: the score of every cell of frame 0, which has no previous frame. `None` (the default for
+        new models) gives frame 0 the scores of frame 1 (the motion between frames 0 and 1 is seen in both). The
+        original uses a constant 0.5 (`MOTION_PARITY_OPTIONS`), about twice the mean score of a moving frame, so
+        frame 0 takes about twice an average frame's share of the tokens whatever the clip.
+    motion_row_rule (`str`, *optional*, defaults to `"aspect"`):
+        Motion tokeniser: the number of token rows of the clip. `"aspect"` (new models):
+        `round(sqrt(num_tokens * frames * height / width))`, i.e. about square tokens on frames of any aspect ratio.
+        `"original"`: `int(sqrt(num_tokens / frames) * frames)` (square frames assumed, truncated: 112 rows for 1568
+        tokens over 8 frames, 79 for 784), as the original computes it.
     """
 
     model_type = "dart_video"
 
-    def __init__(self, num_frames: int = 8, tubelet_size: int = 1, video_score_pooling: str = "frame", **kwargs):
+    def __init__(
+        self,
+        num_frames: int = 8,
+        tubelet_size: int = 1,
+        video_score_pooling: str = "frame",
+        video_tokenizer: str = "per_frame",
+        motion_first_frame_score: float | None = None,
+        motion_row_rule: str = "aspect",
+        **kwargs,
+    ):
         self.num_frames = num_frames
         self.tubelet_size = tubelet_size
         self.video_score_pooling = video_score_pooling
+        self.video_tokenizer = video_tokenizer
+        self.motion_first_frame_score = motion_first_frame_score
+        self.motion_row_rule = motion_row_rule
         kwargs.setdefault("backbone", "videomamba")
         super().__init__(**kwargs)
 
@@ -397,10 +444,40 @@ class DartVideoConfig(DartConfig):
 
     @classmethod
     def _choices(cls) -> dict:
-        return {**super()._choices(), "backbone": _VIDEO_BACKBONES, "video_score_pooling": _VIDEO_POOLING}
+        return {**super()._choices(), "backbone": _VIDEO_BACKBONES, "video_score_pooling": _VIDEO_POOLING,
+                "video_tokenizer": _VIDEO_TOKENIZERS, "motion_row_rule": _MOTION_ROW_RULES}
+
+    @classmethod
+    def _field_checks(cls) -> dict:
+        return {**super()._field_checks(), "motion_first_frame_score": _optional_positive_float}
+
+    @property
+    def motion_tokens(self) -> bool:
+        """Whether the clip is tokenised by the motion tokeniser (one budget for the clip)."""
+        return self.video_tokenizer == "motion"
+
+    def resolved_scorer_trunk_depth(self) -> int:
+        """As [`DartConfig`]; for the motion tokeniser the original's cut of MobileNetV3-Small (8 entries, stride 16,
+        48 channels) and for other trunks the deepest cut at stride 16."""
+        if self.scorer_trunk_depth is not None or not self.motion_tokens:
+            return super().resolved_scorer_trunk_depth()
+        if self.scorer_trunk in MOTION_TRUNK_DEPTHS:
+            return MOTION_TRUNK_DEPTHS[self.scorer_trunk]
+        spec = TRUNKS[self.scorer_trunk]
+        return max(depth for depth in range(2, spec.num_entries + 1) if spec.output_stride(depth) <= 16)
+
+    def max_num_tokens(self) -> int:
+        """Per frame for the per-frame tokeniser; for the motion tokeniser the clip's budget at `num_frames` frames of
+        `image_size` (16 tokens per patch cell of every frame)."""
+        if self.motion_tokens:
+            return MAX_TOKENS_PER_CELL * max(1, self.image_size // self.patch_size) ** 2 * self.num_frames
+        return super().max_num_tokens()
 
     def _validate_dart(self) -> None:
         super()._validate_dart()
+        if self.motion_tokens and self.num_frames < 2:
+            raise ValueError(f"DartVideoConfig: the motion tokeniser scores the change between consecutive frames and "
+                             f"needs `num_frames` >= 2, got {self.num_frames}.")
         if self.tubelet_size != 1:
             raise ValueError(f"DartVideoConfig: only `tubelet_size=1` is supported, got {self.tubelet_size}.")
         if self.cls_token_position != "head":
@@ -436,6 +513,12 @@ def _positive_float(config, name):
     value = getattr(config, name)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
         raise ValueError(f"{type(config).__name__}: `{name}` must be a positive finite number, got {value!r}.")
+
+
+def _optional_positive_float(config, name):
+    value = getattr(config, name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf):
+        raise ValueError(f"{type(config).__name__}: `{name}` must be None or a positive finite number, got {value!r}.")
 
 
 def _boolean(config, name):
@@ -479,4 +562,4 @@ def _one_edit(a: str, b: str) -> bool:
     return any(long[:i] + long[i + 1:] == short for i in range(len(long)))
 
 
-__all__ = ["DartConfig", "DartVideoConfig"]
+__all__ = ["DartConfig", "DartVideoConfig", "MOTION_PARITY_OPTIONS"]

@@ -11,7 +11,12 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""PyTorch DART for video: adaptive-region tokens per frame feeding a VideoMamba backbone.
+"""PyTorch DART for video: adaptive-region tokens feeding a VideoMamba backbone.
+
+Two tokenisers, chosen by `config.video_tokenizer`. `"motion"` places one budget of tokens over the whole clip where
+the frames change (`motion_tokens_dart.DartMotionEmbeddings`, the authors' `DynamicVideoPatchEmbed`): the sequence is
+the cls token then the clip's tokens, each with its resampled spatial and temporal positions. `"per_frame"` is
+described below.
 
 Every frame of a clip is tokenised by the shared DART embeddings (one scorer, one patch projection), giving
 `num_tokens` adaptive tokens per frame with resampled spatial position embeddings. Each frame's tokens also get the
@@ -40,25 +45,33 @@ from transformers.utils.output_capturing import capture_outputs
 from .configuration_dart import DartVideoConfig
 from .embeddings_dart import DartEmbeddings, DartEmbeddingsOutput
 from .modeling_dart import DART_LABELS_ARG, DartMambaEncoder, DartPreTrainedModel, _mark_trunk, classify
+from .motion_tokens_dart import DartMotionEmbeddings, DartMotionEmbeddingsOutput
 
 
 # ------------------------------------------------------------------------------------------------------- outputs
 DART_VIDEO_MODEL_OUTPUT_FIELDS = r"""
     last_hidden_state (`torch.FloatTensor` of shape `(batch_size, 1 + num_frames * num_tokens, hidden_size)`):
-        Final (normalised) hidden states: the cls token first, then the tokens of frame 0, frame 1, ...
+        Final (normalised) hidden states: the cls token first, then the tokens of frame 0, frame 1, ... With the
+        motion tokeniser `(batch_size, 1 + num_tokens, hidden_size)`: the cls token, then the clip's tokens.
     pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
         Final hidden state of the cls token (index 0).
     hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
         Embedding output plus the residual stream after each layer, each
         `(batch_size, 1 + num_frames * num_tokens, hidden_size)`.
     regions (`torch.FloatTensor` of shape `(batch_size, num_frames, num_tokens, 4)`):
-        Source box `(x0, y0, x1, y1)` of each token of each frame, in input pixels.
+        Source box `(x0, y0, x1, y1)` of each token of each frame, in input pixels. Motion tokeniser:
+        `(batch_size, num_tokens, 4)` in pixels of the tall image of stacked frames (frame `y // height`).
     score_map (`torch.FloatTensor` of shape `(batch_size, num_frames, score_grid_size, score_grid_size)`):
         The score map that placed each frame's tokens (the same for all frames with `video_score_pooling="clip"`).
+        Motion tokeniser: the motion scores on each frame's patch grid.
     token_edges (`torch.FloatTensor` of shape `(batch_size, num_frames, num_tokens + 1)`):
-        Token boundaries along each frame's strip of token rows, in strip pixels.
+        Token boundaries along each frame's strip of token rows, in strip pixels. Motion tokeniser:
+        `(batch_size, num_tokens + 1)` along the clip's strip.
     row_edges (`torch.FloatTensor` of shape `(batch_size, num_frames, num_rows + 1)`):
-        Token-row boundaries of each frame in input pixels.
+        Token-row boundaries of each frame in input pixels. Motion tokeniser: `(batch_size, num_rows + 1)` in pixels
+        of the tall image.
+    token_frames (`torch.LongTensor` of shape `(batch_size, num_tokens)`, *optional*):
+        Motion tokeniser only: the frame of each token (of its box's centre).
 """
 
 
@@ -74,6 +87,7 @@ class DartVideoModelOutput(ModelOutput):
     score_map: torch.FloatTensor | None = None
     token_edges: torch.FloatTensor | None = None
     row_edges: torch.FloatTensor | None = None
+    token_frames: torch.LongTensor | None = None
 
 
 DART_VIDEO_CLASSIFIER_OUTPUT_FIELDS = r"""
@@ -91,6 +105,8 @@ DART_VIDEO_CLASSIFIER_OUTPUT_FIELDS = r"""
         Per frame, as in [`DartVideoModelOutput`].
     row_edges (`torch.FloatTensor` of shape `(batch_size, num_frames, num_rows + 1)`):
         Per frame, as in [`DartVideoModelOutput`].
+    token_frames (`torch.LongTensor` of shape `(batch_size, num_tokens)`, *optional*):
+        Motion tokeniser only: the frame of each token.
 """
 
 
@@ -106,6 +122,7 @@ class DartVideoClassifierOutput(ModelOutput):
     score_map: torch.FloatTensor | None = None
     token_edges: torch.FloatTensor | None = None
     row_edges: torch.FloatTensor | None = None
+    token_frames: torch.LongTensor | None = None
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -155,7 +172,7 @@ class DartVideoPreTrainedModel(DartPreTrainedModel):
     config: DartVideoConfig
     input_modalities = ("video",)
     main_input_name = "pixel_values"
-    _no_split_modules = ["DartPatchProjection", "DartEmbeddings", "DartMambaBlock"]
+    _no_split_modules = ["DartPatchProjection", "DartEmbeddings", "DartMotionEmbeddings", "DartMambaBlock"]
     # the residual-stream recorders of the Mamba stack (see `DartMambaEncoder`); no attention maps to record
     _can_record_outputs = {"hidden_states": DartPreTrainedModel._can_record_outputs["hidden_states"]}
     _remote_auto_map = {
@@ -169,6 +186,9 @@ class DartVideoPreTrainedModel(DartPreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, DartVideoMambaModel):
             init.zeros_(module.temporal_position_embeddings)  # as VideoMamba (zeros; learned from there)
+        elif isinstance(module, DartMotionEmbeddings):
+            init.trunc_normal_(module.cls_token, std=self.config.initializer_range)
+            init.trunc_normal_(module.position_embeddings, std=self.config.initializer_range)
 
 
 # the arguments of both video models' `forward`, documented once
@@ -177,9 +197,11 @@ DART_VIDEO_CALL_ARGS = r"""
         Normalised frames (see [`DartVideoProcessor`]), the layout of Transformers' video models. The original
         VideoMamba takes `(batch, channels, frames, height, width)`: permute with `.permute(0, 2, 1, 3, 4)`.
         A frame count other than `config.num_frames` is allowed: the temporal position table is then linearly
-        interpolated to it (as VideoMamba's loader does when fine-tuning with another frame count).
+        interpolated to it (as VideoMamba's loader does when fine-tuning with another frame count). The motion
+        tokeniser needs at least 2 frames and frame sides divisible by `config.patch_size`.
     num_tokens (`int`, *optional*):
-        Adaptive tokens per frame for this call (defaults to `config.num_tokens`).
+        Adaptive tokens per frame for this call (defaults to `config.num_tokens`); with the motion tokeniser, the
+        budget of the whole clip.
     score_normalization (`str`, *optional*):
         `"image"` or `"batch"`; overrides `config.score_normalization` for this call (`"batch"` takes the
         statistics over all frames of all clips of the batch, or over the clips' mean frames with
@@ -200,7 +222,7 @@ class DartVideoMambaModel(DartVideoPreTrainedModel):
                              f"{type(config).__name__} with backbone={getattr(config, 'backbone', None)!r}.")
         config._validate_dart()
         super().__init__(config)
-        self.embeddings = DartEmbeddings(config)
+        self.embeddings = DartMotionEmbeddings(config) if config.motion_tokens else DartEmbeddings(config)
         self.temporal_position_embeddings = nn.Parameter(torch.zeros(1, config.num_frames, config.hidden_size))
         self.encoder = DartMambaEncoder(config)
         _mark_trunk(self)
@@ -211,17 +233,22 @@ class DartVideoMambaModel(DartVideoPreTrainedModel):
 
     def embed_frames(
         self, pixel_values: torch.Tensor, num_tokens: int | None = None, score_normalization: str | None = None
-    ) -> tuple[torch.Tensor, DartEmbeddingsOutput]:
+    ) -> tuple[torch.Tensor, DartEmbeddingsOutput | DartMotionEmbeddingsOutput]:
         """Tokenise a clip batch.
 
         Args:
             pixel_values (`torch.Tensor` of shape `(batch, frames, channels, height, width)`).
 
         Returns:
-            `(sequence, frame_embeddings)`: the backbone input `(batch, 1 + frames * num_tokens, hidden_size)` and the
-            per-frame [`DartEmbeddingsOutput`] (batch and frames flattened, frame-major within each clip).
+            `(sequence, embeddings)`: the backbone input `(batch, 1 + frames * num_tokens, hidden_size)` and the
+            per-frame [`DartEmbeddingsOutput`] (batch and frames flattened, frame-major within each clip); with the
+            motion tokeniser `(batch, 1 + num_tokens, hidden_size)` and the clip's [`DartMotionEmbeddingsOutput`].
         """
         batch, frames = pixel_values.shape[:2]
+        if self.config.motion_tokens:
+            temporal = interpolate_temporal_embeddings(self.temporal_position_embeddings, frames)
+            emb = self.embeddings(pixel_values, temporal, num_tokens=num_tokens, score_normalization=score_normalization)
+            return emb.embeddings, emb
         flat = pixel_values.reshape(batch * frames, *pixel_values.shape[2:])
         score_map = None
         # CODEPATH: the converted VideoMamba checkpoints score every frame ("frame"); "clip" is a DART option no
@@ -258,6 +285,16 @@ class DartVideoMambaModel(DartVideoPreTrainedModel):
 
         sequence, emb = self.embed_frames(pixel_values, num_tokens, score_normalization)
         sequence = self.encoder(sequence, **kwargs).last_hidden_state
+        if self.config.motion_tokens:  # the geometry of the whole clip
+            return DartVideoModelOutput(
+                last_hidden_state=sequence,
+                pooler_output=sequence[:, 0],
+                regions=emb.regions,
+                score_map=emb.score_map,
+                token_edges=emb.token_edges,
+                row_edges=emb.row_edges,
+                token_frames=emb.token_frames,
+            )
 
         def per_clip(tensor: torch.Tensor) -> torch.Tensor:
             return tensor.reshape(batch, frames, *tensor.shape[1:])

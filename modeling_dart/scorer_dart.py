@@ -82,12 +82,14 @@ def standardize(scores: torch.Tensor, mode: str) -> torch.Tensor:
 
 
 
-def resize_to_grid(maps: torch.Tensor, grid: int) -> torch.Tensor:
-    """`(batch, C, h, w)` -> `(batch, C, grid, grid)`: area average when the map is at least as fine as the grid
-    (each cell averages the positions it covers), bilinear (`align_corners=False`) when it is coarser."""
-    if maps.shape[-2] >= grid and maps.shape[-1] >= grid:
-        return F.adaptive_avg_pool2d(maps, grid)
-    return F.interpolate(maps, size=(grid, grid), mode="bilinear", align_corners=False)
+def resize_to_grid(maps: torch.Tensor, grid: int | tuple[int, int]) -> torch.Tensor:
+    """`(batch, C, h, w)` -> `(batch, C, grid, grid)` (or `(batch, C, *grid)` for a `(rows, columns)` grid): area
+    average when the map is at least as fine as the grid (each cell averages the positions it covers), bilinear
+    (`align_corners=False`) when it is coarser."""
+    size = (grid, grid) if isinstance(grid, int) else tuple(grid)
+    if maps.shape[-2] >= size[0] and maps.shape[-1] >= size[1]:
+        return F.adaptive_avg_pool2d(maps, size)
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
 
 class DartSaliencyHead(nn.Module):

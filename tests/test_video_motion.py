@@ -1,0 +1,316 @@
+"""The motion tokeniser of DART video models (`video_tokenizer="motion"`, #27): parity with the authors'
+`DynamicVideoPatchEmbed` stage by stage on the fixture clips, the clean defaults for new models, any frame count and
+frame size, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modeling_dart import DartVideoMambaForVideoClassification
+from modeling_dart.configuration_dart import MOTION_PARITY_OPTIONS, DartVideoConfig
+from modeling_dart.motion_tokens_dart import DartMotionEmbeddings, motion_num_rows
+from tests.conftest import require_fixture, tiny_config
+
+MOTION_CHECKPOINT = "video_motion_tokens.pth"
+MOTION_GOLDEN = "video_motion_tokens_golden.safetensors"
+MOTION_JSON = "video_motion_tokens_golden.json"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+def motion_config(**overrides) -> DartVideoConfig:
+    """Tiny motion-tokeniser VideoMamba config: 3 frames of 64x64 in 8-pixel patches, 24 tokens for the clip."""
+    kwargs = dict(backbone="videomamba", num_frames=3, num_labels=4, video_tokenizer="motion", num_tokens=24)
+    kwargs.update(overrides)
+    return tiny_config(**kwargs)
+
+
+def make_motion_model(**overrides) -> DartVideoMambaForVideoClassification:
+    torch.manual_seed(0)
+    return DartVideoMambaForVideoClassification(motion_config(**overrides)).eval()
+
+
+def clips(batch=2, frames=3, height=64, width=64, seed=0) -> torch.Tensor:
+    return torch.randn(batch, frames, 3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+def fixture_clip(golden) -> torch.Tensor:
+    """The fixture's two clips from their stored pieces, as the json's input recipe builds them: (B, T, C, H, W)."""
+    background, moving, noise = golden["video.bg_uint8"], golden["video.obj_uint8"], golden["video.noise_uint8"]
+    clip = torch.zeros(2, 3, 8, 224, 224, dtype=torch.uint8)
+    for t in range(8):
+        clip[0, :, t] = background[:, 2 * t : 2 * t + 224, 3 * t : 3 * t + 224]
+        clip[0, :, t, 30 + 9 * t : 86 + 9 * t, 40 + 11 * t : 96 + 11 * t] = moving
+        clip[1, :, t] = noise[t].repeat_interleave(4, dim=1).repeat_interleave(4, dim=2)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1)
+    return ((clip.float() / 255 - mean) / std).permute(0, 2, 1, 3, 4).contiguous()
+
+
+def fixture_module_weights(state: dict, golden) -> dict:
+    """The fixture module's state dict under our names, written out by hand (the converter is tested against it)."""
+    mapped = {"cls_token": golden["video.cls_token"], "position_embeddings": golden["video.pos_embed"]}
+    for key, tensor in state.items():
+        if key.startswith("score_backbone.features."):
+            if int(key.split(".")[2]) < 8:  # features[8:11] run in the original but their output is discarded
+                mapped["scorer." + key.removeprefix("score_backbone.")] = tensor
+        elif key.startswith("score_head1."):
+            mapped["scorer.motion_proj." + key.removeprefix("score_head1.")] = tensor
+        elif key.startswith("score_head2."):
+            mapped["scorer.context_proj." + key.removeprefix("score_head2.")] = tensor
+        elif key == "proj.weight":
+            mapped["projection.weight"] = tensor[:, :, 0]
+        elif key == "proj.bias":
+            mapped["projection.bias"] = tensor
+        else:
+            raise AssertionError(f"unexpected fixture key {key}")
+    return mapped
+
+
+def max_diff(got, expected) -> float:
+    return (got.double() - expected.double()).abs().max().item()
+
+
+@pytest.fixture(scope="module")
+def fixture_run():
+    """The fixture clips through our tokeniser with the original's options: the trunk features and scores once, then
+    every stage for both budgets (1568 and 784 tokens over 8 frames)."""
+    from safetensors.torch import load_file
+
+    folder = require_fixture(MOTION_CHECKPOINT, MOTION_GOLDEN, MOTION_JSON)
+    golden = load_file(folder / MOTION_GOLDEN)
+    info = json.loads((folder / MOTION_JSON).read_text())
+    state = torch.load(folder / MOTION_CHECKPOINT, map_location="cpu", weights_only=True)["model"]
+    weights = fixture_module_weights(state, golden)
+    pixel_values = fixture_clip(golden)
+    runs = {}
+    features = scores = None
+    for budget in (1568, 784):
+        config = DartVideoConfig(**MOTION_PARITY_OPTIONS, num_tokens=budget, hidden_size=192, num_frames=8)
+        embeddings = DartMotionEmbeddings(config).eval()
+        embeddings.load_state_dict(weights, strict=True)
+        with torch.no_grad():
+            if features is None:
+                features = embeddings.scorer.frame_features(pixel_values)
+                scores = embeddings.scorer(pixel_values, (14, 14), "image", features=features)
+            runs[budget] = embeddings(pixel_values, golden["video.time_embed"], score_map=scores)
+    return dict(golden=golden, info=info, features=features, scores=scores, runs=runs, weights=weights,
+                pixel_values=pixel_values, state=state)
+
+
+def tolerance(info, name) -> float:
+    return info["tensors"][name]["suggested_atol"]
+
+
+# ------------------------------------------------------------------------------------------------ parity
+def test_fixture_clip_is_the_recipes():
+    """The clip rebuilt from the stored pieces is the one the goldens were made from (its sha256 in the json)."""
+    import hashlib
+
+    folder = require_fixture(MOTION_GOLDEN, MOTION_JSON)
+    from safetensors.torch import load_file
+
+    info = json.loads((folder / MOTION_JSON).read_text())
+    pixel_values = fixture_clip(load_file(folder / MOTION_GOLDEN)).permute(0, 2, 1, 3, 4).contiguous()
+    digest = hashlib.sha256(pixel_values.numpy().tobytes()).hexdigest()
+    assert digest == info["input_recipe"]["pixel_values_sha256"]
+
+
+def test_trunk_features_match_the_original(fixture_run):
+    """MobileNetV3-Small cut at the original's depth (8 entries: stride 16, 48 channels), frames 0 and 1."""
+    got = fixture_run["features"][:, :2]
+    expected = fixture_run["golden"]["video.score_features_frames01"]
+    assert got.shape == expected.shape == (2, 2, 48, 14, 14)
+    assert max_diff(got, expected) <= tolerance(fixture_run["info"], "video.score_features_frames01")
+
+
+@pytest.mark.parametrize("budget", [1568, 784])
+def test_every_stage_matches_the_original(fixture_run, budget):
+    """Scores, pdf, row heights, resampled pdf, edges, the first 16 of each summand and the tokens, each within the
+    fixture README's tolerance (the float64 run's spread). Edges and tokens are absolute on values up to 25088 px:
+    their float32 ulp is about 2e-3, and the random-block clip's steep gradients turn a sub-pixel edge move into a
+    token change, hence the loose token tolerance; the photo clip is held to a tighter bound."""
+    golden, info, out = fixture_run["golden"], fixture_run["info"], fixture_run["runs"][budget]
+    prefix = f"video{budget}."
+    stages = {
+        "score": out.score_map.reshape(2, -1),
+        "pdf": out.pdf,
+        "row_heights": out.row_heights,
+        "reshaped_pdf": out.resampled_pdf,
+        "new_edges": out.token_edges,
+        "pos_resampled_first16": out.position_embeddings[:, :16],
+        "time_resampled_first16": out.temporal_embeddings[:, :16],
+        "patch_tokens_first16": out.patch_tokens[:, :16],
+        "tokens": out.embeddings,
+    }
+    for name, got in stages.items():
+        expected = golden[prefix + name]
+        assert got.shape == expected.shape, name
+        diff = max_diff(got, expected)
+        assert diff <= tolerance(info, prefix + name), f"{name}: {diff:.3g}"
+    assert max_diff(out.embeddings[0], golden[prefix + "tokens"][0]) <= 2e-2  # the photo clip
+    target_h = info["observed"][f"video{budget}"]["target_h"]
+    assert out.row_heights.shape == (2, target_h)
+    torch.testing.assert_close(out.row_heights.sum(-1), torch.full((2,), 8 * 224.0), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("budget", [1568, 784])
+def test_rows_per_frame_and_seams_are_the_originals(fixture_run, budget):
+    """The quirks measured on the original: frame 0 (constant score 0.5) takes about twice the rows of a moving
+    frame, every frame seam falls inside a row strip, and the share of tokens straddling two strips."""
+    info, out = fixture_run["info"], fixture_run["runs"][budget]
+    quirks = info["quirk_measurements"][f"video{budget}"]
+    centres = (out.row_edges[:, :-1] + out.row_edges[:, 1:]) / 2
+    per_frame = [torch.bincount((c // 224).long(), minlength=8).tolist() for c in centres]
+    assert per_frame == quirks["rows_per_frame_by_strip_centre"]
+    seams = torch.arange(1, 8) * 224.0
+    inside = [int(((e[:-1, None] < seams) & (e[1:, None] > seams)).any(0).sum()) for e in out.row_edges]
+    assert inside == quirks["row_strips_crossing_a_frame_boundary"]
+    strips = out.token_edges / 224
+    straddle = (strips[:, 1:].ceil() - strips[:, :-1].floor() > 1).double().mean(-1)
+    torch.testing.assert_close(straddle, torch.tensor(quirks["patches_straddling_two_row_strips"]).double(),
+                               atol=2 / budget, rtol=0)
+
+
+def test_clean_defaults_give_frame_zero_the_scores_of_frame_one(fixture_run):
+    """New models: frame 0 scores as frame 1 (not a constant 0.5), so on the fixture's panning photo it no longer
+    takes about twice an average frame's rows; the row count follows `round(sqrt(N * T * H / W))`."""
+    config = DartVideoConfig(video_tokenizer="motion", num_tokens=784, hidden_size=192, num_frames=8,
+                             image_size=224, patch_size=16, score_grid_size=14)
+    assert config.motion_first_frame_score is None and config.motion_row_rule == "aspect"
+    embeddings = DartMotionEmbeddings(config).eval()
+    embeddings.load_state_dict(fixture_run["weights"], strict=True)
+    with torch.no_grad():
+        scores = embeddings.scorer(None, (14, 14), "image", features=fixture_run["features"])
+        out = embeddings(fixture_run["pixel_values"], fixture_run["golden"]["video.time_embed"], score_map=scores)
+    assert torch.equal(scores[:, 0], scores[:, 1])
+    torch.testing.assert_close(scores[:, 1:], fixture_run["scores"][:, 1:], atol=0, rtol=0)  # frames 1.. unchanged
+    centres = (out.row_edges[:, :-1] + out.row_edges[:, 1:]) / 2
+    per_frame = torch.stack([torch.bincount((c // 224).long(), minlength=8) for c in centres])
+    parity_rows = fixture_run["info"]["quirk_measurements"]["video784"]["rows_per_frame_by_strip_centre"]
+    assert (per_frame[:, 0] < torch.tensor([rows[0] for rows in parity_rows])).all()
+    assert (per_frame[:, 0] <= per_frame[:, 1:].max(dim=1).values + 1).all()
+    assert out.row_heights.shape == (2, round(math.sqrt(784 * 8)))  # 79 as the original here
+
+
+def test_row_rules():
+    # the original's: int(sqrt(N / T) * T), truncated (79.196 -> 79), square frames assumed
+    assert motion_num_rows(1568, 8, 14, 14, "original") == 112
+    assert motion_num_rows(784, 8, 14, 14, "original") == 79
+    assert motion_num_rows(32, 2, 4, 8, "original") == 8
+    # about square tokens: sqrt(32 * 2 * 4 / 8) = 5.66 rows for 2 frames of 4x8 cells
+    assert motion_num_rows(32, 2, 4, 8, "aspect") == 6
+    assert motion_num_rows(1568, 8, 14, 14, "aspect") == 112
+    assert motion_num_rows(1, 8, 14, 14, "original") == 1  # never more rows than tokens
+
+
+# -------------------------------------------------------------------------------------------- behaviour
+def test_any_frame_count_and_frame_size():
+    """5 frames of 48x80 (a 6x10 patch grid, 8-pixel patches): rows cover the tall image, edges the strip, every
+    token's frame is the one its box lies in."""
+    model = make_motion_model(num_frames=5, num_tokens=40)
+    x = clips(frames=5, height=48, width=80)
+    with torch.no_grad():
+        out = model.dart(x)
+    rows = motion_num_rows(40, 5, 6, 10, "aspect")
+    assert out.last_hidden_state.shape == (2, 41, 32) and out.score_map.shape == (2, 5, 6, 10)
+    assert out.row_edges.shape == (2, rows + 1) and out.token_edges.shape == (2, 41)
+    torch.testing.assert_close(out.row_edges[:, -1], torch.full((2,), 5 * 48.0))
+    torch.testing.assert_close(out.token_edges[:, -1], torch.full((2,), rows * 80.0))
+    assert ((out.token_frames >= 0) & (out.token_frames < 5)).all()
+    assert (out.token_frames[:, 1:] >= out.token_frames[:, :-1]).all()  # token order follows the frames
+
+
+def test_uniform_scores_on_the_patch_grid_are_plain_videomamba_tokens():
+    """Constant scores with one token per cell and one row per cell row: every token is exactly a standard patch
+    (an independent stride-P convolution of each frame) plus its spatial and temporal position."""
+    model = make_motion_model(scorer="uniform", num_tokens=3 * 8 * 8)
+    emb = model.dart.embeddings
+    with torch.no_grad():
+        model.dart.temporal_position_embeddings.normal_()
+        x = clips(batch=1)
+        sequence, _ = model.dart.embed_frames(x)
+        weight, bias = emb.projection.weight, emb.projection.bias
+        patches = torch.stack([F.conv2d(x[:, t], weight, bias, stride=8).flatten(2).transpose(1, 2)
+                               for t in range(3)], dim=1)  # (1, T, 64, D)
+        table = emb.position_embeddings[0, 1:].view(4, 4, -1).repeat_interleave(2, 0).repeat_interleave(2, 1)
+        expected = patches + table.reshape(1, 1, 64, -1) + model.dart.temporal_position_embeddings[0, :, None]
+    torch.testing.assert_close(sequence[:, 0], emb.cls_token[:, 0] + emb.position_embeddings[:, 0])
+    torch.testing.assert_close(sequence[:, 1:], expected.reshape(1, 3 * 64, -1), atol=1e-4, rtol=0)
+
+
+def test_standardisation_is_per_clip():
+    """With `score_normalization="image"` a clip's scores and tokens do not depend on the other clips of the batch;
+    `"batch"` standardises over the whole batch."""
+    model = make_motion_model()
+    x = clips()
+    with torch.no_grad():
+        both = model.dart(x)
+        alone = model.dart(x[1:])
+        batch_wide = model.dart(x, score_normalization="batch")
+    torch.testing.assert_close(both.score_map[1:], alone.score_map, atol=1e-6, rtol=0)
+    torch.testing.assert_close(both.token_edges[1:], alone.token_edges, atol=1e-4, rtol=0)
+    assert not torch.allclose(both.score_map, batch_wide.score_map, atol=1e-3)
+
+
+def test_static_clip_is_uniform_and_the_changing_frame_gets_the_tokens():
+    """A static clip (every frame the same) has no motion: constant scores, so rows and tokens spread evenly, as the
+    uniform scorer's. In a clip where only frame 2 differs (frames 0, 1 and 3 alike), the changes into and out of
+    frame 2 score higher than no change (the motion head's biases start at zero), so frames 2 and 3 get the mass."""
+    model = make_motion_model(num_frames=4, num_tokens=64)
+    uniform = make_motion_model(num_frames=4, num_tokens=64, scorer="uniform")
+    still = clips(batch=1, frames=1).expand(1, 4, 3, 64, 64).contiguous()
+    with torch.no_grad():
+        out = model.dart(still)
+        even = uniform.dart(still)
+    torch.testing.assert_close(out.score_map, out.score_map[..., :1, :1].expand_as(out.score_map))
+    torch.testing.assert_close(out.row_edges, even.row_edges, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.token_edges, even.token_edges, atol=1e-3, rtol=0)
+    flash = still.clone()
+    flash[:, 2] = clips(batch=1, frames=1, seed=5)[:, 0]
+    with torch.no_grad():
+        out = model.dart(flash)
+    mass = out.score_map[0].sum(dim=(1, 2))
+    assert mass[2] > mass[1] and mass[3] > mass[1] and torch.equal(mass[0], mass[1])
+    per_frame = torch.bincount(out.token_frames[0], minlength=4)
+    assert per_frame[2] + per_frame[3] > per_frame[0] + per_frame[1]
+
+
+def test_loss_and_gradients_reach_the_motion_head_and_temporal_table():
+    model = make_motion_model()
+    model.train()
+    out = model(clips(), labels=torch.tensor([0, 3]))
+    out.loss.backward()
+    scorer = model.dart.embeddings.scorer
+    assert model.dart.temporal_position_embeddings.grad.abs().sum() > 0
+    assert scorer.motion_proj.weight.grad.abs().sum() > 0 and scorer.context_proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in scorer.features.parameters())
+
+
+# -------------------------------------------------------------------------------------------- bad input
+def test_bad_input_is_a_clear_error():
+    model = make_motion_model()
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        model(clips(frames=1))
+    with pytest.raises(ValueError, match=r"divisible by the patch size \(8\), got 60x64"):
+        model(clips(height=60))
+    with pytest.raises(ValueError, match=r"budget of the whole clip and must be in \[1, 3072\]"):
+        model(clips(), num_tokens=0)
+    with pytest.raises(ValueError, match=r"must be in \[1, 3072\]"):
+        model(clips(), num_tokens=3 * 64 * 16 + 1)
+    with pytest.raises(TypeError, match="num_tokens"):
+        model(clips(), num_tokens=2.5)
+    with pytest.raises(ValueError, match="needs `num_frames` >= 2"):
+        motion_config(num_frames=1)
+    with pytest.raises(ValueError, match="num_tokens"):
+        motion_config(num_tokens=16 * 64 * 3 + 1)
+    with pytest.raises(ValueError, match="video_tokenizer"):
+        motion_config(video_tokenizer="motions")
+    with pytest.raises(ValueError, match="motion_first_frame_score"):
+        motion_config(motion_first_frame_score=-1.0)
