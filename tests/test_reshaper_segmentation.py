@@ -390,6 +390,19 @@ def test_config_takes_a_segmentation_model_and_each_model_refuses_the_other_kind
         DartReshaperForSemanticSegmentation(segmentation_backbone("convnext"))
 
 
+@pytest.mark.parametrize("kind", ["convnext", "rmt"])
+def test_every_parameter_and_buffer_is_initialised(kind):
+    """Two models built from one seed hold the same finite tensors (nothing left as uninitialised memory), and no
+    weight matrix is left all zeros or all equal."""
+    first, second = segmenter(learned_segmentation_config(kind)), segmenter(learned_segmentation_config(kind))
+    for key, tensor in first.state_dict().items():
+        assert torch.equal(tensor, second.state_dict()[key]), key
+        if tensor.is_floating_point():
+            assert torch.isfinite(tensor).all(), key
+            if key.endswith("weight") and tensor.dim() >= 2:
+                assert tensor.std() > 0, key
+
+
 @pytest.mark.parametrize("kind", ["convnext", "swin", "rmt"])
 def test_uniform_warp_segments_the_resized_image_and_brings_the_logits_back(kind):
     """With the uniform scorer the warped image and labels are every other input pixel; the loss is the segmentation
