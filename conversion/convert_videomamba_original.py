@@ -10,6 +10,11 @@
     python conversion/convert_videomamba_original.py --checkpoint videomamba_t16_k400_f8_res224.pth \
         --output_dir dart-videomamba-t16-k400-dart --scorer_from dart-vim-ti [--num_tokens 98]
 
+    # the authors' DART VideoMamba with motion tokens (dvideomamba_*: VideoMamba plus patch_embed.score_backbone.*,
+    # patch_embed.score_head{1,2}.*): the motion scorer comes from the checkpoint, no scorer flag
+    python conversion/convert_videomamba_original.py --checkpoint dvideomamba_t16_k400_f8.pth \
+        --output_dir dart-videomamba-t16-k400-motion --num_tokens 392 --verify
+
 Width, depth, frames, classes and the Mamba sizes are read from the checkpoint (t16: width 192, s16: 384, m16: 576;
 depth from `layers.N`; frames from `temporal_pos_embedding`; classes from `head`). The checkpoint is read with
 `torch.load(..., weights_only=True)` by the loader the other converters use: like the original loader it takes the
@@ -27,6 +32,16 @@ Key mapping (original -> converted):
     layers.{i}.mixer.* / layers.{i}.norm.weight  -> dart.encoder.layers.{i}.mixer.* / .norm.weight
     norm_f.weight                                -> dart.encoder.norm_f.weight
     head.{weight,bias}                           -> classifier.{weight,bias}
+
+A dvideomamba_* checkpoint (the motion tokeniser, `DynamicVideoPatchEmbed`) converts to `video_tokenizer="motion"` with
+the original's settings (`MOTION_PARITY_OPTIONS`: frame 0 scored 0.5, `int(sqrt(N/T)*T)` token rows) and adds:
+    patch_embed.score_backbone.features.{0..7}.* -> dart.embeddings.scorer.features.{0..7}.* (MobileNetV3-Small)
+    patch_embed.score_backbone.features.{8..10}.* left out: the original runs them and discards their output (the
+                                                  scores use `features[:8]`); they are checked against the trunk's
+                                                  shapes and listed in the report
+    patch_embed.score_head1.{weight,bias}        -> dart.embeddings.scorer.motion_proj.* (on frame differences)
+    patch_embed.score_head2.{weight,bias}        -> dart.embeddings.scorer.context_proj.* (on the clip mean)
+The token budget is not stored in the checkpoint: `--num_tokens` (default frames * 196, one token per patch).
 """
 
 from __future__ import annotations
@@ -58,6 +73,9 @@ from modeling_dart.conversion_utils import (  # noqa: E402
     report_usage_error,
     require_tensor,
 )
+from modeling_dart.configuration_dart import MOTION_PARITY_OPTIONS, MOTION_TRUNK_DEPTHS  # noqa: E402
+from modeling_dart.trunk_tables_dart import TRUNKS  # noqa: E402
+from modeling_dart.trunks_dart import ScorerTrunk  # noqa: E402
 from modeling_dart import (  # noqa: E402
     DartConfig,
     DartForImageClassification,
@@ -81,10 +99,68 @@ KEY_RULES: list[tuple[str, str]] = [
 ]
 _COMPILED_RULES = compile_rules(KEY_RULES)
 
+# dvideomamba_*: the motion tokeniser's keys on top of VideoMamba's
+MOTION_PREFIX = "patch_embed.score_"
+MOTION_TRUNK = "mobilenet_v3_small"
+MOTION_TRUNK_PREFIX = "patch_embed.score_backbone."
+MOTION_KEY_RULES: list[tuple[str, str]] = [
+    (r"patch_embed\.score_backbone\.(features\.\d+\..+)$", r"dart.embeddings.scorer.\1"),
+    (r"patch_embed\.score_head1\.(weight|bias)$", r"dart.embeddings.scorer.motion_proj.\1"),
+    (r"patch_embed\.score_head2\.(weight|bias)$", r"dart.embeddings.scorer.context_proj.\1"),
+] + KEY_RULES
+_COMPILED_MOTION_RULES = compile_rules(MOTION_KEY_RULES)
+
 
 def convert_key(key: str) -> str | None:
     """The converted name of an original key, or None when no rule matches."""
     return rename_key(key, _COMPILED_RULES)
+
+
+def convert_motion_key(key: str) -> str | None:
+    """The converted name of a dvideomamba key, or None when no rule matches."""
+    return rename_key(key, _COMPILED_MOTION_RULES)
+
+
+def is_motion_checkpoint(state_dict: dict[str, torch.Tensor]) -> bool:
+    """Whether the checkpoint holds the motion tokeniser (`patch_embed.score_*` keys: a dvideomamba_* file)."""
+    return any(key.startswith(MOTION_PREFIX) for key in state_dict)
+
+
+def split_motion_trunk(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Check the motion scorer of a dvideomamba checkpoint and split off the trunk entries it does not use.
+
+    The trunk must be MobileNetV3-Small (`features.*` keys and shapes of torchvision's, checked against the whole
+    trunk) and the score heads two `Linear(48, 48)` (the channels of `features[:8]`, the original's cut). Returns the
+    state dict without the entries at and beyond the cut (the original runs them and discards their output) and the
+    names of the keys left out. Raises `ConversionError` naming the key that does not fit.
+    """
+    depth = MOTION_TRUNK_DEPTHS[MOTION_TRUNK]
+    channels = TRUNKS[MOTION_TRUNK].output_channels(depth)
+    for name in ("score_head1", "score_head2"):
+        weight = require_tensor(state_dict, f"patch_embed.{name}.weight", 2, "a dvideomamba checkpoint")
+        if tuple(weight.shape) != (channels, channels):
+            raise ConversionError(f"patch_embed.{name}.weight has shape {tuple(weight.shape)}; the motion tokeniser's "
+                                  f"heads are Linear({channels}, {channels}) on MobileNetV3-Small features[:{depth}].")
+    reference = ScorerTrunk(MOTION_TRUNK, TRUNKS[MOTION_TRUNK].num_entries).features.state_dict()
+    kept, left_out = {}, []
+    for key, tensor in state_dict.items():
+        if not key.startswith(MOTION_TRUNK_PREFIX):
+            kept[key] = tensor
+            continue
+        name = key.removeprefix(MOTION_TRUNK_PREFIX)
+        parts = name.split(".")
+        inner = ".".join(parts[1:])
+        if parts[0] != "features" or inner not in reference:
+            raise ConversionError(f"{key} is not a tensor of a MobileNetV3-Small trunk (the motion tokeniser's "
+                                  "score_backbone).")
+        if tuple(tensor.shape) != tuple(reference[inner].shape):
+            raise ConversionError(f"{key}: checkpoint {tuple(tensor.shape)} vs MobileNetV3-Small "
+                                  f"{tuple(reference[inner].shape)}.")
+        if int(parts[1]) >= depth:
+            left_out.append(key)
+        else:
+            kept[key] = tensor
+    return kept, sorted(left_out)
 
 
 def scorer_config_fields(config) -> list[str]:
@@ -202,6 +278,19 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], model: torch.nn.Modu
     return account_keys(state_dict, expected, convert_key, "a VideoMamba model", adapt)
 
 
+def convert_motion_state_dict(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Map every key of a dvideomamba checkpoint (the unused trunk entries already split off) onto `model`, scorer
+    included; raise on unmatched, missing or mis-shaped keys."""
+
+    def adapt(key: str, tensor: torch.Tensor) -> torch.Tensor:
+        if key == "patch_embed.proj.weight" and tensor.dim() == 5:
+            return tensor[:, :, 0]
+        return tensor
+
+    return account_keys(state_dict, model.state_dict(), convert_motion_key, "a DART VideoMamba model with motion tokens",
+                        adapt)
+
+
 def convert(
     checkpoint: str | Path,
     scorer_from: str | Path | None = None,
@@ -212,14 +301,20 @@ def convert(
     image_size: int | None = None,
     video_score_pooling: str = "frame",
 ):
-    """Return `(model, processor, report)` for a VideoMamba checkpoint."""
-    if uniform_scorer == (scorer_from is not None):
-        raise ConversionError("choose exactly one of --uniform_scorer and --scorer_from DIR.")
+    """Return `(model, processor, report)` for a VideoMamba checkpoint (a dvideomamba_* one: the motion tokeniser)."""
     for name, value in (("num_tokens", num_tokens), ("image_size", image_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise UsageError(f"--{name} must be a positive integer, got {value!r}.")
     state_dict, wrapper = load_original_checkpoint(checkpoint, model_key, strip_prefixes=("backbone.", "encoder."),
                                                    return_wrapper=True)
+    if is_motion_checkpoint(state_dict):
+        if uniform_scorer or scorer_from is not None:
+            raise ConversionError(f"{checkpoint} is a DART VideoMamba checkpoint with its own motion scorer "
+                                  "(patch_embed.score_* keys): drop --uniform_scorer / --scorer_from.")
+        return convert_motion(state_dict, wrapper, checkpoint, labels_file, num_tokens, image_size)
+    if uniform_scorer == (scorer_from is not None):
+        raise ConversionError("choose exactly one of --uniform_scorer and --scorer_from DIR (a dvideomamba checkpoint, "
+                              "with patch_embed.score_* keys, needs neither).")
     arch = infer_architecture(state_dict)
     base = arch["score_grid_size"] * arch["patch_size"]
     kwargs = dict(arch, backbone="videomamba", image_size=base if image_size is None else image_size,
@@ -274,11 +369,51 @@ def convert(
     return model, processor, report
 
 
+def convert_motion(state_dict, wrapper, checkpoint, labels_file, num_tokens, image_size):
+    """`(model, processor, report)` for a dvideomamba checkpoint: `video_tokenizer="motion"` with the original's
+    settings, every key mapped (the trunk entries beyond the cut checked and left out, listed in the report)."""
+    state_dict, left_out = split_motion_trunk(state_dict)
+    arch = infer_architecture(state_dict)
+    base = arch["score_grid_size"] * arch["patch_size"]
+    kwargs = dict(MOTION_PARITY_OPTIONS)
+    kwargs.update(arch, backbone="videomamba", image_size=base if image_size is None else image_size,
+                  residual_in_fp32=True, layer_norm_epsilon=1e-5, tubelet_size=1)
+    grid = kwargs["image_size"] // kwargs["patch_size"]
+    kwargs["num_tokens"] = arch["num_frames"] * grid * grid if num_tokens is None else num_tokens
+    id2label = read_labels(labels_file, wrapper, kwargs.pop("num_labels"))
+    try:
+        config = DartConfig(**kwargs, id2label=id2label, label2id={v: k for k, v in id2label.items()})
+    except ValueError as error:
+        raise ConversionError(str(error)) from error
+    model = DartVideoMambaForVideoClassification(config).eval()
+    converted = convert_motion_state_dict(state_dict, model)
+    model.load_state_dict(converted, strict=True)
+    crop = config.image_size
+    processor = DartVideoProcessor(num_frames=config.num_frames, size={"shortest_edge": crop},
+                                   crop_size={"height": crop, "width": crop})
+    report = {
+        "checkpoint": str(checkpoint),
+        "architecture": "d" + KNOWN_WIDTHS.get(config.hidden_size, f"videomamba width {config.hidden_size}"),
+        "hidden_size": config.hidden_size,
+        "depth": config.num_hidden_layers,
+        "num_frames": config.num_frames,
+        "num_labels": config.num_labels,
+        "image_size": config.image_size,
+        "num_tokens": config.num_tokens,
+        "scorer": "motion (from the checkpoint)",
+        "num_keys": len(converted),
+        "left_out_keys": left_out,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+    }
+    return model, processor, report
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="original VideoMamba .pth file")
     parser.add_argument("--output_dir", required=True)
-    scorer = parser.add_mutually_exclusive_group(required=True)
+    # one of the two for a VideoMamba checkpoint; neither for a dvideomamba one (its motion scorer is in the file)
+    scorer = parser.add_mutually_exclusive_group()
     scorer.add_argument("--scorer_from", metavar="DIR", help="converted DART folder to take the scorer from")
     scorer.add_argument("--uniform_scorer", action="store_true",
                         help="constant scores: plain VideoMamba at image_size 224 and 196 tokens per frame")
@@ -286,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model_key", default="model|module",
                         help="'|'-separated entries holding the state dict (default: model|module, as the original)")
     parser.add_argument("--num_tokens", type=positive_int,
-                        help="default tokens per frame (default: the base grid, 196)")
+                        help="default tokens per frame (default: the base grid, 196); for a dvideomamba checkpoint "
+                        "the budget of the whole clip (default: frames * 196)")
     parser.add_argument("--image_size", type=positive_int,
                         help="input resolution of the processor (default: the base grid, 224; 448 = high_res)")
     parser.add_argument("--video_score_pooling", choices=["frame", "clip"], default="frame",
@@ -312,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         scorer_text = ("a uniform scorer (the standard patch grid: plain VideoMamba at 224x224 with 196 tokens per "
                        "frame)" if args.uniform_scorer else f"the DART scorer of `{args.scorer_from}`")
+        if model.config.video_tokenizer == "motion":
+            scorer_text = (f"the checkpoint's motion tokeniser ({model.config.num_tokens} tokens per clip, the "
+                           "original's settings)")
         card = dict(
             title=f"DART {report['architecture']} (VideoMamba, {model.config.num_frames} frames)",
             source=f"Converted from an original [VideoMamba]({ORIGINAL_REPO}) checkpoint "

@@ -461,8 +461,12 @@ def test_scorer_from_a_dart_folder(tmp_path, capsys):
     other, _ = _tiny_dart_folder(tmp_path / "other", score_grid_size=2, num_tokens=4)
     code, _, err = run_cli(["--checkpoint", ckpt, "--output_dir", tmp_path / "o", "--scorer_from", other], capsys)
     assert code == 2 and "score_grid_size" in err
-    with pytest.raises(SystemExit):  # exactly one of --uniform_scorer / --scorer_from
-        cv.main(["--checkpoint", str(ckpt), "--output_dir", str(tmp_path / "o")])
+    # exactly one of --uniform_scorer / --scorer_from for a plain VideoMamba checkpoint
+    code, _, err = run_cli(["--checkpoint", ckpt, "--output_dir", tmp_path / "o"], capsys)
+    assert code == 2 and "choose exactly one of --uniform_scorer and --scorer_from" in err
+    with pytest.raises(SystemExit):  # and never both
+        cv.main(["--checkpoint", str(ckpt), "--output_dir", str(tmp_path / "o"), "--uniform_scorer", "--scorer_from",
+                 str(folder)])
 
 
 def test_untrusted_pickle_is_refused(tmp_path):

@@ -458,3 +458,93 @@ def test_onnx_export_matches_eager(tmp_path):
     torch.testing.assert_close(torch.from_numpy(logits), expected.logits, atol=1e-4, rtol=0)
     torch.testing.assert_close(torch.from_numpy(regions), expected.regions, atol=1 / 32, rtol=0)
     torch.testing.assert_close(torch.from_numpy(score_map), expected.score_map, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------ conversion
+def dvideomamba_state_dict(fixture_state: dict, golden, depth=1) -> dict:
+    """A dvideomamba_* state dict: a small synthetic VideoMamba (width 192, `depth` layers, 8 frames, 14x14 grid of
+    16-pixel patches) with the fixture's embeddings, plus the fixture module's scorer and projection under
+    `patch_embed.`."""
+    from tests.test_video import make_original_state_dict
+
+    state = make_original_state_dict(hidden=192, depth=depth, frames=8, patch=16, grid=14, classes=5, state=4)
+    state.update({"pos_embed": golden["video.pos_embed"], "cls_token": golden["video.cls_token"],
+                  "temporal_pos_embedding": golden["video.time_embed"]})
+    state.update({"patch_embed." + key: tensor for key, tensor in fixture_state.items()})
+    return state
+
+
+@pytest.fixture(scope="module")
+def dvideomamba(fixture_run, tmp_path_factory):
+    path = tmp_path_factory.mktemp("dvideomamba") / "dvideomamba_tiny.pth"
+    state = dvideomamba_state_dict(fixture_run["state"], fixture_run["golden"])
+    torch.save({"model": state, "epoch": 3}, path)
+    return path, state
+
+
+def test_conversion_maps_every_key_and_reproduces_the_original_tokens(fixture_run, dvideomamba):
+    from conversion import convert_videomamba_original as cv
+
+    path, state = dvideomamba
+    model, processor, report = cv.convert(path, num_tokens=784)
+    config = model.config
+    assert config.video_tokenizer == "motion" and config.motion_first_frame_score == 0.5
+    assert config.motion_row_rule == "original" and config.resolved_scorer_trunk_depth() == 8
+    assert (config.num_frames, config.image_size, config.num_tokens, config.hidden_size) == (8, 224, 784, 192)
+    assert processor.crop_size["height"] == 224 and processor.num_frames == 8
+    # key by key: every tensor of the model comes from one checkpoint key; the trunk beyond features[:8] is left out
+    left_out = [k for k in state if k.startswith("patch_embed.score_backbone.features.")
+                and int(k.split(".")[3]) >= 8]
+    assert report["left_out_keys"] == sorted(left_out) and len(left_out) == 3 * 22  # 3 blocks: 4 convs, 3 BNs, SE
+    converted = model.state_dict()
+    assert len(converted) == len(state) - len(left_out) == report["num_keys"]
+    for key, tensor in state.items():
+        if key in left_out:
+            continue
+        expected = tensor[:, :, 0] if key == "patch_embed.proj.weight" else tensor
+        assert torch.equal(converted[cv.convert_motion_key(key)], expected), key
+    assert torch.equal(converted["dart.embeddings.scorer.motion_proj.weight"], state["patch_embed.score_head1.weight"])
+    assert torch.equal(converted["dart.embeddings.scorer.context_proj.bias"], state["patch_embed.score_head2.bias"])
+    # the converted model's tokeniser gives the original's tokens
+    golden = fixture_run["golden"]
+    with torch.no_grad():
+        sequence, _ = model.dart.embed_frames(fixture_run["pixel_values"])
+    assert max_diff(sequence, golden["video784.tokens"]) <= tolerance(fixture_run["info"], "video784.tokens")
+    with torch.no_grad():
+        default = cv.convert(path)[0]
+    assert default.config.num_tokens == 8 * 196
+
+
+def test_conversion_cli_verifies_and_refuses_what_does_not_fit(dvideomamba, tmp_path, capsys):
+    from conversion import convert_videomamba_original as cv
+
+    path, state = dvideomamba
+    out_dir = tmp_path / "out"
+    code = cv.main(["--checkpoint", str(path), "--output_dir", str(out_dir), "--num_tokens", "392", "--verify"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "verified" in captured.out and (out_dir / "motion_tokens_dart.py").is_file()
+    config = json.loads((out_dir / "config.json").read_text())
+    assert config["video_tokenizer"] == "motion" and config["num_tokens"] == 392
+    code = cv.main(["--checkpoint", str(path), "--output_dir", str(out_dir)])  # exists: --overwrite needed
+    assert code == 2 and "--overwrite" in capsys.readouterr().err
+
+    def refused(mutate, message, *flags):
+        broken = dict(state)
+        mutate(broken)
+        bad = tmp_path / "bad.pth"
+        torch.save({"model": broken}, bad)
+        code = cv.main(["--checkpoint", str(bad), "--output_dir", str(tmp_path / "never"), *flags])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err, err
+        assert not (tmp_path / "never").exists()
+
+    refused(lambda sd: None, "drop --uniform_scorer / --scorer_from", "--uniform_scorer")
+    refused(lambda sd: sd.pop("patch_embed.score_head2.bias"), "missing key")
+    refused(lambda sd: sd.pop("patch_embed.score_backbone.features.3.block.0.0.weight"), "missing key")
+    refused(lambda sd: sd.update({"patch_embed.score_backbone.features.11.0.weight": torch.zeros(1)}),
+            "not a tensor of a MobileNetV3-Small trunk")
+    refused(lambda sd: sd.update({"patch_embed.score_backbone.features.9.block.0.1.weight": torch.zeros(3)}),
+            "features.9.block.0.1.weight: checkpoint (3,)")
+    refused(lambda sd: sd.update({"patch_embed.score_head1.weight": torch.zeros(96, 96)}), "Linear(48, 48)")
+    refused(lambda sd: sd.update({"patch_embed.score_extra.weight": torch.zeros(2)}), "unexpected key")
