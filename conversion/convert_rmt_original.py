@@ -124,6 +124,13 @@ def _contiguous(indices: set[int], what: str) -> int:
 def _decay_settings(decay: torch.Tensor, key: str) -> tuple[float, float | None]:
     """`(init_value, heads_range)` with `decay[h] = log(1 - 2**-(init_value + heads_range * h / n))`; the range is
     `None` for a single head (it then changes nothing)."""
+    if decay.numel() == 0:
+        raise ConversionError(f"{key} is empty: it must hold one log decay per head.")
+    if decay.dtype not in (torch.float32, torch.float64):
+        # rounded to a half type, the decays no longer give the integer settings they were computed from
+        raise ConversionError(f"{key} is stored as {decay.dtype}: the converter reads the heads' decay settings from "
+                              f"it and needs float32 (as the original release stores it); convert the float32 "
+                              f"checkpoint.")
     if not torch.isfinite(decay).all() or (decay >= 0).any():
         raise ConversionError(f"{key} must hold finite negative log decays, got {decay.tolist()}.")
     exponents = -torch.log2(-torch.expm1(decay.double()))

@@ -45,10 +45,19 @@ from .layers_dart import DartDropPath
 
 
 # ------------------------------------------------------------------------------------- relative-position tables
+def _check_positive_number(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"`{name}` must be a positive finite number, got {value!r}.")
+
+
 def rmt_rotary_angles(key_dim: int, rope_theta: float = 10000.0, device: torch.device | None = None) -> torch.Tensor:
     """The rotary frequencies of one retention head, float32 of shape `(key_dim,)`: `rope_theta**-t` for `key_dim / 2`
     values of `t` evenly spaced in [0, 1], each repeated twice in a row (one value per rotated channel pair). This is
     the original's `Relpos.angle` buffer."""
+    if isinstance(key_dim, bool) or not isinstance(key_dim, int) or key_dim < 2 or key_dim % 2:
+        raise ValueError(f"`key_dim` must be a positive even integer (the rotary embedding rotates pairs of channels), "
+                         f"got {key_dim!r}.")
+    _check_positive_number(rope_theta, "rope_theta")
     exponents = torch.linspace(0, 1, key_dim // 2, dtype=torch.float32, device=device)
     return (1.0 / (rope_theta**exponents)).repeat_interleave(2)
 
@@ -57,6 +66,10 @@ def rmt_decay_rates(num_heads: int, init_value: float, heads_range: float,
                     device: torch.device | None = None) -> torch.Tensor:
     """The log decay of each head, float32 of shape `(num_heads,)`: `log(1 - 2**(-init_value - heads_range * h /
     num_heads))` for head `h` (all negative). This is the original's `Relpos.decay` buffer."""
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+        raise ValueError(f"`num_heads` must be a positive integer, got {num_heads!r}.")
+    _check_positive_number(init_value, "init_value")
+    _check_positive_number(heads_range, "heads_range")
     steps = torch.arange(num_heads, dtype=torch.float32, device=device)
     return torch.log(1 - 2 ** (-init_value - heads_range * steps / num_heads))
 
@@ -140,15 +153,21 @@ def apply_rotary(hidden_states: torch.Tensor, sin: torch.Tensor, cos: torch.Tens
 
 def decayed_softmax_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                               decay_mask: torch.Tensor) -> torch.Tensor:
-    """`softmax(query @ key^T + decay_mask) @ value` over the last two dimensions (leading dimensions broadcast).
+    """`softmax(query @ key^T + decay_mask) @ value` over the last two dimensions (the query, key and value share
+    their leading dimensions; the mask broadcasts against them).
 
     The key must already carry the `1 / sqrt(key_dim)` scale. The softmax runs in float32. With `decay_mask =
     log(lambda) * distance`, the attention weights are the plain softmax weights multiplied by `lambda**distance` and
     renormalised.
     """
-    scores = torch.matmul(query, key.transpose(-1, -2)) + decay_mask
+    # The products run on 3-D stacks (leading dimensions merged): inductor's attention-fusion pass matched the 5-D
+    # products of the decomposed form to a 4-D pattern and failed to compile them (torch 2.13)
+    lead, length = query.shape[:-2], key.shape[-2]
+    scores = torch.bmm(query.reshape(-1, *query.shape[-2:]), key.reshape(-1, *key.shape[-2:]).transpose(-1, -2))
+    scores = scores.view(*lead, query.shape[-2], length) + decay_mask
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
-    return torch.matmul(weights, value)
+    output = torch.bmm(weights.reshape(-1, query.shape[-2], length), value.reshape(-1, length, value.shape[-1]))
+    return output.view(*lead, query.shape[-2], value.shape[-1])
 
 
 class RmtRetention(nn.Module):
@@ -372,6 +391,69 @@ def _check_pixel_values(pixel_values, num_channels: int) -> None:
     if pixel_values.dim() != 4 or pixel_values.shape[1] != num_channels:
         raise ValueError(f"`pixel_values` must have shape (batch, {num_channels}, height, width), got "
                          f"{tuple(pixel_values.shape)}.")
+    if pixel_values.shape[2] < 1 or pixel_values.shape[3] < 1:
+        raise ValueError(f"`pixel_values` images must be at least 1x1 pixels, got {pixel_values.shape[2]}x"
+                         f"{pixel_values.shape[3]}.")
+    # the value check branches on the data, which `torch.compile` / `torch.export` cannot trace: traced graphs keep
+    # only the shape and dtype checks above
+    if torch.compiler.is_compiling() or pixel_values.numel() == 0:
+        return
+    # one sum first (no copy of the batch); only an overflowing or non-finite sum looks at every pixel
+    if not torch.isfinite(pixel_values.detach().sum()) and not torch.isfinite(pixel_values.detach()).all():
+        raise ValueError("`pixel_values` contains NaN or infinite values.")
+
+
+def _check_labels(labels, logits: torch.Tensor, config) -> tuple[torch.Tensor, str]:
+    """Validate `labels` for `logits` `(batch, num_labels)` and return them in the loss's dtype with the problem type
+    (`config.problem_type`, or inferred as Transformers' classifiers do: one label is regression, integer labels
+    single-label, float labels multi-label). Single-label: class indices `(batch,)` in `[0, num_labels)` or -100;
+    multi-label: `(batch, num_labels)` targets in [0, 1]; regression: `(batch,)` / `(batch, 1)` for one label, else
+    `(batch, num_labels)`."""
+    if config.num_labels < 1:
+        raise ValueError("`labels` need a classifier, but `config.num_labels` is 0 (the model returns features).")
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"`labels` must be a torch.Tensor, got {type(labels).__name__}.")
+    batch, num_labels = logits.shape
+    problem_type = config.problem_type
+    kinds = ("regression", "single_label_classification", "multi_label_classification")
+    if problem_type is None:
+        if num_labels == 1:
+            problem_type = "regression"
+        elif labels.is_floating_point() or labels.dtype == torch.bool:
+            problem_type = "multi_label_classification"
+        else:
+            problem_type = "single_label_classification"
+    elif problem_type not in kinds:
+        raise ValueError(f"`config.problem_type` must be one of {kinds} or None, got {problem_type!r}.")
+    if labels.dim() == 0 or labels.shape[0] != batch:
+        raise ValueError(f"`labels` must have one entry per image (batch size {batch}), got shape "
+                         f"{tuple(labels.shape)}.")
+    if labels.is_complex():
+        raise TypeError(f"`labels` must be real numbers, got {labels.dtype}.")
+    if problem_type == "single_label_classification":
+        if labels.is_floating_point() or labels.dtype == torch.bool:
+            raise TypeError(f"`labels` for single-label classification must be integer class indices, got "
+                            f"{labels.dtype}.")
+        if labels.dim() != 1:
+            raise ValueError(f"`labels` for single-label classification must have shape ({batch},), got "
+                             f"{tuple(labels.shape)}.")
+        if not torch.compiler.is_compiling():
+            bad = labels[(labels != -100) & ((labels < 0) | (labels >= num_labels))]
+            if bad.numel():
+                raise ValueError(f"`labels` must be class indices in [0, {num_labels}) (or -100 to ignore), got "
+                                 f"{bad[0].item()}.")
+        return labels.long(), problem_type
+    expected = (batch,) if problem_type == "regression" and num_labels == 1 else (batch, num_labels)
+    if tuple(labels.shape) != expected and not (num_labels == 1 and tuple(labels.shape) == (batch, 1)):
+        raise ValueError(f"`labels` for {problem_type.replace('_', ' ')} must have shape {expected}, got "
+                         f"{tuple(labels.shape)}.")
+    labels = labels.to(logits.dtype)
+    if not torch.compiler.is_compiling():
+        if not torch.isfinite(labels).all():
+            raise ValueError("`labels` must be finite.")
+        if problem_type == "multi_label_classification" and ((labels < 0) | (labels > 1)).any():
+            raise ValueError("`labels` for multi-label classification must be targets in [0, 1].")
+    return labels, problem_type
 
 
 # --------------------------------------------------------------------------------------------------- base model
@@ -470,6 +552,7 @@ class RmtModel(RmtPreTrainedModel):
     def forward(self, pixel_values: torch.FloatTensor | None = None,
                 **kwargs) -> BaseModelOutputWithPoolingAndNoAttention:
         _check_pixel_values(pixel_values, self.config.num_channels)
+        pixel_values = pixel_values.to(self.embeddings.conv1.weight.dtype)  # float64 input into a float32 model
         encoder_outputs = self.encoder(self.embeddings(pixel_values), **kwargs)
         last_hidden_state = encoder_outputs.last_hidden_state
         return BaseModelOutputWithPoolingAndNoAttention(
@@ -501,7 +584,9 @@ class RmtForImageClassification(RmtPreTrainedModel):
         logits = self.classifier(self.feature_projection(outputs.last_hidden_state))
         loss = None
         if labels is not None:
-            loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
+            labels, problem_type = _check_labels(labels, logits, self.config)
+            self.config.problem_type = problem_type  # stored only once the labels passed
+            loss = self.loss_function(labels=labels.to(logits.device), pooled_logits=logits, config=self.config)
         return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
@@ -526,6 +611,7 @@ class RmtBackbone(BackboneMixin, RmtPreTrainedModel):
     @auto_docstring
     def forward(self, pixel_values: torch.FloatTensor | None = None, **kwargs) -> BackboneOutput:
         _check_pixel_values(pixel_values, self.config.num_channels)
+        pixel_values = pixel_values.to(self.embeddings.conv1.weight.dtype)
         hidden_states = self.encoder(self.embeddings(pixel_values), **kwargs).hidden_states
         feature_maps = tuple(
             state for name, state in zip(self.stage_names, hidden_states) if name in self.out_features

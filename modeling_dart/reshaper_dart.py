@@ -72,6 +72,11 @@ def marginal_quantile_cuts(pdf: torch.Tensor, num_rows: int, num_cols: int) -> t
         `(row_cuts, col_cuts)` of shapes `(batch, num_rows + 1)` and `(batch, num_cols + 1)`, in score-cell units:
         the first cut is 0 and the last the number of cells.
     """
+    if not isinstance(pdf, torch.Tensor) or pdf.dim() != 3:
+        shape = tuple(pdf.shape) if isinstance(pdf, torch.Tensor) else type(pdf).__name__
+        raise ValueError(f"`pdf` must be a tensor of shape (batch, grid_rows, grid_cols), got {shape}.")
+    _check_positive_int(num_rows, "num_rows")
+    _check_positive_int(num_cols, "num_cols")
     rows = pdf.sum(dim=-1)
     cols = pdf.sum(dim=-2)
     rows = rows / (rows.sum(dim=-1, keepdim=True) + ROW_MARGINAL_EPS)
@@ -82,6 +87,8 @@ def marginal_quantile_cuts(pdf: torch.Tensor, num_rows: int, num_cols: int) -> t
 def uniform_edges(batch: int, num_parts: int, size: int, dtype: torch.dtype, device=None) -> torch.Tensor:
     """The edges `n * size / num_parts`, `n = 0 .. num_parts`, for every image: `(batch, num_parts + 1)` (exact
     integers when `num_parts` divides `size`)."""
+    for value, name in ((batch, "batch"), (num_parts, "num_parts"), (size, "size")):
+        _check_positive_int(value, name)
     steps = torch.arange(num_parts + 1, dtype=dtype, device=device)
     return (steps * size / num_parts).expand(batch, -1)
 
@@ -165,6 +172,19 @@ def warp_pixels(
         `torch.Tensor` of shape `(batch, channels, num_rows * patch_size, num_cols * patch_size)`, in the dtype of
         `pixel_values`.
     """
+    _check_choice(column_sampling, COLUMN_SAMPLINGS, "column_sampling")
+    _check_positive_int(num_cols, "num_cols")
+    _check_positive_int(patch_size, "patch_size")
+    _check_edges(row_edges, "row_edges")
+    _check_edges(edges, "edges")
+    if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
+        shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+        raise ValueError(f"`pixel_values` must be a tensor of shape (batch, channels, height, width), got {shape}.")
+    batch = pixel_values.shape[0]
+    if row_edges.shape[0] != batch or edges.shape != (batch, (row_edges.shape[1] - 1) * num_cols + 1):
+        raise ValueError(f"The warp does not fit `pixel_values` of shape {tuple(pixel_values.shape)}: row_edges "
+                         f"{tuple(row_edges.shape)} and edges {tuple(edges.shape)} must be ({batch}, num_rows + 1) and "
+                         f"({batch}, num_rows * {num_cols} + 1).")
     dtype = torch.promote_types(pixel_values.dtype, torch.float32)
     pixels = pixel_values.to(dtype)
     batch, channels, _, width = pixels.shape
@@ -188,10 +208,26 @@ def warp_pixels(
 
 
 # ----------------------------------------------------------------------------------------- coordinate maps
-def _check_edges(edges, name: str) -> None:
+def _tracing() -> bool:
+    # value checks branch on the data, which `torch.compile` / `torch.export` / tracing cannot follow: traced graphs
+    # keep only the shape, dtype and argument checks
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+def _check_edges(edges, name: str, increasing: bool = False) -> None:
     if not isinstance(edges, torch.Tensor) or edges.dim() != 2 or edges.shape[1] < 2:
         shape = tuple(edges.shape) if isinstance(edges, torch.Tensor) else type(edges).__name__
         raise ValueError(f"`{name}` must be a tensor of shape (batch, num_cells + 1), got {shape}.")
+    if increasing and not _tracing() and (not torch.isfinite(edges).all() or (edges[:, 1:] < edges[:, :-1]).any()):
+        raise ValueError(f"`{name}` must hold finite edges that never decrease along dim 1 (the inverse map needs "
+                         f"them ordered), got {edges[0].tolist()[:8]} for the first image.")
+
+
+def _check_positions(positions, edges: torch.Tensor) -> None:
+    if not isinstance(positions, torch.Tensor) or positions.dim() != 2 or positions.shape[0] != edges.shape[0]:
+        shape = tuple(positions.shape) if isinstance(positions, torch.Tensor) else type(positions).__name__
+        raise ValueError(f"`positions` must be a tensor of shape (batch, num_positions) with the batch of `edges` "
+                         f"({edges.shape[0]}), got {shape}.")
 
 
 def warped_to_input(positions: torch.Tensor, edges: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -210,6 +246,8 @@ def warped_to_input(positions: torch.Tensor, edges: torch.Tensor, patch_size: in
         `torch.Tensor` of shape `(batch, num_positions)`: input coordinates.
     """
     _check_edges(edges, "edges")
+    _check_positions(positions, edges)
+    _check_positive_int(patch_size, "patch_size")
     num_cells = edges.shape[1] - 1
     scaled = positions / patch_size
     cell = scaled.floor().clamp(0, num_cells - 1)
@@ -232,7 +270,9 @@ def input_to_warped(positions: torch.Tensor, edges: torch.Tensor, patch_size: in
     Returns:
         `torch.Tensor` of shape `(batch, num_positions)`: warped coordinates.
     """
-    _check_edges(edges, "edges")
+    _check_edges(edges, "edges", increasing=True)
+    _check_positions(positions, edges)
+    _check_positive_int(patch_size, "patch_size")
     # the cell is the number of inner edges at or before the position (counted: ONNX has no searchsorted)
     index = (edges[:, None, 1:-1] <= positions.unsqueeze(-1)).sum(dim=-1)
     start, end = edges.gather(1, index), edges.gather(1, index + 1)
@@ -306,6 +346,8 @@ def map_coordinates(positions: torch.Tensor, warped_size: int, map_size: int) ->
     Returns:
         `torch.Tensor` of the shape of `positions`.
     """
+    _check_positive_int(warped_size, "warped_size")
+    _check_positive_int(map_size, "map_size")
     if map_size == warped_size:
         return positions
     return (positions + 0.5) * (map_size / warped_size) - 0.5
@@ -328,6 +370,8 @@ def sample_separable(maps: torch.Tensor, y: torch.Tensor, x: torch.Tensor, mode:
     Returns:
         `torch.Tensor` of shape `(batch, channels, out_height, out_width)`.
     """
+    if mode not in UNWARP_MODES:
+        raise ValueError(f"`mode` must be one of {UNWARP_MODES}, got {mode!r}.")
     batch, channels, map_height, map_width = maps.shape
     if mode == "nearest":
         rows = (y.detach() + 0.5).floor().clamp(0, map_height - 1).to(torch.long)
@@ -395,8 +439,10 @@ def unwarp(
     if not isinstance(maps, torch.Tensor) or maps.dim() != 4 or 0 in maps.shape:
         shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
         raise ValueError(f"`maps` must be a non-empty tensor of shape (batch, channels, height, width), got {shape}.")
-    _check_edges(row_edges, "row_edges")
-    _check_edges(col_edges, "col_edges")
+    _check_edges(row_edges, "row_edges", increasing=True)
+    _check_edges(col_edges, "col_edges", increasing=True)
+    for value, name in ((patch_size, "patch_size"), (height, "height"), (width, "width")):
+        _check_positive_int(value, name)
     if not maps.shape[0] == row_edges.shape[0] == col_edges.shape[0]:
         raise ValueError(f"`maps` holds {maps.shape[0]} images and the warp {row_edges.shape[0]} (row_edges) / "
                          f"{col_edges.shape[0]} (col_edges): they must be equal.")
@@ -439,6 +485,8 @@ def warp_labels(
         raise ValueError(f"`labels` must be a tensor of shape (batch, height, width), got {shape}.")
     _check_edges(row_edges, "row_edges")
     _check_edges(edges, "edges")
+    _check_positive_int(num_cols, "num_cols")
+    _check_positive_int(patch_size, "patch_size")
     batch, _, width = labels.shape
     num_rows, patch = row_edges.shape[1] - 1, patch_size
     if edges.shape[1] != num_rows * num_cols + 1 or row_edges.shape[0] != batch or edges.shape[0] != batch:
@@ -503,6 +551,8 @@ def _check_bool(value, name: str) -> None:
 
 
 def _check_positive_int(value, name: str) -> None:
+    if isinstance(value, torch.SymInt):  # a size of a traced graph with dynamic shapes (torch.export, ONNX)
+        return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
 
@@ -635,8 +685,8 @@ class DartImageReshaper(nn.Module):
         Args:
             pixel_values (`torch.Tensor` of shape `(batch, channels, height, width)`).
             output_size (`int` or `(int, int)`, *optional*): overrides the module's warped size.
-            score_map (`torch.Tensor` of shape `(batch, grid, grid)`, *optional*): positive scores to use instead of
-                the scorer's.
+            score_map (`torch.Tensor` of shape `(batch, grid, grid)`, *optional*): finite non-negative scores to use
+                instead of the scorer's (an all-zero map gives the uniform warp).
             score_normalization (`str`, *optional*): overrides the module's.
         """
         check_pixel_values(pixel_values, self.num_channels, 1)
@@ -653,6 +703,9 @@ class DartImageReshaper(nn.Module):
         elif not isinstance(score_map, torch.Tensor) or tuple(score_map.shape) != (batch, grid, grid):
             shape = tuple(score_map.shape) if isinstance(score_map, torch.Tensor) else type(score_map).__name__
             raise ValueError(f"`score_map` must have shape ({batch}, {grid}, {grid}), got {shape}.")
+        elif not _tracing() and (not torch.isfinite(score_map).all() or (score_map < 0).any()):
+            # the density divides by the map's sum: NaN, inf or negative scores give NaN or crossing edges
+            raise ValueError("`score_map` must hold finite non-negative scores (an all-zero map is the uniform warp).")
 
         # the geometry runs in float64 (float32 where there is none) and is returned in at least float32, as the
         # token form's

@@ -1,9 +1,11 @@
 #!/usr/bin/env python
-"""Bad- and edge-input probes (issue #24): a reproducible re-run of the ~340 probes the issue describes.
+"""Bad- and edge-input probes (issue #24): a reproducible re-run of the ~340 probes the issue describes, and those of
+the image reshaper and RMT (issue #25, item 9).
 
 A script, not a pytest module (pytest collects only `test_*.py`). It throws systematically generated bad and edge
-inputs at the configs, the image and video models, the image and video processors, loading, the three converter
-CLIs, the ONNX exporter and the image-classification training script, and classifies every outcome:
+inputs at the configs, the image and video models, the image and video processors, the image reshaper and RMT
+(configs, models, coordinate maps), loading, the converter CLIs (token variants, darmt_l6 and RMT included), the
+ONNX exporter and the image-classification training script, and classifies every outcome:
 
 - clear:   a `ValueError` / `TypeError` (or a CLI exit code 2 with a one-line `error:` message) whose message names
            what the probe says it must name (the argument, field or flag involved);
@@ -18,9 +20,10 @@ Loading probes accept an `OSError` that names the file as clear (Transformers' o
 files); everywhere else only `ValueError` / `TypeError` count. A failed CLI run that leaves a new output folder behind
 is listed under "leftovers" (the issue's "a failed run leaves nothing half-written").
 
-Cost on 2 CPU cores: about 2 minutes (~490 probes). At most one real ONNX export (the argument probes run with the exporter
-replaced by a stub that records a call: reaching it means an argument was not checked before the export), and two
-short training runs (`--max_steps 1`, tiny model, six 40x40 images per split).
+Cost on 2 CPU cores: about 2 minutes (~490 probes), and about one more for the ~155 probes of the image reshaper and
+RMT (`--only reshaper,reshaper_converters` runs those alone). At most one real ONNX export (the argument probes run
+with the exporter replaced by a stub that records a call: reaching it means an argument was not checked before the
+export), and two short training runs (`--max_steps 1`, tiny model, six 40x40 images per split).
 
 Usage:
     python tests/bad_input_probes.py [--json PATH] [--only config,forward,...] [--quiet]
@@ -1089,6 +1092,393 @@ def register_video():
     probe("video", "processor: corrupt video file", corrupt_video, names="broken.mp4")
 
 
+# ---------------------------------------------------------------------------------------------- reshaper and RMT
+def reshaper_backbone(kind="convnext"):
+    from transformers import ConvNextConfig
+
+    from modeling_dart import RmtConfig
+
+    if kind == "rmt":
+        return RmtConfig(embed_dims=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_heads=[2, 2, 3, 4],
+                         heads_ranges=[4, 4, 6, 6], mlp_ratios=[2, 2, 2, 2], projection=16, drop_path_rate=0.0,
+                         num_labels=3)
+    return ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3)
+
+
+def reshaper_config(**overrides):
+    """64x64 inputs warped to 32x32 (8-pixel cells on a 4x4 score grid) in front of a tiny ConvNeXt; with
+    `learned=True` a MobileNetV3-Small scorer cut after 4 blocks, else the uniform scorer."""
+    from modeling_dart import DartReshaperConfig
+
+    learned = overrides.pop("learned", False)
+    fields = {"backbone_config": reshaper_backbone(), "image_size": 64, "patch_size": 8, "score_grid_size": 4,
+              "scorer": "uniform"}
+    if learned:
+        fields.update(scorer="learned", scorer_trunk="mobilenet_v3_small", scorer_trunk_depth=4)
+    fields.update(overrides)
+    return DartReshaperConfig(**fields)
+
+
+def reshaper_model():
+    def build():
+        from modeling_dart import DartReshaperForImageClassification
+
+        torch.manual_seed(0)
+        return DartReshaperForImageClassification(reshaper_config(learned=True)).eval()
+
+    return cached("reshaper_model", build)
+
+
+def reshaper_forward(x=None, **kwargs):
+    def fn():
+        with torch.no_grad():
+            return reshaper_model()(x() if callable(x) else x, **kwargs)
+
+    return fn
+
+
+def warped_shape(shape):
+    def check(out):
+        if tuple(out.warped_pixel_values.shape) != tuple(shape):
+            return f"warped image {tuple(out.warped_pixel_values.shape)} != {shape}"
+        edges = (out.row_edges, out.col_edges)
+        if not all(torch.isfinite(e).all() and (e.diff(dim=-1) >= 0).all() for e in edges):
+            return "edges not finite and increasing"
+        logits = getattr(out, "logits", None)
+        return True if logits is None or torch.isfinite(logits).all() else "NaN/inf logits"
+
+    return check
+
+
+def register_reshaper():
+    from transformers import BertConfig
+
+    from modeling_dart import (
+        DartImageReshaper,
+        DartReshaperForImageClassification,
+        RmtConfig,
+        RmtForImageClassification,
+    )
+    from modeling_dart.reshaper_dart import unwarp, warped_to_input
+
+    # DartReshaperConfig: the backbone, each field, and the relations between fields
+    bert = BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8)
+    for label, value in (("BertConfig (not an image model)", bert), ("{'model_type': 'bert'}", {"model_type": "bert"}),
+                         ("dict without model_type", {"hidden_size": 8}),
+                         ("{'model_type': 'no_such_model'}", {"model_type": "no_such_model"}),
+                         ("the string 'rmt'", "rmt"), ("3", 3)):
+        probe("reshaper", f"DartReshaperConfig(backbone_config={label})",
+              lambda v=value: reshaper_config(backbone_config=v), names="backbone_config")
+    fields = [
+        ("image_size", 72), ("image_size", "64"), ("image_size", 0), ("patch_size", 0), ("patch_size", 8.0),
+        ("num_channels", 4), ("downscale_factor", 0), ("downscale_factor", True), ("output_size", [24, 30]),
+        ("output_size", 20), ("output_size", "32"), ("score_grid_size", 0), ("scorer", "random"),
+        ("scorer_trunk", "resnet50"), ("scorer_head", "v3"), ("scorer_hidden_size", 0), ("scorer_trunk_depth", 100),
+        ("scorer_max_density_ratio", 1.0), ("freeze_scorer_trunk", "yes"), ("score_normalization", "global"),
+        ("first_edge_at_one", 1), ("edge_scale_from_first_image", "no"), ("column_sampling", "rows"),
+    ]
+    for name, value in fields:
+        probe("reshaper", f"DartReshaperConfig({name}={value!r})",
+              lambda n=name, v=value: reshaper_config(learned=True, **{n: v}), names=name)
+
+    def set_then_build(name, value):
+        def fn():
+            config = reshaper_config()
+            setattr(config, name, value)
+            return DartReshaperForImageClassification(config)
+
+        return fn
+
+    probe("reshaper", "config.image_size = 72 (set after construction), then a model built",
+          set_then_build("image_size", 72), names="image_size")
+    probe("reshaper", "config.output_size = [24, 30] (set after construction), then a model built",
+          set_then_build("output_size", [24, 30]), names="output_size")
+    probe("reshaper", "DartReshaperForImageClassification(RmtConfig())",
+          lambda: DartReshaperForImageClassification(RmtConfig()), names="config")
+
+    # the reshaper classifier's forward
+    base = pixels(2, 3, 64, 64, seed=7)
+    bad_pixels = [
+        ("40x64 (not multiples of patch_size * downscale_factor = 16)", pixels(1, 3, 40, 64)),
+        ("64x70 (width not a multiple of 16)", pixels(1, 3, 64, 70)),
+        ("4 channels", pixels(1, 4, 64, 64)),
+        ("3-D", pixels(3, 64, 64)),
+        ("uint8", torch.zeros(1, 3, 64, 64, dtype=torch.uint8)),
+        ("one NaN pixel", base.clone().index_put_((torch.tensor([1]), torch.tensor([0]), torch.tensor([3]),
+                                                   torch.tensor([3])), torch.tensor(NAN))),
+        ("None", None),
+    ]
+    for label, x in bad_pixels:
+        probe("reshaper", f"reshaper model pixel_values {label}", reshaper_forward(x), names="pixel_values")
+    for value in ((20, 32), 0, "32", (32,)):
+        probe("reshaper", f"reshaper model output_size={value!r}", reshaper_forward(base, output_size=value),
+              names="output_size")
+    probe("reshaper", "reshaper model score_normalization='global'",
+          reshaper_forward(base, score_normalization="global"), names="score_normalization")
+    probe("reshaper", "reshaper model labels out of range", reshaper_forward(base, labels=torch.tensor([0, 7])),
+          names="labels")
+    probe("reshaper", "reshaper model 96x64 input (valid edge)", reshaper_forward(pixels(1, 3, 96, 64)), expect="ok",
+          check=warped_shape((1, 3, 48, 32)))
+    probe("reshaper", "reshaper model 50x70 input with output_size=16 (valid edge)",
+          reshaper_forward(pixels(1, 3, 50, 70), output_size=16), expect="ok", check=warped_shape((1, 3, 16, 16)))
+
+    # the bare reshaper and its coordinate maps
+    for name, value in (("patch_size", 0), ("downscale_factor", 0), ("column_sampling", "rows"),
+                        ("first_edge_at_one", 1), ("scorer", "random"), ("output_size", (24, 32))):
+        probe("reshaper", f"DartImageReshaper({name}={value!r})",
+              lambda n=name, v=value: DartImageReshaper(scorer="uniform", **{n: v}) if n != "scorer"
+              else DartImageReshaper(scorer=v), names=name)
+
+    def bare(x, **kwargs):
+        def fn():
+            with torch.no_grad():
+                return DartImageReshaper(scorer="uniform")(x, **kwargs)
+
+        return fn
+
+    probe("reshaper", "DartImageReshaper on 48x64 (not multiples of 32)", bare(pixels(1, 3, 48, 64)),
+          names=("pixel_values", "32"))
+    probe("reshaper", "DartImageReshaper score_map of the wrong grid", bare(pixels(1, 3, 64, 64),
+                                                                           score_map=torch.ones(1, 4, 4)),
+          names="score_map")
+    probe("reshaper", "DartImageReshaper score_map one-hot (valid edge)",
+          bare(pixels(1, 3, 64, 64), score_map=torch.zeros(1, 14, 14).index_fill_(1, torch.tensor([3]), 1.0)),
+          expect="ok", check=warped_shape((1, 3, 32, 32)))
+    for label, fill in (("a NaN", NAN), ("an inf", INF), ("a negative score", -1.0)):
+        scores = torch.ones(1, 14, 14).index_fill_(1, torch.tensor([3]), fill)
+        probe("reshaper", f"DartImageReshaper score_map with {label}", bare(pixels(1, 3, 64, 64), score_map=scores),
+              names="score_map")
+    probe("reshaper", "DartImageReshaper score_map all zero (valid edge: the uniform warp)",
+          bare(pixels(1, 3, 64, 64), score_map=torch.zeros(1, 14, 14)), expect="ok", check=warped_shape((1, 3, 32, 32)))
+    edges = torch.tensor([[0.0, 10.0, 64.0]])
+    probe("reshaper", "warped_to_input with 1-D edges", lambda: warped_to_input(torch.zeros(1, 4), edges[0], 16),
+          names="edges")
+    from modeling_dart import reshaper_dart as geometry
+
+    strip = torch.tensor([[0.0, 30.0, 64.0, 100.0, 128.0]])
+    geometry_cases = [
+        ("warped_to_input patch_size=0", lambda: warped_to_input(torch.zeros(1, 4), edges, 0), "patch_size"),
+        ("warped_to_input patch_size=-8", lambda: warped_to_input(torch.arange(4.0)[None], edges, -8), "patch_size"),
+        ("input_to_warped patch_size=0", lambda: geometry.input_to_warped(torch.zeros(1, 4), edges, 0), "patch_size"),
+        ("warped_to_input positions of another batch", lambda: warped_to_input(torch.zeros(2, 4), edges, 8),
+         "positions"),
+        ("input_to_warped 1-D positions", lambda: geometry.input_to_warped(torch.zeros(4), edges, 8), "positions"),
+        ("input_to_warped decreasing edges", lambda: geometry.input_to_warped(torch.arange(4.0)[None] * 10,
+                                                                              edges.flip(1), 8), "edges"),
+        ("input_to_warped NaN edges", lambda: geometry.input_to_warped(torch.zeros(1, 4), torch.full((1, 3), NAN), 8),
+         "edges"),
+        ("unwarp height=0", lambda: unwarp(maps, edges, edges, 16, 0, 64), "height"),
+        ("unwarp width=64.5", lambda: unwarp(maps, edges, edges, 16, 64, 64.5), "width"),
+        ("unwarp patch_size=0", lambda: unwarp(maps, edges, edges, 0, 64, 64), "patch_size"),
+        ("sample_separable mode='cubic'", lambda: geometry.sample_separable(maps, torch.zeros(1, 4), torch.zeros(1, 4),
+                                                                            "cubic"), "mode"),
+        ("map_coordinates warped_size=0", lambda: geometry.map_coordinates(torch.zeros(1, 4), 0, 16), "warped_size"),
+        ("uniform_edges num_parts=0", lambda: geometry.uniform_edges(1, 0, 64, torch.float32), "num_parts"),
+        ("marginal_quantile_cuts num_rows=0", lambda: geometry.marginal_quantile_cuts(torch.full((1, 4, 4), 1 / 16),
+                                                                                      0, 2), "num_rows"),
+        ("marginal_quantile_cuts 2-D pdf", lambda: geometry.marginal_quantile_cuts(torch.full((4, 4), 1 / 16), 2, 2),
+         "pdf"),
+        ("warp_labels patch_size=0", lambda: geometry.warp_labels(torch.zeros(1, 64, 64, dtype=torch.long), edges,
+                                                                  strip, 2, 0), "patch_size"),
+        ("warp_pixels column_sampling='rows'", lambda: geometry.warp_pixels(pixels(1, 3, 64, 64), edges, strip, 2, 8,
+                                                                            "rows"), "column_sampling"),
+        ("warp_pixels pixels of another batch than the warp", lambda: geometry.warp_pixels(pixels(2, 3, 64, 64), edges,
+                                                                                           strip, 2, 8),
+         "pixel_values"),
+        ("warp_pixels num_cols that does not fit the edges", lambda: geometry.warp_pixels(pixels(1, 3, 64, 64), edges,
+                                                                                          strip, 3, 8), "edges"),
+    ]
+    maps = torch.zeros(1, 2, 32, 32)
+    for label, fn, name in geometry_cases:
+        probe("reshaper", label, fn, names=name)
+    probe("reshaper", "unwarp mode='bicubic'", lambda: unwarp(maps, edges, edges, 16, 64, 64, mode="bicubic"),
+          names="mode")
+    probe("reshaper", "unwarp maps 3-D", lambda: unwarp(maps[0], edges, edges, 16, 64, 64), names="maps")
+    probe("reshaper", "unwarp maps of another batch than the warp", lambda: unwarp(torch.zeros(2, 2, 32, 32), edges,
+                                                                                    edges, 16, 64, 64), names="maps")
+    probe("reshaper", "unwarp integer maps, bilinear", lambda: unwarp(maps.long(), edges, edges, 16, 64, 64),
+          names="maps")
+
+    # RMT
+    rmt_fields = {"embed_dims": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "num_heads": [2, 2, 3, 4],
+                  "heads_ranges": [4, 4, 6, 6], "mlp_ratios": [2, 2, 2, 2], "projection": 16, "num_labels": 3}
+    for name, value in (("embed_dims", [8, 16, 24, 30]), ("depths", [1, 1, 1]), ("depths", [1, 0, 1, 1]),
+                        ("num_heads", [2, 2, 3, 0]), ("mlp_ratios", [2, 2, 2, -1]), ("drop_path_rate", 1.5),
+                        ("hidden_act", "gleu"), ("layerscales", [1, 0, 0, 0]), ("projection", 0)):
+        probe("reshaper", f"RmtConfig({name}={value!r})", lambda n=name, v=value: RmtConfig(**{**rmt_fields, n: v}),
+              names=name)
+    probe("reshaper", "RmtConfig.from_preset('xl')", lambda: RmtConfig.from_preset("xl"), names="xl")
+
+    def rmt_model():
+        return cached("rmt_model", lambda: RmtForImageClassification(RmtConfig(**rmt_fields,
+                                                                                drop_path_rate=0.0)).eval())
+
+    def rmt_forward(x, **kwargs):
+        def fn():
+            with torch.no_grad():
+                return rmt_model()(x, **kwargs)
+
+        return fn
+
+    one_nan = pixels(2, 3, 64, 64, seed=3).index_put_((torch.tensor([1]), torch.tensor([0]), torch.tensor([5]),
+                                                       torch.tensor([7])), torch.tensor(NAN))
+    for label, x in (("4 channels", pixels(1, 4, 64, 64)), ("uint8", torch.zeros(1, 3, 64, 64, dtype=torch.uint8)),
+                     ("3-D", pixels(3, 64, 64)), ("None", None), ("one NaN pixel", one_nan),
+                     ("an empty side (0x8)", pixels(1, 3, 0, 8))):
+        probe("reshaper", f"RMT pixel_values {label}", rmt_forward(x), names="pixel_values")
+    probe("reshaper", "RMT 96x64 input (valid edge)", rmt_forward(pixels(1, 3, 96, 64)), expect="ok",
+          check=finite_output((1, 3)))
+    probe("reshaper", "RMT 1x1 input (valid edge)", rmt_forward(pixels(1, 3, 1, 1)), expect="ok",
+          check=finite_output((1, 3)))
+    rmt_base = pixels(2, 3, 64, 64, seed=4)
+    probe("reshaper", "RMT float64 input (valid edge)", rmt_forward(rmt_base.double()), expect="ok",
+          check=close_to(lambda: rmt_forward(rmt_base)().logits, 1e-5))
+    probe("reshaper", "RMT empty batch", rmt_forward(pixels(0, 3, 64, 64)), expect="either",
+          check=finite_output((0, 3)))
+    for label, value in (("out of range [0, 7]", torch.tensor([0, 7])), ("negative [0, -2]", torch.tensor([0, -2])),
+                         ("batch mismatch (3,)", torch.tensor([0, 1, 2])), ("python list", [0, 1]),
+                         ("float (2,)", torch.tensor([1.0, 0.0])),
+                         ("multi-hot with 2.0", torch.tensor([[0.0, 2.0, 0.0], [1.0, 0.0, 0.0]]))):
+        probe("reshaper", f"RMT labels {label}", rmt_forward(rmt_base, labels=value), names="labels")
+
+    def rmt_loss_check(labels):
+        def check(out):
+            keep = labels != -100
+            want = torch.nn.functional.cross_entropy(rmt_forward(rmt_base)().logits[keep], labels[keep])
+            return True if abs(float(out.loss - want)) < 1e-5 else f"loss {float(out.loss):.4f} != {float(want):.4f}"
+
+        return check
+
+    probe("reshaper", "RMT labels [2, -100] (valid edge)", rmt_forward(rmt_base, labels=torch.tensor([2, -100])),
+          expect="ok", check=rmt_loss_check(torch.tensor([2, -100])))
+
+    def headless_with_labels():
+        model = RmtForImageClassification(RmtConfig(**{**rmt_fields, "num_labels": 0}, drop_path_rate=0.0)).eval()
+        with torch.no_grad():
+            return model(rmt_base, labels=torch.tensor([0, 1]))
+
+    probe("reshaper", "RMT with num_labels=0 given labels", headless_with_labels, names="labels")
+    from modeling_dart.modeling_rmt import rmt_decay_rates, rmt_rotary_angles
+
+    probe("reshaper", "rmt_rotary_angles(key_dim=3)", lambda: rmt_rotary_angles(3), names="key_dim")
+    probe("reshaper", "rmt_rotary_angles(8, rope_theta=0.0)", lambda: rmt_rotary_angles(8, 0.0), names="rope_theta")
+    probe("reshaper", "rmt_decay_rates(num_heads=0)", lambda: rmt_decay_rates(0, 2, 4), names="num_heads")
+    probe("reshaper", "rmt_decay_rates(heads_range=-1)", lambda: rmt_decay_rates(2, 2, -1), names="heads_range")
+
+
+# -------------------------------------------------------------------------------------- reshaper converters (darmt)
+def register_reshaper_converters():
+    from conversion import convert_dart_original as conv
+    from conversion import convert_rmt_original as rmt_cli
+
+    darmt = fixture("darmt_l6_reduced.pth")
+    token_vit, token_vim = fixture("darvit_tiny_depth2.pth"), fixture("darvim_tiny_depth2.pth")
+
+    def darmt_state():
+        return cached("darmt_state", lambda: torch.load(darmt, map_location="cpu", weights_only=True)["model"])
+
+    def saved(name, state_fn):
+        """A checkpoint holding `state_fn()`, written for one probe (and kept: a refusal must not touch it)."""
+        folder = tmp(name)
+        path = folder / f"{name}.pth"
+        torch.save({"model": state_fn()}, path)
+        keep(path)
+        return path, fresh(folder / "out")
+
+    def cli(main, name, state_fn, extra):
+        def fn():
+            path, out = saved(name, state_fn)
+            return call_main(main, ["--checkpoint", path, "--output_dir", out, *extra])
+
+        return fn
+
+    def plain(kind):
+        common = {"patch_embed.proj.weight": torch.zeros(8, 3, 16, 16), "cls_token": torch.zeros(1, 1, 8),
+                  "head.weight": torch.zeros(4, 8)}
+        if kind == "vim":
+            return {**common, "layers.0.mixer.in_proj.weight": torch.zeros(32, 8), "norm_f.weight": torch.ones(8)}
+        return {**common, "blocks.0.attn.qkv.weight": torch.zeros(24, 8), "norm.weight": torch.ones(8)}
+
+    for kind, label in (("vit", "a ViT/DeiT"), ("vim", "a Vision Mamba")):
+        probe("convert_darmt", f"{label} release checkpoint as --variant darmt_l6",
+              cli(conv.main, kind, lambda k=kind: plain(k), ["--variant", "darmt_l6"]), names="convert_vit_to_dart")
+        probe("convert_rmt", f"{label} release checkpoint",
+              cli(rmt_cli.main, kind, lambda k=kind: plain(k), []), names="convert_vit_to_dart")
+    for path, label in ((token_vit, "darvit_tiny"), (token_vim, "darvim_tiny")):
+        if path is None:
+            continue
+        probe("convert_darmt", f"a token {label} checkpoint as --variant darmt_l6",
+              lambda p=path: call_main(conv.main, ["--variant", "darmt_l6", "--checkpoint", p, "--output_dir",
+                                                   fresh(tmp("token") / "out")]), names=("token DART", "--variant"))
+        probe("convert_rmt", f"a token {label} checkpoint",
+              lambda p=path: call_main(rmt_cli.main, ["--checkpoint", p, "--output_dir", fresh(tmp("token") / "out")]),
+              names="convert_dart_original")
+    if darmt is None:
+        return
+
+    for variant in ("darvit_tiny", "darvim_sm"):
+        probe("convert_darmt", f"the darmt checkpoint as --variant {variant}",
+              lambda v=variant: call_main(conv.main, ["--variant", v, "--checkpoint", darmt, "--output_dir",
+                                                      fresh(tmp("darmt_variant") / "out")]),
+              names="--variant darmt_l6")
+
+    def edited(key, edit):
+        def state():
+            result = dict(darmt_state())
+            if edit is None:
+                del result[key]
+            else:
+                result[key] = edit(result[key].clone())
+            return result
+
+        return state
+
+    reversed_decay = lambda t: t.flip(0)
+    buffer_cases = [
+        ("layers.2.Relpos.decay", lambda t: t * 1.001, "decays off by 0.1%"),
+        ("layers.2.Relpos.decay", reversed_decay, "decays in reverse head order"),
+        ("layers.3.Relpos.decay", lambda t: t[:5], "5 decays for 6 heads"),
+        ("layers.1.Relpos.decay", lambda t: -t, "positive decays"),
+        ("layers.1.Relpos.decay", lambda t: t.fill_(NAN), "NaN decays"),
+        ("layers.0.Relpos.angle", lambda t: t * 0.999, "angles off by 0.1%"),
+        ("layers.3.Relpos.angle", lambda t: t[:16], "angles of another length"),
+        ("layers.1.Relpos.angle", None, "angle buffer missing"),
+        ("layers.2.Relpos.decay", None, "decay buffer missing"),
+        ("layers.0.Relpos.decay", lambda t: t[:0], "an empty decay buffer"),
+        ("layers.3.Relpos.decay", lambda t: t.half(), "float16 decays"),
+    ]
+    rmt_part = lambda state_fn: (lambda: {k: v for k, v in state_fn().items()
+                                          if not k.startswith("pre_image.")})
+    for key, edit, label in buffer_cases:
+        state_fn = edited(key, edit)
+        probe("convert_darmt", f"darmt_l6 with {label} ({key})",
+              cli(conv.main, "darmt_buffers", state_fn, ["--variant", "darmt_l6"]), names=key)
+        probe("convert_rmt", f"RMT with {label} ({key})", cli(rmt_cli.main, "rmt_buffers", rmt_part(state_fn), []),
+              names=key)
+    half = lambda: {k: v.half() if v.is_floating_point() else v for k, v in darmt_state().items()}
+    probe("convert_darmt", "darmt_l6 saved in float16", cli(conv.main, "darmt_half", half, ["--variant", "darmt_l6"]),
+          names=("Relpos", "float16"))
+    probe("convert_darmt", "darmt_l6 with a Relpos buffer of a fifth stage",
+          cli(conv.main, "darmt_stage", lambda: {**darmt_state(), "layers.4.Relpos.angle": torch.zeros(32)},
+              ["--variant", "darmt_l6"]), names="layers.4")
+    probe("convert_darmt", "the RMT part alone as --variant darmt_l6",
+          cli(conv.main, "rmt_only", rmt_part(darmt_state), ["--variant", "darmt_l6"]), names="convert_rmt_original")
+    probe("convert_rmt", "the darmt checkpoint without --rmt_only",
+          lambda: call_main(rmt_cli.main, ["--checkpoint", darmt, "--output_dir", fresh(tmp("rmt") / "out")]),
+          names=("--rmt_only", "darmt_l6"))
+    probe("convert_rmt", "--preset bogus",
+          lambda: call_main(rmt_cli.main, ["--checkpoint", darmt, "--rmt_only", "--preset", "bogus", "--output_dir",
+                                           fresh(tmp("rmt") / "out")]), names="--preset")
+
+    def rmt_ok():
+        out = tmp("rmt_ok") / "out"
+        keep(darmt)
+        return call_main(rmt_cli.main, ["--checkpoint", darmt, "--rmt_only", "--output_dir", out])
+
+    probe("convert_rmt", "the darmt checkpoint's RMT part with --rmt_only (real conversion)", rmt_ok, expect="ok",
+          check=lambda run: True if "error" not in run.err.lower() else run.err[-200:])
+
+
 # --------------------------------------------------------------------------------------------------------- loading
 def saved_image_folder() -> Path:
     def build():
@@ -1952,8 +2342,10 @@ COMPONENTS = {
     "labels": register_labels,
     "processor": register_processor,
     "video": register_video,
+    "reshaper": register_reshaper,
     "loading": register_loading,
     "converters": register_converters,
+    "reshaper_converters": register_reshaper_converters,
     "export_onnx": register_export,
     "training": register_training,
 }
