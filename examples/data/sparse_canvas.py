@@ -8,6 +8,14 @@ tinted with a colour that contrasts with the background and pasted at a random p
 uniform grid of 16 tokens (40x40 pixels each) sees it at a fraction of its resolution, while tokens placed on it see
 it whole.
 
+`background="photo"` swaps the texture for a crop of a real photo (cluttered: edges, text, faces, foliage), so the
+article is no longer the only thing that stands out. Each canvas takes one photo, a random square crop of it (a
+side from half the canvas to the photo's shorter side), a random quarter turn and mirror, rescaled to the canvas; the
+article's tint contrasts with the crop under it. The photos are the ones that install offline with the Python
+packages (scikit-learn's `china.jpg` and `flower.jpg`, matplotlib's `grace_hopper.jpg`; `pip install scikit-learn`),
+or every image of a folder given as `photo_dir` (to plug in one's own, e.g. held-out, photos). No photo is stored in
+this repository.
+
 The articles come from `fashion_mnist_articles.npz` beside this file (10,000 real Fashion-MNIST images: 800 per class
 from the official training split and 200 per class from the official test split, so no article is in both of our
 splits; Fashion-MNIST is Copyright 2017 Zalando SE, MIT licence). The canvases are generated on the fly: canvas `i` of
@@ -15,12 +23,14 @@ a split depends only on `(seed, split, i)`, so any subset is reproducible withou
 
     python examples/data/sparse_canvas.py build-articles            # rebuild the .npz from the Debian package
     python examples/data/sparse_canvas.py imagefolder OUT --train 200 --validation 100   # write an imagefolder tree
+    python examples/data/sparse_canvas.py imagefolder OUT --background photo [--photo_dir DIR]  # cluttered canvases
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import importlib.util
 import json
 import shutil
 import struct
@@ -37,6 +47,8 @@ LABEL_NAMES = ("t_shirt_top", "trouser", "pullover", "dress", "coat", "sandal", 
 SPLITS = {"train": 0, "validation": 1}
 CANVAS_SIZE = 160
 ARTICLE_SIDES = (28, 42)  # the 28x28 article scaled by 1x-1.5x
+BACKGROUNDS = ("texture", "photo")
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 # ------------------------------------------------------------------------------------------------- the articles
@@ -91,6 +103,67 @@ def make_background(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(grey[:, :, None] + cast[None, None, :], 0.0, 255.0)
 
 
+# ------------------------------------------------------------------------------------------------- photo backgrounds
+def bundled_photo_paths() -> list[Path]:
+    """The photos that install offline with Python packages: scikit-learn's two sample images and matplotlib's.
+
+    Found on disk without importing either package. Raises `FileNotFoundError` naming what to install when
+    scikit-learn's images are missing (matplotlib's one photo alone would give too little variety).
+    """
+    paths = []
+    spec = importlib.util.find_spec("sklearn")
+    if spec is not None and spec.submodule_search_locations:
+        images = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "images"
+        paths += [images / name for name in ("china.jpg", "flower.jpg") if (images / name).is_file()]
+    if len(paths) < 2:
+        raise FileNotFoundError("photo backgrounds need scikit-learn's sample images (`pip install scikit-learn`), "
+                                "or pass `photo_dir`, a folder of your own photos")
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is not None and spec.submodule_search_locations:
+        hopper = Path(next(iter(spec.submodule_search_locations))) / "mpl-data" / "sample_data" / "grace_hopper.jpg"
+        if hopper.is_file():
+            paths.append(hopper)
+    return paths
+
+
+def load_photos(photo_dir: str | Path | None = None) -> list[np.ndarray]:
+    """RGB uint8 photos `(h, w, 3)`: every image file of `photo_dir` (sorted by name, not recursive), or the
+    bundled ones (`bundled_photo_paths`) when `photo_dir` is None."""
+    if photo_dir is None:
+        paths = bundled_photo_paths()
+    else:
+        if not isinstance(photo_dir, (str, Path)):
+            raise TypeError(f"`photo_dir` must be a path, got {type(photo_dir).__name__}.")
+        folder = Path(photo_dir)
+        if not folder.is_dir():
+            raise ValueError(f"`photo_dir` {str(folder)!r} is not a folder.")
+        paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+        if not paths:
+            raise ValueError(f"`photo_dir` {str(folder)!r} holds no image file ({', '.join(PHOTO_SUFFIXES)}).")
+    photos = []
+    for path in paths:
+        with Image.open(path) as image:
+            photos.append(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    return photos
+
+
+def make_photo_background(rng: np.random.Generator, size: int, photos: list[np.ndarray]) -> np.ndarray:
+    """A crop of one of `photos` as a `(size, size, 3)` float32 background in [0, 255]: a square of side between
+    `size / 2` and the photo's shorter side (or the shorter side, for a smaller photo), a random quarter turn and
+    mirror, resized bilinearly (area-averaged when shrinking) to `size`."""
+    photo = photos[int(rng.integers(len(photos)))]
+    height, width = photo.shape[:2]
+    shorter = min(height, width)
+    side = int(rng.integers(min(shorter, size // 2), shorter + 1))
+    top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
+    crop = np.rot90(photo[top : top + side, left : left + side], k=int(rng.integers(4)))
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    resample = Image.BOX if side > size else Image.BILINEAR
+    resized = Image.fromarray(np.ascontiguousarray(crop)).resize((size, size), resample)
+    return np.asarray(resized, dtype=np.float32).copy()
+
+
 def _contrasting_tint(rng: np.random.Generator, background_level: float) -> np.ndarray:
     """A colour whose brightness contrasts with the background: light on dark, dark on light."""
     value = rng.uniform(0.8, 1.0) if background_level < 128.0 else rng.uniform(0.0, 0.3)
@@ -102,27 +175,37 @@ def _contrasting_tint(rng: np.random.Generator, background_level: float) -> np.n
 
 
 def make_canvas(article: np.ndarray, rng: np.random.Generator, canvas_size: int = CANVAS_SIZE,
-                sides: tuple[int, int] = ARTICLE_SIDES) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """Paste one 28x28 article (bright on black, as in Fashion-MNIST) on a fresh textured canvas.
+                sides: tuple[int, int] = ARTICLE_SIDES, background: str = "texture",
+                photos: list[np.ndarray] | None = None) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Paste one 28x28 article (bright on black, as in Fashion-MNIST) on a fresh canvas.
 
+    `background`: `"texture"` (smooth synthetic texture; the tint contrasts with the whole canvas) or `"photo"` (a
+    crop of one of `photos`, see `make_photo_background`; the tint contrasts with the crop under the article).
     Returns the canvas `(canvas_size, canvas_size, 3)` uint8 and the article's box `(x0, y0, x1, y1)` in pixels
     (the tight box of its visible pixels, alpha > 10%; `x1`, `y1` exclusive).
     """
     if canvas_size < sides[1]:
         raise ValueError(f"`canvas_size` ({canvas_size}) must be at least the largest article side ({sides[1]}).")
-    background = make_background(rng, canvas_size)
+    if background not in BACKGROUNDS:
+        raise ValueError(f"`background` must be one of {BACKGROUNDS}, got {background!r}.")
+    if background == "photo":
+        if not photos:
+            raise ValueError("`photos` must hold at least one photo for `background='photo'`.")
+        canvas = make_photo_background(rng, canvas_size, photos)
+    else:
+        canvas = make_background(rng, canvas_size)
     side = int(rng.integers(sides[0], sides[1] + 1))
     alpha = np.asarray(Image.fromarray(article, mode="L").resize((side, side), Image.BILINEAR), np.float32) / 255.0
     top, left = (int(v) for v in rng.integers(0, canvas_size - side + 1, size=2))
-    tint = _contrasting_tint(rng, float(background.mean()))
-    region = background[top : top + side, left : left + side]
-    background[top : top + side, left : left + side] = region * (1.0 - alpha[..., None]) + tint * alpha[..., None]
+    region = canvas[top : top + side, left : left + side]
+    tint = _contrasting_tint(rng, float((region if background == "photo" else canvas).mean()))
+    canvas[top : top + side, left : left + side] = region * (1.0 - alpha[..., None]) + tint * alpha[..., None]
     rows, cols = np.flatnonzero((alpha > 0.1).any(axis=1)), np.flatnonzero((alpha > 0.1).any(axis=0))
     if len(rows) == 0:  # an empty article (none in the bundled file): the whole pasted square
         box = (left, top, left + side, top + side)
     else:
         box = (left + int(cols[0]), top + int(rows[0]), left + int(cols[-1]) + 1, top + int(rows[-1]) + 1)
-    return np.clip(np.rint(background), 0, 255).astype(np.uint8), box
+    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), box
 
 
 class SparseCanvases:
@@ -133,9 +216,16 @@ class SparseCanvases:
     """
 
     def __init__(self, split: str, num_canvases: int | None = None, seed: int = 0, canvas_size: int = CANVAS_SIZE,
-                 articles_file: Path = ARTICLES_FILE):
+                 articles_file: Path = ARTICLES_FILE, background: str = "texture",
+                 photo_dir: str | Path | None = None):
+        if background not in BACKGROUNDS:
+            raise ValueError(f"`background` must be one of {BACKGROUNDS}, got {background!r}.")
+        if photo_dir is not None and background != "photo":
+            raise ValueError("`photo_dir` is only read with `background='photo'`.")
         self.images, self.labels = load_articles(split, articles_file)
         self.split, self.seed, self.canvas_size = split, seed, canvas_size
+        self.background = background
+        self.photos = load_photos(photo_dir) if background == "photo" else None
         self.num_canvases = len(self.labels) if num_canvases is None else int(num_canvases)
 
     def __len__(self) -> int:
@@ -146,7 +236,8 @@ class SparseCanvases:
             raise IndexError(index)
         rng = np.random.default_rng([self.seed, SPLITS[self.split], index])
         article = index % len(self.labels)
-        image, box = make_canvas(self.images[article], rng, self.canvas_size)
+        image, box = make_canvas(self.images[article], rng, self.canvas_size, background=self.background,
+                                 photos=self.photos)
         return image, int(self.labels[article]), box
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -157,15 +248,16 @@ class SparseCanvases:
 
 
 def write_imagefolder(output_dir: Path, counts: dict[str, int], seed: int = 0, canvas_size: int = CANVAS_SIZE,
-                      quality: int = 92) -> None:
+                      quality: int = 92, background: str = "texture", photo_dir: str | Path | None = None) -> None:
     """Write `output_dir/<split>/<label name>/<label name>_<i>.jpg` plus `output_dir/boxes_<split>.json` (file ->
     box; outside the split folders, which then hold only images) for `counts = {"train": n, "validation": m}`: the
-    first canvases of each split, in order."""
+    first canvases of each split, in order. `background` / `photo_dir`: as in `SparseCanvases`."""
     output_dir = Path(output_dir)
     for split, count in counts.items():
         split_dir = output_dir / split
         shutil.rmtree(split_dir, ignore_errors=True)
-        canvases = SparseCanvases(split, count, seed=seed, canvas_size=canvas_size)
+        canvases = SparseCanvases(split, count, seed=seed, canvas_size=canvas_size, background=background,
+                                  photo_dir=photo_dir)
         boxes = {}
         for index in range(count):
             image, label, box = canvases[index]
@@ -189,13 +281,20 @@ def main(argv: list[str] | None = None) -> None:
     folder.add_argument("--validation", type=int, default=100)
     folder.add_argument("--seed", type=int, default=0)
     folder.add_argument("--canvas_size", type=int, default=CANVAS_SIZE)
+    folder.add_argument("--background", choices=BACKGROUNDS, default="texture",
+                        help="smooth synthetic texture (default) or crops of real photos (cluttered)")
+    folder.add_argument("--photo_dir", type=Path, default=None,
+                        help="with --background photo: a folder of your own photos (default: the photos that come "
+                             "with scikit-learn and matplotlib)")
     args = parser.parse_args(argv)
     if args.command == "build-articles":
         build_articles(args.source_dir, args.output)
         print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.1f} MB)")
     else:
+        if args.photo_dir is not None and args.background != "photo":
+            parser.error("--photo_dir needs --background photo")
         write_imagefolder(args.output_dir, {"train": args.train, "validation": args.validation}, args.seed,
-                          args.canvas_size)
+                          args.canvas_size, background=args.background, photo_dir=args.photo_dir)
         print(f"wrote {args.train} train + {args.validation} validation canvases to {args.output_dir}")
 
 

@@ -1,0 +1,146 @@
+"""Targets for the scorer from the model's own backbone: where the classifier looks, mapped back onto the score grid.
+
+The scorer places tokens; the classification loss reaches its scores only through the differentiable quantiles,
+which is a weak signal. These helpers turn what the backbone attends to (or what the loss is sensitive to) into a
+target density on the score grid, so that a KL term can pull the scorer's density towards it (self-distillation):
+
+1. a mass per token: the cls token's attention in the last layer (`cls_attention_mass`), the attention rollout
+   through all layers (`rollout_mass`), or the size of the loss's gradient on each token (`gradient_mass`);
+2. `token_mass_to_grid` spreads each token's mass evenly over the pixels of its region (every piece of a token that
+   straddles rows) and integrates it over the score cells: mass is conserved;
+3. `density_distillation_loss`: `KL(target || pdf)`, the target detached.
+
+A token's region shrinks where the scorer's density is high, so a uniform attention mapped back gives the scorer's
+own (token-averaged) density: the target differs from the current placement only where the backbone attends to
+some tokens more than to others. None of this runs at inference; it is a training option
+(`benchmarks/dart_vs_uniform.py --distill`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .partition_dart import interval_overlap
+
+
+def _check_tensor(value, name: str, ndim: int) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(value).__name__}.")
+    if value.ndim != ndim:
+        raise ValueError(f"`{name}` must have {ndim} dimensions, got shape {tuple(value.shape)}.")
+
+
+def token_mass_to_grid(mass: torch.Tensor, row_edges: torch.Tensor, token_edges: torch.Tensor, height: int,
+                       width: int, grid_size: int) -> torch.Tensor:
+    """Spread each token's mass uniformly over its region and integrate it over a `grid_size x grid_size` grid.
+
+    Args:
+        mass (`(batch, num_tokens)`): a non-negative mass per token (patch tokens only, in token order).
+        row_edges (`(batch, num_rows + 1)`): token-row boundaries in input pixels (`DartEmbeddingsOutput.row_edges`).
+        token_edges (`(batch, num_tokens + 1)`): token boundaries along the concatenated row strip, in strip pixels,
+            row `i` occupying `[i * width, (i + 1) * width)` (`DartEmbeddingsOutput.token_edges`).
+        height, width (`int`): the input's size in pixels.
+        grid_size (`int`): the score grid's side; cells are `height / grid_size x width / grid_size` pixels.
+
+    Returns:
+        `(batch, grid_size * grid_size)` row-major (y, then x), the layout of `DartEmbeddingsOutput.pdf`. Its sum
+        over the cells equals the sum of `mass` for every token of positive area (a token of zero area has no
+        pixels to carry its mass and is dropped).
+    """
+    _check_tensor(mass, "mass", 2)
+    _check_tensor(row_edges, "row_edges", 2)
+    _check_tensor(token_edges, "token_edges", 2)
+    if token_edges.shape != (mass.shape[0], mass.shape[1] + 1):
+        raise ValueError(f"`token_edges` must have shape {(mass.shape[0], mass.shape[1] + 1)} for `mass` of shape "
+                         f"{tuple(mass.shape)}, got {tuple(token_edges.shape)}.")
+    if row_edges.shape[0] != mass.shape[0] or row_edges.shape[1] < 2:
+        raise ValueError(f"`row_edges` must have shape (batch={mass.shape[0]}, num_rows + 1 >= 2), got "
+                         f"{tuple(row_edges.shape)}.")
+    for name, value in (("height", height), ("width", width), ("grid_size", grid_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+    dtype = torch.promote_types(mass.dtype, torch.float32)
+    mass, row_edges, token_edges = mass.to(dtype), row_edges.to(dtype), token_edges.to(dtype)
+    batch, num_tokens = mass.shape
+    num_rows = row_edges.shape[1] - 1
+    row_lo = torch.arange(num_rows, device=mass.device, dtype=dtype) * width  # (R,)
+    # each token's piece in each row, in row-local x: (B, N, R), empty pieces have x0 == x1
+    x0 = (torch.maximum(token_edges[:, :-1, None], row_lo) - row_lo).clamp(0, width)
+    x1 = (torch.minimum(token_edges[:, 1:, None], row_lo + width) - row_lo).clamp(0, width)
+    x1 = torch.maximum(x0, x1)
+    cells_x = torch.arange(grid_size + 1, device=mass.device, dtype=dtype) * (width / grid_size)
+    cells_y = torch.arange(grid_size + 1, device=mass.device, dtype=dtype) * (height / grid_size)
+    overlap_x = interval_overlap(x0.reshape(batch, -1), x1.reshape(batch, -1), cells_x[:-1], cells_x[1:])
+    overlap_x = overlap_x.view(batch, num_tokens, num_rows, grid_size)  # (B, N, R, Gx)
+    overlap_y = interval_overlap(row_edges[:, :-1], row_edges[:, 1:], cells_y[:-1], cells_y[1:])  # (B, R, Gy)
+    row_height = (row_edges[:, 1:] - row_edges[:, :-1]).clamp(min=0)  # (B, R)
+    area = ((x1 - x0) * row_height[:, None, :]).sum(-1)  # (B, N)
+    per_pixel = torch.where(area > 0, mass / area.clamp(min=torch.finfo(dtype).tiny), torch.zeros_like(mass))
+    return torch.einsum("bn,bnrx,bry->byx", per_pixel, overlap_x, overlap_y).reshape(batch, grid_size * grid_size)
+
+
+def cls_attention_mass(attention: torch.Tensor, cls_index: int) -> torch.Tensor:
+    """The cls token's attention to each patch token, averaged over the heads and renormalised to sum 1.
+
+    `attention`: `(batch, heads, length, length)` softmax weights of one layer (the last, usually); returns
+    `(batch, length - 1)`, the patch tokens in order (the cls token's own entry removed).
+    """
+    _check_tensor(attention, "attention", 4)
+    row = attention[:, :, cls_index].mean(dim=1)  # (B, L)
+    mass = torch.cat([row[:, :cls_index], row[:, cls_index + 1 :]], dim=1)
+    return mass / mass.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(mass.dtype).tiny)
+
+
+def rollout_mass(attentions: list[torch.Tensor] | tuple[torch.Tensor, ...], cls_index: int) -> torch.Tensor:
+    """Attention rollout (each layer's head-averaged attention mixed half-and-half with the identity for the
+    residual, rows renormalised, multiplied from the first layer to the last): the cls row over the patch tokens,
+    renormalised to sum 1, `(batch, length - 1)`."""
+    if not isinstance(attentions, (list, tuple)) or not attentions:
+        raise ValueError("`attentions` must be a non-empty list of (batch, heads, length, length) tensors.")
+    rollout = None
+    for index, attention in enumerate(attentions):
+        _check_tensor(attention, f"attentions[{index}]", 4)
+        mixed = 0.5 * attention.mean(dim=1) + 0.5 * torch.eye(attention.shape[-1], device=attention.device,
+                                                                dtype=attention.dtype)
+        mixed = mixed / mixed.sum(dim=-1, keepdim=True)
+        rollout = mixed if rollout is None else mixed @ rollout
+    row = rollout[:, cls_index]
+    mass = torch.cat([row[:, :cls_index], row[:, cls_index + 1 :]], dim=1)
+    return mass / mass.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(mass.dtype).tiny)
+
+
+def gradient_mass(gradient: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """`|sum_d gradient * token|` per token (gradient times input), renormalised to sum 1: `(batch, num_tokens)`
+    from `(batch, num_tokens, dim)` tokens and the loss's gradient with respect to them."""
+    _check_tensor(gradient, "gradient", 3)
+    _check_tensor(tokens, "tokens", 3)
+    if gradient.shape != tokens.shape:
+        raise ValueError(f"`gradient` {tuple(gradient.shape)} and `tokens` {tuple(tokens.shape)} must match.")
+    mass = (gradient * tokens).sum(dim=-1).abs()
+    return mass / mass.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(mass.dtype).tiny)
+
+
+def sharpen(target: torch.Tensor, power: float) -> torch.Tensor:
+    """`target ** power`, renormalised over the last dimension (`power > 1` sharpens a target density)."""
+    if isinstance(power, bool) or not isinstance(power, (int, float)) or not power > 0:
+        raise ValueError(f"`power` must be a positive number, got {power!r}.")
+    powered = target.clamp(min=0) ** power
+    return powered / powered.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(powered.dtype).tiny)
+
+
+def density_distillation_loss(pdf: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """`KL(target || pdf)` per image, averaged over the batch, with the target detached (no gradient reaches
+    whatever produced it). Both are `(batch, cells)` densities; the target is renormalised to sum 1, the pdf is
+    taken as given (a strictly positive density that sums to 1, as `DartEmbeddingsOutput.pdf`)."""
+    _check_tensor(pdf, "pdf", 2)
+    _check_tensor(target, "target", 2)
+    if pdf.shape != target.shape:
+        raise ValueError(f"`pdf` {tuple(pdf.shape)} and `target` {tuple(target.shape)} must have the same shape.")
+    target = target.detach()
+    target = target / target.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(target.dtype).tiny)
+    pdf = pdf.clamp(min=torch.finfo(pdf.dtype).tiny)
+    return (torch.xlogy(target, target) - target * pdf.log()).sum(dim=-1).mean()
+
+
+__all__ = ["cls_attention_mass", "density_distillation_loss", "gradient_mass", "rollout_mass", "sharpen",
+           "token_mass_to_grid"]

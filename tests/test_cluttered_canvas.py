@@ -1,0 +1,232 @@
+"""Issue #23: the cluttered (photo-background) canvases, the benchmark's `prior_only` arm, and the self-distillation
+helpers (attention mass onto the score grid, the KL term)."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "examples" / "data"))
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+
+import sparse_canvas  # noqa: E402
+
+from modeling_dart.self_distillation_dart import (  # noqa: E402
+    cls_attention_mass,
+    density_distillation_loss,
+    rollout_mass,
+    token_mass_to_grid,
+)
+
+
+def _photo_folder(path, flat: bool = False):
+    """Two small synthetic 'photos' (noise; or one flat grey) and a non-image file the loader must skip."""
+    rng = np.random.default_rng(0)
+    path.mkdir()
+    if flat:
+        Image.fromarray(np.full((90, 120, 3), 128, np.uint8)).save(path / "grey.png")
+    else:
+        Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(path / "a.png")
+        Image.fromarray(rng.integers(0, 256, (200, 70, 3), dtype=np.uint8)).save(path / "b.jpg")
+    (path / "notes.txt").write_text("not a photo")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- the generator
+def test_photo_canvases_are_deterministic_per_seed_split_and_index(tmp_path):
+    photos = _photo_folder(tmp_path / "photos")
+    a = sparse_canvas.SparseCanvases("train", 12, seed=5, background="photo", photo_dir=photos)
+    b = sparse_canvas.SparseCanvases("train", 4, seed=5, background="photo", photo_dir=str(photos))
+    for i in (0, 3):
+        (image_a, label_a, box_a), (image_b, label_b, box_b) = a[i], b[i]
+        assert np.array_equal(image_a, image_b) and label_a == label_b and box_a == box_b
+    assert image_a.shape == (160, 160, 3) and image_a.dtype == np.uint8
+    assert not np.array_equal(a[0][0], sparse_canvas.SparseCanvases("train", 1, seed=6, background="photo",
+                                                                    photo_dir=photos)[0][0])
+    assert not np.array_equal(a[0][0], sparse_canvas.SparseCanvases("validation", 1, seed=5, background="photo",
+                                                                    photo_dir=photos)[0][0])
+    # the same articles and placements stream, another background: not the texture canvas
+    assert not np.array_equal(a[0][0], sparse_canvas.SparseCanvases("train", 1, seed=5)[0][0])
+
+
+def test_photo_articles_are_28_to_42_pixels_and_only_the_box_changes(tmp_path):
+    """On a flat grey photo every pixel outside the article's box stays near the photo's grey (the box is where the
+    article's alpha exceeds 10%), and every pixel that differs from the grey lies in one square of at most 42 px."""
+    photos = _photo_folder(tmp_path / "grey", flat=True)
+    canvases = sparse_canvas.SparseCanvases("validation", 120, seed=0, background="photo", photo_dir=photos)
+    longest = []
+    for index in range(len(canvases)):
+        image, _, (x0, y0, x1, y1) = canvases[index]
+        outside = np.ones(image.shape[:2], bool)
+        outside[y0:y1, x0:x1] = False
+        assert (np.abs(image[outside].astype(int) - 128) <= 26).all()  # alpha <= 10% outside the box
+        touched = (image != 128).any(axis=2)  # the pasted square's pixels with any alpha: at most 42 x 42
+        rows, cols = np.flatnonzero(touched.any(axis=1)), np.flatnonzero(touched.any(axis=0))
+        assert rows[-1] - rows[0] < 42 and cols[-1] - cols[0] < 42
+        assert rows[0] <= y0 and y1 <= rows[-1] + 1 and cols[0] <= x0 and x1 <= cols[-1] + 1
+        assert (np.abs(image[y0:y1, x0:x1].astype(int) - 128) > 40).any()  # the article shows
+        assert 0 <= x0 < x1 <= 160 and 0 <= y0 < y1 <= 160
+        longest.append(max(x1 - x0, y1 - y0))
+    # a Fashion-MNIST article fills most of its 28x28 square: its longest side scales with the pasted side
+    assert max(longest) <= 42 and max(longest) >= 38 and min(longest) <= 30 and min(longest) >= 18
+
+
+def test_photo_background_is_a_crop_of_the_photo_resized():
+    """A photo of four flat quadrants: a background shows only those colours (blended along the seams), and over
+    many canvases crops of several quadrants appear."""
+    photo = np.zeros((200, 200, 3), np.uint8)
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
+    for k, (r0, c0) in enumerate([(0, 0), (0, 100), (100, 0), (100, 100)]):
+        photo[r0 : r0 + 100, c0 : c0 + 100] = colours[k]
+    seen = set()
+    for index in range(20):
+        background = sparse_canvas.make_photo_background(np.random.default_rng(index), 160, [photo])
+        assert background.shape == (160, 160, 3) and background.dtype == np.float32
+        pure = np.zeros((160, 160), bool)
+        for colour in colours:
+            match = (background == np.array(colour, np.float32)).all(axis=2)
+            pure |= match
+            if match.sum() > 160:
+                seen.add(colour)
+        assert pure.mean() > 0.9  # only the seams blend
+    assert len(seen) == 4
+
+
+def test_bad_background_arguments_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="`background`"):
+        sparse_canvas.SparseCanvases("train", 2, background="photos")
+    with pytest.raises(ValueError, match="`photo_dir`"):
+        sparse_canvas.SparseCanvases("train", 2, photo_dir=tmp_path)  # texture does not read photos
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="`photo_dir`"):
+        sparse_canvas.SparseCanvases("train", 2, background="photo", photo_dir=tmp_path / "empty")
+    with pytest.raises(ValueError, match="`photo_dir`"):
+        sparse_canvas.SparseCanvases("train", 2, background="photo", photo_dir=tmp_path / "missing")
+    with pytest.raises(TypeError, match="`photo_dir`"):
+        sparse_canvas.load_photos(3)
+    with pytest.raises(ValueError, match="`photos`"):
+        sparse_canvas.make_canvas(np.zeros((28, 28), np.uint8), np.random.default_rng(0), background="photo")
+
+
+def test_imagefolder_writes_photo_canvases(tmp_path):
+    photos = _photo_folder(tmp_path / "photos")
+    sparse_canvas.main(["imagefolder", str(tmp_path / "out"), "--train", "3", "--validation", "2",
+                        "--background", "photo", "--photo_dir", str(photos)])
+    written = sorted((tmp_path / "out" / "train").rglob("*.jpg"))
+    assert len(written) == 3
+    expected = sparse_canvas.SparseCanvases("train", 1, background="photo", photo_dir=photos)[0][0]
+    first = np.asarray(Image.open(min(written, key=lambda p: p.name[-9:])), dtype=int)
+    assert np.abs(first - expected.astype(int)).mean() < 6  # JPEG quality 92 of the same canvas
+
+
+# --------------------------------------------------------------------------------------- the prior_only arm
+@pytest.fixture(scope="module")
+def tiny_benchmark_data():
+    """8 random canvases and a random trunk's cached features on a 10x10 score grid (computed once)."""
+    import dart_vs_uniform as benchmark
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (8, 3, 160, 160), dtype=torch.uint8)
+    labels = torch.arange(8) % 10
+    boxes = torch.tensor([[40.0, 40.0, 80.0, 80.0]]).repeat(8, 1)
+    trunk = benchmark.random_trunk(3, seed=0)
+    features = {"train": benchmark.trunk_features(images, trunk, 10, False),
+                "validation": benchmark.trunk_features(images[:4], trunk, 10, False)}
+    return (images, labels, boxes, images[:4], labels[:4], boxes[:4]), features
+
+
+def _tiny_benchmark_run(monkeypatch, arm, tiny_data):
+    import dart_vs_uniform as benchmark
+
+    monkeypatch.setattr(benchmark, "GRID", 10)
+    setting = benchmark.Setting(steps=3, batch_size=4, learning_rate=1e-2, scorer_learning_rate=1e-1,
+                                weight_decay=0.0, warmup_fraction=0.0, max_ratio=100.0, temperature=1.5,
+                                trunk_depth=3, scorer_delay=0.0, hidden_size=16, num_layers=1)
+    data, features = tiny_data
+    built = []
+    original = benchmark.build_model
+
+    def keep(*args, **kwargs):
+        model = original(*args, **kwargs)
+        built.append((model, {n: p.detach().clone() for n, p in model.named_parameters()}))
+        return model
+
+    monkeypatch.setattr(benchmark, "build_model", keep)
+    result = benchmark.run_arm(arm, 16, 0, data, features, setting)
+    (model, before), = built
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    return result, moved
+
+
+def test_prior_only_trains_no_scorer_parameter(monkeypatch, tiny_benchmark_data):
+    result, moved = _tiny_benchmark_run(monkeypatch, "prior_only", tiny_benchmark_data)
+    assert not any(".scorer." in n for n in moved)
+    assert any(".encoder." in n for n in moved)  # the backbone did train
+    assert result["box_share_at_start"] == result["box_share"]  # same scorer, same validation density
+    # the same run with the scorer trainable moves its head: the check above can fail
+    _, moved = _tiny_benchmark_run(monkeypatch, "pretrained", tiny_benchmark_data)
+    assert any(".scorer.head." in n for n in moved)
+
+
+# -------------------------------------------------------------------------------------------- self-distillation
+def test_token_mass_to_grid_matches_a_hand_made_case():
+    """A 4x4 input, 2x2 grid of 2-pixel cells; rows y [0, 1) and [1, 4); strip edges 0, 3, 5, 8 (row 1 starts at 4):
+    token 0 = row 0 x [0, 3); token 1 = row 0 x [3, 4) + row 1 x [0, 1) (areas 1 and 3); token 2 = row 1 x [1, 4).
+    Masses 6, 4, 18, worked by hand: cell (0,0) 6*2/3 + 4*1/4 + 18*1/9 = 7; (0,1) 6*1/3 + 4*1/4 + 18*2/9 = 7;
+    (1,0) 4*2/4 + 18*2/9 = 6; (1,1) 18*4/9 = 8."""
+    grid = token_mass_to_grid(torch.tensor([[6.0, 4.0, 18.0]]), torch.tensor([[0.0, 1.0, 4.0]]),
+                              torch.tensor([[0.0, 3.0, 5.0, 8.0]]), height=4, width=4, grid_size=2)
+    torch.testing.assert_close(grid, torch.tensor([[7.0, 7.0, 6.0, 8.0]]))
+
+
+def test_token_mass_to_grid_conserves_mass_on_real_token_layouts():
+    from modeling_dart import DartConfig, DartForImageClassification
+
+    torch.manual_seed(0)
+    config = DartConfig(image_size=64, patch_size=8, score_grid_size=8, num_tokens=20, num_labels=3, hidden_size=16,
+                        num_hidden_layers=1, num_attention_heads=1, scorer="uniform")
+    model = DartForImageClassification(config).eval()
+    scores = torch.rand(3, 8, 8) ** 4 * 50 + 0.01  # uneven maps: tokens straddle rows
+    with torch.no_grad():
+        out = model.dart.embeddings(torch.randn(3, 3, 64, 64), num_tokens=20, score_map=scores)
+    mass = torch.rand(3, 20)
+    for grid in (8, 5):
+        spread = token_mass_to_grid(mass, out.row_edges, out.token_edges, 64, 64, grid)
+        assert spread.shape == (3, grid * grid) and (spread >= 0).all()
+        torch.testing.assert_close(spread.sum(-1), mass.sum(-1))
+
+
+def test_distillation_loss_is_zero_at_the_target_and_detaches_it():
+    torch.manual_seed(0)
+    target = torch.rand(2, 25) + 0.01
+    target = target / target.sum(-1, keepdim=True)
+    pdf = target.clone().requires_grad_(True)
+    loss = density_distillation_loss(pdf, target)
+    assert abs(loss.item()) < 1e-6
+    loss.backward()
+    assert pdf.grad.abs().max() < 2.0 + 1e-6  # d/dpdf of -sum t log p is -t/p = -1 at the target
+    # away from the target the loss is positive, and no gradient reaches the target's source
+    source = target.clone().requires_grad_(True)
+    other = torch.softmax(torch.randn(2, 25), -1).requires_grad_(True)
+    loss = density_distillation_loss(other, source * 3.0)  # an unnormalised target is renormalised
+    assert loss.item() > 0.01
+    loss.backward()
+    assert source.grad is None and other.grad is not None
+    with pytest.raises(ValueError, match="`target`"):
+        density_distillation_loss(other, target[:, :5])
+
+
+def test_attention_masses_by_hand():
+    # 1 image, 1 head, 3 tokens with the cls at index 0: the cls row (0.2, 0.2, 0.6) -> patches (0.25, 0.75)
+    attention = torch.tensor([[[[0.2, 0.2, 0.6], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]]])
+    torch.testing.assert_close(cls_attention_mass(attention, 0), torch.tensor([[0.25, 0.75]]))
+    # rollout of one layer: 0.5 A + 0.5 I, cls row (0.6, 0.1, 0.3) -> patches (0.25, 0.75)
+    torch.testing.assert_close(rollout_mass([attention], 0), torch.tensor([[0.25, 0.75]]))
+    # two layers: the patches only attend to themselves, so the cls row is (0.6^2, 0.1*0.6 + 0.1, 0.3*0.6 + 0.3)
+    torch.testing.assert_close(rollout_mass([attention, attention], 0), torch.tensor([[0.16 / 0.64, 0.48 / 0.64]]))
