@@ -222,6 +222,8 @@ class DartVideoMambaModel(DartVideoPreTrainedModel):
                              f"{type(config).__name__} with backbone={getattr(config, 'backbone', None)!r}.")
         config._validate_dart()
         super().__init__(config)
+        # CODEPATH: dvideomamba_* checkpoints (convert_videomamba_original.py) take the motion tokeniser; converted
+        # VideoMamba checkpoints and DART folders made with a per-frame scorer take the per-frame one
         self.embeddings = DartMotionEmbeddings(config) if config.motion_tokens else DartEmbeddings(config)
         self.temporal_position_embeddings = nn.Parameter(torch.zeros(1, config.num_frames, config.hidden_size))
         self.encoder = DartMambaEncoder(config)
@@ -245,6 +247,7 @@ class DartVideoMambaModel(DartVideoPreTrainedModel):
             motion tokeniser `(batch, 1 + num_tokens, hidden_size)` and the clip's [`DartMotionEmbeddingsOutput`].
         """
         batch, frames = pixel_values.shape[:2]
+        # CODEPATH: dvideomamba_* checkpoints tokenise the clip at once (motion); the others frame by frame
         if self.config.motion_tokens:
             temporal = interpolate_temporal_embeddings(self.temporal_position_embeddings, frames)
             emb = self.embeddings(pixel_values, temporal, num_tokens=num_tokens, score_normalization=score_normalization)
@@ -285,7 +288,8 @@ class DartVideoMambaModel(DartVideoPreTrainedModel):
 
         sequence, emb = self.embed_frames(pixel_values, num_tokens, score_normalization)
         sequence = self.encoder(sequence, **kwargs).last_hidden_state
-        if self.config.motion_tokens:  # the geometry of the whole clip
+        # CODEPATH: dvideomamba_* checkpoints (motion tokeniser) have one geometry for the clip; the others per frame
+        if self.config.motion_tokens:
             return DartVideoModelOutput(
                 last_hidden_state=sequence,
                 pooler_output=sequence[:, 0],
