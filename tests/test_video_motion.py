@@ -227,6 +227,38 @@ def test_any_frame_count_and_frame_size():
     assert (out.token_frames[:, 1:] >= out.token_frames[:, :-1]).all()  # token order follows the frames
 
 
+def test_output_shapes_hidden_states_and_tuples():
+    model = make_motion_model()
+    x = clips()
+    with torch.no_grad():
+        out = model(x, output_hidden_states=True)
+        cheap = model.dart(x, num_tokens=10)
+        as_tuple = model(x, return_dict=False)
+    rows = motion_num_rows(24, 3, 8, 8, "aspect")
+    assert out.logits.shape == (2, 4) and out.regions.shape == (2, 24, 4) and out.score_map.shape == (2, 3, 8, 8)
+    assert out.token_edges.shape == (2, 25) and out.row_edges.shape == (2, rows + 1)
+    assert len(out.hidden_states) == 3 and all(h.shape == (2, 25, 32) for h in out.hidden_states)
+    assert cheap.last_hidden_state.shape == (2, 11, 32) and cheap.token_frames.shape == (2, 10)
+    torch.testing.assert_close(cheap.pooler_output, cheap.last_hidden_state[:, 0])
+    torch.testing.assert_close(as_tuple[0], out.logits)
+
+
+def test_other_frame_counts_interpolate_the_temporal_table():
+    """A model trained on 3 frames runs 5: its temporal table is interpolated as a 5-frame model's would be loaded."""
+    model = make_motion_model()
+    with torch.no_grad():
+        model.dart.temporal_position_embeddings.normal_()
+    stretched = DartVideoMambaForVideoClassification(motion_config(num_frames=5)).eval()
+    state = model.state_dict()
+    table = state["dart.temporal_position_embeddings"]
+    state["dart.temporal_position_embeddings"] = F.interpolate(
+        table.transpose(1, 2), size=5, mode="linear", align_corners=False).transpose(1, 2)
+    stretched.load_state_dict(state)
+    x = clips(frames=5)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, stretched(x).logits, atol=1e-6, rtol=0)
+
+
 def test_uniform_scores_on_the_patch_grid_are_plain_videomamba_tokens():
     """Constant scores with one token per cell and one row per cell row: every token is exactly a standard patch
     (an independent stride-P convolution of each frame) plus its spatial and temporal position."""
