@@ -17,7 +17,10 @@ the four released variants as presets."""
 from __future__ import annotations
 
 import copy
+import difflib
+import inspect
 import math
+import warnings
 
 from transformers import PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
@@ -177,6 +180,7 @@ class RmtConfig(BackboneConfigMixin, PreTrainedConfig):  # trf-ignore: TRF010
         self.initializer_range = initializer_range
         kwargs.pop("model_type", None)
         kwargs.pop("stage_names", None)  # derived from `depths`
+        _warn_near_misses(type(self), kwargs)
         super().__init__(**kwargs)
         self.validate_architecture()
         self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, len(self.depths) + 1)]
@@ -261,6 +265,19 @@ class RmtConfig(BackboneConfigMixin, PreTrainedConfig):  # trf-ignore: TRF010
         if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2CLS:
             raise ValueError(f"{name}: `hidden_act` must be the name of an activation, one of {sorted(ACT2CLS)}, got "
                              f"{self.hidden_act!r}.")
+
+
+def _warn_near_misses(config_class: type, kwargs: dict) -> None:
+    """Warn about a keyword that is no field of `config_class` but close to one (`embed_dim` for `embed_dims`):
+    Transformers keeps unknown keywords as attributes, so such a typo would change nothing, silently."""
+    fields = [name for name in inspect.signature(config_class.__init__).parameters if name not in ("self", "kwargs")]
+    for key in kwargs:
+        if key in fields or key.startswith("_"):
+            continue
+        close = difflib.get_close_matches(key, fields, n=1, cutoff=0.85)
+        if close:
+            warnings.warn(f"{config_class.__name__}: unknown argument `{key}` is kept as an attribute and changes "
+                          f"nothing; did you mean `{close[0]}`?", UserWarning, stacklevel=3)
 
 
 __all__ = ["RmtConfig", "RMT_PRESETS"]

@@ -1308,6 +1308,9 @@ def register_reshaper():
         probe("reshaper", f"RmtConfig({name}={value!r})", lambda n=name, v=value: RmtConfig(**{**rmt_fields, n: v}),
               names=name)
     probe("reshaper", "RmtConfig.from_preset('xl')", lambda: RmtConfig.from_preset("xl"), names="xl")
+    for typo, real in (("embed_dim", "embed_dims"), ("heads_range", "heads_ranges"), ("layerscale", "layerscales")):
+        probe("reshaper", f"RmtConfig.from_preset('t3', {typo}=...) near miss",
+              lambda t=typo: RmtConfig.from_preset("t3", **{t: 1}), names=real, expect="warn")
 
     def rmt_model():
         return cached("rmt_model", lambda: RmtForImageClassification(RmtConfig(**rmt_fields,

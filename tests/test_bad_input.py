@@ -295,3 +295,21 @@ def test_rmt_converter_refuses_decays_it_cannot_read(decay, match):
 
     with pytest.raises(ConversionError, match=match):
         infer_rmt_config(_rmt_stage0(decay))
+
+
+@pytest.mark.parametrize("typo,field", [("embed_dim", "embed_dims"), ("heads_range", "heads_ranges"),
+                                        ("layerscale", "layerscales"), ("rope_thetas", "rope_theta")])
+def test_rmt_config_warns_about_a_near_miss_keyword(typo, field):
+    # RmtConfig.from_preset("t3", embed_dim=[...]) gave T3's widths and kept `embed_dim` as an unused attribute
+    from modeling_dart import RmtConfig
+
+    with pytest.warns(UserWarning, match=rf"unknown argument `{typo}` .*did you mean `{field}`"):
+        RmtConfig.from_preset("t3", **{typo: 1})
+
+
+def test_rmt_config_does_not_warn_about_transformers_keywords(recwarn):
+    from modeling_dart import RmtConfig
+
+    config = RmtConfig(num_labels=3, id2label={0: "a", 1: "b", 2: "c"}, problem_type="single_label_classification")
+    RmtConfig.from_dict(config.to_dict())
+    assert not [w for w in recwarn if "unknown argument" in str(w.message)]
