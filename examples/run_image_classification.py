@@ -24,7 +24,17 @@ refused (the weights are sharded):
     accelerate launch --config_file examples/accelerate_configs/fsdp.yaml examples/run_image_classification.py \
         --preset deit_imagenet --model_ema false --train_dir ... --validation_dir ...
 
-Fine-tune a saved DART folder on your own data with a new head:
+DART's second form, the image reshaper in front of any image classifier (`DartReshaperForImageClassification`),
+from scratch: `--model_type dart_reshaper` with `--backbone_config` (an RMT preset, a config.json or a JSON object),
+or `--config_name` pointing to a `dart_reshaper` config.json; `--config_overrides` sets the reshaper's fields and,
+as `backbone_config.FIELD=value`, its classifier's:
+
+    python examples/run_image_classification.py --model_type dart_reshaper --backbone_config rmt_t3 \
+        --config_overrides image_size=160,score_grid_size=20,scorer_trunk=efficientnet_lite0,scorer_head=saliency \
+        --scorer_trunk_weights efficientnet_lite0 --train_dir data/train --validation_dir data/validation \
+        --output_dir outputs/my-reshaper --do_train --do_eval
+
+Fine-tune a saved DART folder (token or reshaper form) on your own data with a new head:
 
     python examples/run_image_classification.py --model_name_or_path path/to/dart-folder \
         --train_dir data/train --validation_dir data/validation --ignore_mismatched_sizes true \
@@ -84,7 +94,20 @@ except ImportError:  # pragma: no cover - running from a checkout without instal
     sys.path.insert(0, str(EXAMPLES_DIR.parent))
     import modeling_dart  # noqa: F401
 
-from modeling_dart import DartConfig, DartForImageClassification, DartImageProcessor, load_scorer_trunk_weights
+from modeling_dart import (
+    DartConfig,
+    DartForImageClassification,
+    DartImageProcessor,
+    DartReshaperConfig,
+    DartReshaperForImageClassification,
+    RmtConfig,
+    load_scorer_trunk_weights,
+)
+from modeling_dart.configuration_reshaper_dart import (
+    is_image_classifier_config,
+    resolve_backbone_config,
+)
+from modeling_dart.configuration_rmt import RMT_PRESETS
 from modeling_dart.conversion_utils import (
     StagedOutput,
     UsageError,
@@ -93,9 +116,9 @@ from modeling_dart.conversion_utils import (
     load_from_hub,
     report_usage_error,
 )
-from modeling_dart.trunks_dart import TRUNKS
 from modeling_dart.image_processing_dart import PerWorkerGenerator
 from modeling_dart.model_card import write_model_card
+from modeling_dart.trunks_dart import PACKAGED_WEIGHTS, TRUNKS
 
 if str(EXAMPLES_DIR) not in sys.path:
     sys.path.insert(0, str(EXAMPLES_DIR))
@@ -116,6 +139,18 @@ logger = logging.getLogger(__name__)
 
 LOCAL_ACCURACY_METRIC = EXAMPLES_DIR / "metrics" / "accuracy"
 BUNDLED_DATA = EXAMPLES_DIR / "data" / "sparse_fashion"
+
+# The two forms of DART this script trains, by config model type: the token form and the image reshaper in front of
+# an image classifier.
+RESHAPER = DartReshaperConfig.model_type
+MODEL_CLASSES = {
+    DartConfig.model_type: (DartConfig, DartForImageClassification),
+    RESHAPER: (DartReshaperConfig, DartReshaperForImageClassification),
+}
+# `--backbone_config` presets: the released RMT variants
+BACKBONE_PRESETS = {f"rmt_{name}": name for name in RMT_PRESETS}
+# `--config_overrides backbone_config.FIELD=value` sets a field of a dart_reshaper model's classifier
+BACKBONE_PREFIX = "backbone_config."
 
 # ----------------------------------------------------------------------------------------------------- presets
 # A preset is a list of command-line arguments put BEFORE the user's own, so any explicit argument overrides it.
@@ -325,30 +360,51 @@ class ModelArguments:
 
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "A saved DART folder (or Hub id) to fine-tune. Leave unset to train from a fresh config."},
+        metadata={"help": "A saved DART folder (or Hub id) to fine-tune, token or reshaper form (its config's model "
+                  "type picks the class). Leave unset to train from a fresh config."},
+    )
+    model_type: str | None = field(
+        default=None,
+        metadata={"help": f"From scratch: the model to build, {' or '.join(MODEL_CLASSES)} (the image reshaper in "
+                  "front of the classifier of --backbone_config). Unset: the model type of --config_name, else "
+                  f"{RESHAPER} when --backbone_config is given, else dart."},
+    )
+    backbone_config: str | None = field(
+        default=None,
+        metadata={"help": f"From scratch, {RESHAPER}: the image classifier behind the reshaper: an RMT preset "
+                  f"({', '.join(BACKBONE_PRESETS)}), a JSON object with its model_type (e.g. "
+                  '`{"model_type": "convnext", "depths": [2, 2, 6, 2]}`), a config.json file or a folder holding one, '
+                  "or a Hub id (its config only: the weights start random). Default: RMT-T3."},
     )
     config_name: str | None = field(
-        default=None, metadata={"help": "A config folder or `config.json` path, when it differs from the model's."}
+        default=None,
+        metadata={"help": "A config folder or `config.json` path, when it differs from the model's; from scratch, its "
+                  "model_type (dart or dart_reshaper) picks the model."},
     )
     config_overrides: str | None = field(
         default=None,
         metadata={
-            "help": "Override config values, e.g. `hidden_size=128,num_hidden_layers=4,scorer=uniform`. From "
+            "help": "Override config values, e.g. `hidden_size=128,num_hidden_layers=4,scorer=uniform`; for a "
+            "dart_reshaper model its own fields and its classifier's as `backbone_config.FIELD=value`. From "
             "scratch any field; on a pretrained model only fields that leave the weights' shapes alone."
         },
     )
-    num_tokens: int | None = field(default=None, metadata={"help": "Number of adaptive tokens (config `num_tokens`)."})
+    num_tokens: int | None = field(
+        default=None, metadata={"help": "Number of adaptive tokens (config `num_tokens`; token DART only)."}
+    )
     image_size: int | None = field(
         default=None,
         metadata={"help": "Input resolution (config `image_size`): the processor crops this size and resizes to "
                   "image_size / crop_pct (for a pretrained folder, its own resize/crop ratio)."},
     )
     drop_path_rate: float | None = field(
-        default=None, metadata={"help": "Stochastic depth rate (config `drop_path_rate`; DeiT: 0.1)."}
+        default=None,
+        metadata={"help": "Stochastic depth rate (config `drop_path_rate`, for a dart_reshaper model its classifier's "
+                  "`backbone_config.drop_path_rate`; DeiT: 0.1)."}
     )
     freeze_scorer_trunk: bool | None = field(
         default=None,
-        metadata={"help": "Freeze the MobileNetV3 trunk of the scorer (config `freeze_scorer_trunk`); unset keeps the config's."},
+        metadata={"help": "Freeze the scorer's trunk (config `freeze_scorer_trunk`); unset keeps the config's."},
     )
     image_processor_name: str | None = field(
         default=None, metadata={"help": "Image processor folder/Hub id, when it differs from the model's."}
@@ -377,6 +433,8 @@ class ModelArguments:
     )
 
     def __post_init__(self):
+        if self.model_type is not None and self.model_type not in MODEL_CLASSES:
+            raise UsageError(f"`--model_type` must be one of {', '.join(MODEL_CLASSES)}, got {self.model_type!r}.")
         if not 0 < self.crop_pct <= 1:  # also refuses NaN; above 1 the crop would be padded with black borders
             raise UsageError(f"`--crop_pct` must be in (0, 1] (the crop's share of the resized image: 0.875 for DeiT, "
                              f"1.0 for the whole image), got {self.crop_pct}.")
@@ -474,13 +532,33 @@ def fsdp_on_cpu():
         AcceleratorState.__init__ = original
 
 
+def split_top_level(text: str) -> list[str]:
+    """`text` split at the commas that lie outside square brackets (`"a=1,b=[1,2]"` -> `["a=1", "b=[1,2]"]`);
+    unbalanced brackets raise a `ValueError` naming `--config_overrides`."""
+    items, depth, start = [], 0, 0
+    for index, char in enumerate(text):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if depth < 0:
+            break
+        if char == "," and depth == 0:
+            items.append(text[start:index])
+            start = index + 1
+    if depth != 0:
+        raise ValueError(f"`--config_overrides`: unbalanced square brackets in {text!r}.")
+    return [*items, text[start:]]
+
+
 def parse_override_value(text: str) -> Any:
-    """`"true"` -> True, `"none"` -> None, `"12"` -> 12, `"1e-3"` -> 0.001, anything else stays a string."""
+    """`"true"` -> True, `"none"` -> None, `"12"` -> 12, `"1e-3"` -> 0.001, `"[2,2,6,2]"` -> [2, 2, 6, 2] (a list
+    of such values, e.g. a per-stage field of the classifier behind a reshaper), anything else stays a string."""
     lowered = text.strip().lower()
     if lowered in ("true", "false"):
         return lowered == "true"
     if lowered in ("none", "null"):
         return None
+    if lowered.startswith("[") and lowered.endswith("]"):
+        inner = text.strip()[1:-1]
+        return [parse_override_value(item) for item in split_top_level(inner)] if inner.strip() else []
     for cast in (int, float):
         try:
             return cast(text)
@@ -490,11 +568,11 @@ def parse_override_value(text: str) -> Any:
 
 
 def parse_config_overrides(spec: str | None) -> dict[str, Any]:
-    """`"k=v,k=v"` -> dict with typed values."""
+    """`"k=v,k=v"` -> dict with typed values (a value in square brackets is a list: `depths=[2,2,6,2]`)."""
     overrides: dict[str, Any] = {}
     if not spec:
         return overrides
-    for item in spec.split(","):
+    for item in split_top_level(spec):
         if not item.strip():
             continue
         if "=" not in item:
@@ -539,54 +617,266 @@ def _override_flags(flags: dict[str, str] | None, overrides: dict[str, Any], mes
     return " / ".join(f"`{flag}`" for flag in dict.fromkeys(named)) or fallback
 
 
-def check_override_fields(config: Any, overrides: dict[str, Any], known: set[str] | None = None) -> None:
+def check_override_fields(config: Any, overrides: dict[str, Any], known: set[str] | None = None,
+                          flags: dict[str, str] | None = None, backbone: Any = None) -> None:
     """Refuse an override that is no field of `config` (Transformers would keep it as an attribute that changes
-    nothing), suggesting the closest field name."""
+    nothing), suggesting the closest field name. `backbone_config.FIELD` keys name fields of `backbone` (by default
+    `config.backbone_config`, a dart_reshaper model's classifier)."""
+    backbone = getattr(config, "backbone_config", None) if backbone is None else backbone
     fields = sorted(name for name in vars(config) if not name.startswith("_"))
     for key in overrides:
-        if not hasattr(config, key) and key not in (known or ()):
+        flag = (flags or {}).get(key, "--config_overrides")
+        if key.startswith(BACKBONE_PREFIX) and backbone is not None:
+            field_name = key[len(BACKBONE_PREFIX):]
+            if not hasattr(backbone, field_name):
+                names = sorted(name for name in vars(backbone) if not name.startswith("_"))
+                close = difflib.get_close_matches(field_name, names, n=1)
+                hint = f"; did you mean {BACKBONE_PREFIX}{close[0]}?" if close else "."
+                raise UsageError(f"`{flag}`: the classifier's {type(backbone).__name__} has no field {field_name!r}"
+                                 f"{hint}")
+        elif not hasattr(config, key) and key not in (known or ()):
             close = difflib.get_close_matches(key, fields, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else " (see the fields of its config.json)."
-            raise UsageError(f"`--config_overrides`: {type(config).__name__} has no field {key!r}{hint}")
+            if backbone is not None and hasattr(backbone, key):  # a field of the classifier behind the reshaper
+                hint = f"; it is a field of the classifier's config: `{BACKBONE_PREFIX}{key}=...`."
+            else:
+                hint = f"; did you mean {close[0]!r}?" if close else " (see the fields of its config.json)."
+            raise UsageError(f"`{flag}`: {type(config).__name__} has no field {key!r}{hint}")
+
+
+def split_backbone_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`(the config's own overrides, the classifier's by field name)`: `backbone_config.FIELD` keys go to the
+    second."""
+    own = {key: value for key, value in overrides.items() if not key.startswith(BACKBONE_PREFIX)}
+    backbone = {key[len(BACKBONE_PREFIX):]: value for key, value in overrides.items()
+                if key.startswith(BACKBONE_PREFIX)}
+    return own, backbone
+
+
+def override_backbone(backbone: Any, fields: dict[str, Any], flags: dict[str, str] | None = None) -> Any:
+    """The classifier configuration `backbone` rebuilt with `fields` set (its own checks run again)."""
+    if not fields:
+        return backbone
+    try:
+        return resolve_backbone_config({**backbone.to_dict(), **fields})
+    except (ValueError, TypeError) as error:
+        keys = {f"{BACKBONE_PREFIX}{key}": value for key, value in fields.items()}
+        named = " / ".join(dict.fromkeys(f"`{(flags or {}).get(key, '--config_overrides')}`" for key in keys))
+        raise UsageError(f"{named}: {error}") from error
+
+
+def overrides_for_model_type(model_type: str, overrides: dict[str, Any], flags: dict[str, str]
+                             ) -> tuple[dict[str, Any], dict[str, str]]:
+    """The overrides as the config of `model_type` takes them: a dart_reshaper model has no tokens (`--num_tokens`
+    is refused) and `--drop_path_rate` sets its classifier's rate (`backbone_config.drop_path_rate`)."""
+    if model_type != RESHAPER:
+        return overrides, flags
+    if "num_tokens" in overrides:
+        raise UsageError(f"`{flags.get('num_tokens', '--config_overrides')}`: a {RESHAPER} model has no tokens; its "
+                         "warped image is image_size / downscale_factor (`--config_overrides downscale_factor=N`) "
+                         "or `output_size`.")
+    overrides, flags = dict(overrides), dict(flags)
+    if flags.get("drop_path_rate") == "--drop_path_rate":
+        key = f"{BACKBONE_PREFIX}drop_path_rate"
+        overrides[key], flags[key] = overrides.pop("drop_path_rate"), flags.pop("drop_path_rate")
+    return overrides, flags
 
 
 def apply_config_overrides(config: Any, overrides: dict[str, Any], flags: dict[str, str] | None = None) -> None:
-    """Set `overrides` on a loaded config (`--model_name_or_path` / `--config_name`): unknown fields and refused values
-    raise a `UsageError` naming the flag that gave them (`flags`: key -> flag, `--config_overrides` by default)."""
-    check_override_fields(config, overrides)
-    for key, value in overrides.items():
+    """Set `overrides` on a loaded config (`--model_name_or_path` / `--config_name`), `backbone_config.FIELD` keys on
+    a dart_reshaper config's classifier: unknown fields and refused values raise a `UsageError` naming the flag that
+    gave them (`flags`: key -> flag, `--config_overrides` by default)."""
+    check_override_fields(config, overrides, flags=flags)
+    own, backbone = split_backbone_overrides(overrides)
+    for key, value in own.items():
         try:
             setattr(config, key, value)  # DartConfig checks a field's type and range as it is set
         except (ValueError, TypeError) as error:
             raise UsageError(f"{_override_flags(flags, {key: value}, f'`{key}`')}: {error}") from error
-    if hasattr(config, "_validate_dart"):  # the relations between fields
+    if backbone:
+        config.backbone_config = override_backbone(config.backbone_config, backbone, flags)
+    # the relations between fields
+    validate = getattr(config, "_validate_dart", None) or getattr(config, "validate_reshaper", None)
+    if validate is not None:
         try:
-            config._validate_dart()
+            validate()
         except (ValueError, TypeError) as error:
             raise UsageError(f"{_override_flags(flags, overrides, str(error))}: {error}") from error
 
 
+def existing_local_path(text: str) -> Path | None:
+    """`text` as an existing local file or folder, else None: a Hub id, a JSON object, or a string that cannot be a
+    path (longer than the system allows, or holding a NUL byte) is none."""
+    try:
+        path = Path(text).expanduser()
+        return path if path.exists() else None
+    except (OSError, ValueError):
+        return None
+
+
+# keys a saved config.json holds besides the configuration's fields
+CONFIG_FILE_KEYS = ("model_type", "transformers_version", "auto_map")
+
+
+def load_backbone_config(value: str) -> Any:
+    """`--backbone_config` -> the configuration of the image classifier behind the reshaper: an RMT preset
+    (`BACKBONE_PRESETS`), a JSON object with its `model_type`, a config.json file or a folder holding one, or a Hub id
+    (`AutoConfig.from_pretrained`). Anything else, a field that the configuration does not have, or the configuration
+    of a model that is no image classifier, raises a one-line `UsageError` naming the flag."""
+    text = value.strip()
+    # the value as the messages show it: a JSON object can be long, and a message stays on one line
+    shown = " ".join(text.split())
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    if not text:
+        raise UsageError(f"`--backbone_config` is empty; give an RMT preset ({', '.join(BACKBONE_PRESETS)}), a JSON "
+                         "object with a model_type, a config.json file or folder, or a Hub id.")
+    if text.lower() in BACKBONE_PRESETS:
+        return RmtConfig.from_preset(BACKBONE_PRESETS[text.lower()])
+    # a JSON object is read as one, never looked up as a path (it can be longer than a file name may be)
+    path = None if text.startswith("{") else existing_local_path(text)
+    if text.startswith("{") or path is not None:
+        if path is not None and path.is_dir():
+            path = path / "config.json"
+            if not path.is_file():
+                raise UsageError(f"`--backbone_config` {shown}: the folder holds no config.json.")
+        try:
+            source = json.loads(text if path is None else path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise UsageError(f"`--backbone_config` {shown}: not a valid JSON configuration ({error}).") from error
+        if not isinstance(source, dict):
+            raise UsageError(f"`--backbone_config` {shown}: expected a JSON object with a model_type, got a "
+                             f"{type(source).__name__}.")
+    else:
+        check_model_source("--backbone_config", text)  # a missing local path; else a Hub id
+        if "/" not in text or len(text) > 96 or any(char.isspace() for char in text):
+            raise UsageError(f"`--backbone_config` {shown!r} is no preset ({', '.join(BACKBONE_PRESETS)}), JSON "
+                             "object, config file or folder, nor a Hub id of the form `org/name`.")
+        source = load_from_hub("--backbone_config", AutoConfig.from_pretrained, text)
+    model_type = source.get("model_type") if isinstance(source, dict) else getattr(source, "model_type", None)
+    if model_type in MODEL_CLASSES:
+        raise UsageError(f"`--backbone_config` {shown} is a {model_type} config, not the classifier behind the "
+                         f"reshaper (e.g. rmt, convnext, swin, resnet); give a {RESHAPER} config as --config_name.")
+    try:
+        backbone = resolve_backbone_config(source)
+    except (ValueError, TypeError) as error:
+        raise UsageError(f"`--backbone_config` {shown}: {error}") from error
+    require_image_classifier(backbone, f"`--backbone_config` {shown}")
+    if isinstance(source, dict):  # Transformers keeps an unknown key as an attribute that changes nothing
+        default = type(backbone)()
+        for key in source:
+            if key not in CONFIG_FILE_KEYS and not hasattr(default, key):
+                names = sorted(name for name in vars(default) if not name.startswith("_"))
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else "."
+                raise UsageError(f"`--backbone_config` {shown}: {type(backbone).__name__} has no field {key!r}{hint}")
+    return backbone
+
+
+def require_image_classifier(backbone: Any, source: str) -> None:
+    """Refuse a reshaper whose model behind it is no image classifier (a segmentation model, say): this script
+    trains classifiers."""
+    if not is_image_classifier_config(backbone):
+        raise UsageError(f"{source}: the model behind the reshaper is a {backbone.model_type} model, not an image "
+                         "classifier (an `AutoModelForImageClassification` type such as rmt, convnext, swin, "
+                         "resnet); this script trains image classifiers.")
+
+
+def choose_model_type(requested: str | None, from_config: str | None, config_name: str | None,
+                      backbone_config: str | None) -> str:
+    """The model type to build from scratch: `--model_type`, else `--config_name`'s, else dart_reshaper with
+    `--backbone_config`, else dart; conflicting choices raise a `UsageError`."""
+    if from_config is not None and from_config not in MODEL_CLASSES:
+        raise UsageError(f"`--config_name` {config_name} holds a {from_config!r} config, not a DART one "
+                         f"({' or '.join(MODEL_CLASSES)}); to put that classifier behind the image reshaper: "
+                         f"`--model_type {RESHAPER} --backbone_config {config_name}`.")
+    if requested is not None and from_config is not None and requested != from_config:
+        raise UsageError(f"`--model_type {requested}` differs from the model type {from_config!r} of `--config_name` "
+                         f"{config_name}.")
+    model_type = requested or from_config or (RESHAPER if backbone_config is not None else DartConfig.model_type)
+    if backbone_config is not None and model_type != RESHAPER:
+        raise UsageError(f"`--backbone_config` configures the classifier behind the image reshaper, a {RESHAPER} "
+                         f"model; this one is {model_type!r} (`--model_type {RESHAPER}`).")
+    return model_type
+
+
 def build_config_from_scratch(config_name: str | None, overrides: dict[str, Any], flags: dict[str, str] | None = None,
-                              **label_kwargs) -> DartConfig:
-    """A new DartConfig from `--config_name` (if given) and `overrides`; unknown fields and refused values raise a
-    `UsageError` naming the flag that gave them (`flags`: key -> flag, `--config_overrides` by default)."""
+                              model_type: str | None = None, backbone_config: str | None = None,
+                              **label_kwargs) -> DartConfig | DartReshaperConfig:
+    """A new config from `--config_name` (if given) and `overrides`: a DartConfig, or a DartReshaperConfig for
+    `model_type` dart_reshaper (`--model_type`, `--config_name`'s model type, or `--backbone_config` given; see
+    `choose_model_type`) with the classifier of `backbone_config` (`load_backbone_config`; else `--config_name`'s,
+    else RMT-T3). Unknown fields and refused values raise a `UsageError` naming the flag that gave them (`flags`:
+    key -> flag, `--config_overrides` by default)."""
     base: dict[str, Any] = {}
+    from_config = None
     if config_name:
         path = Path(config_name)
         base = json.loads((path / "config.json" if path.is_dir() else path).read_text()) if path.exists() else (
             AutoConfig.from_pretrained(config_name).to_dict()
         )
+        from_config = base.get("model_type")
         for key in ("model_type", "transformers_version", "architectures", "auto_map", "id2label", "label2id"):
             base.pop(key, None)
-    check_override_fields(DartConfig(), overrides, known=set(base))
+    model_type = choose_model_type(model_type, from_config, config_name, backbone_config)
+    config_class = MODEL_CLASSES[model_type][0]
+    overrides, flags = overrides_for_model_type(model_type, overrides, dict(flags or {}))
+    backbone = None
+    if model_type == RESHAPER:
+        if backbone_config is not None:
+            backbone = load_backbone_config(backbone_config)
+            base.pop("backbone_config", None)
+        else:
+            try:
+                backbone = resolve_backbone_config(base.pop("backbone_config", None))
+            except (ValueError, TypeError) as error:
+                raise UsageError(f"`--config_name` {config_name}: {error}") from error
+            require_image_classifier(backbone, f"`--config_name` {config_name}")
+    check_override_fields(config_class(), overrides, known=set(base), flags=flags, backbone=backbone)
+    own, backbone_fields = split_backbone_overrides(overrides)
     for derived, sources in _DERIVED.items():
-        if derived not in overrides and any(source in overrides for source in sources):
+        if derived not in own and any(source in own for source in sources):
             base.pop(derived, None)
+    if backbone is not None:
+        base["backbone_config"] = override_backbone(backbone, backbone_fields, flags)
     try:
-        return DartConfig(**{**base, **overrides, **label_kwargs})
+        return config_class(**{**base, **own, **label_kwargs})
     except (ValueError, TypeError) as error:
         fallback = "`--config_overrides` / `--config_name`" if config_name else "`--config_overrides`"
-        raise UsageError(f"{_override_flags(flags, overrides, str(error), fallback)}: {error}") from error
+        raise UsageError(f"{_override_flags(flags, own, str(error), fallback)}: {error}") from error
+
+
+def check_model_options(config: Any, model_args: ModelArguments, training_args: TrainingArguments) -> None:
+    """Refuse options that the model of `config` cannot take: `--layer_decay` below 1 for a dart_reshaper model (its
+    depths are token DART's blocks), `--scorer_trunk_weights` for a uniform scorer or for another trunk than the
+    packaged weights'."""
+    layer_decay = getattr(training_args, "layer_decay", None)
+    if config.model_type == RESHAPER and layer_decay is not None and layer_decay != 1.0:
+        raise UsageError(f"`--layer_decay {layer_decay}`: layer-wise learning-rate decay follows token DART's blocks; "
+                         f"a {RESHAPER} model takes `--layer_decay 1.0` (DeiT's weight-decay rule alone) or none.")
+    weights = model_args.scorer_trunk_weights
+    if weights is None:
+        return
+    if config.scorer != "learned":
+        raise UsageError(f"`--scorer_trunk_weights {weights}`: the model's scorer is {config.scorer!r}, without a "
+                         "trunk (`--config_overrides scorer=learned`).")
+    if weights in PACKAGED_WEIGHTS and config.scorer_trunk != weights:
+        raise UsageError(f"`--scorer_trunk_weights {weights}` holds {weights} weights, but the scorer trunk is "
+                         f"{config.scorer_trunk} (`--config_overrides scorer_trunk={weights}`).")
+
+
+def describe_model(model: torch.nn.Module) -> str:
+    """One log line on a built model: its size, the tokens or the warp, and its scorer."""
+    config = model.config
+    num_params = sum(p.numel() for p in model.parameters())
+    num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if config.model_type == RESHAPER:
+        side = config.output_size or config.image_size // config.downscale_factor
+        warped = "x".join(map(str, side)) if isinstance(side, list) else f"{side}x{side}"
+        form = (f"DART reshaper ({config.image_size}x{config.image_size} -> {warped}) in front of a "
+                f"{config.backbone_config.model_type} classifier")
+    else:
+        form = f"DART model with {config.num_tokens} tokens"
+    return (f"{form}: {num_params / 1e6:.2f}M parameters ({num_trainable / 1e6:.2f}M trainable), "
+            f"scorer={config.scorer}, freeze_scorer_trunk={config.freeze_scorer_trunk}")
 
 
 def set_scorer_trunk_frozen(model: torch.nn.Module, frozen: bool) -> None:
@@ -795,8 +1085,9 @@ class DartTrainer(Trainer):
         if self.args.layer_decay is None or self.optimizer is not None:
             return super().create_optimizer(model)
         opt_model = self.model if model is None else model
+        # a dart_reshaper model has no DART blocks: its --layer_decay is 1.0 (check_model_options), all at one depth
         groups = parameter_groups(opt_model, self.args.learning_rate, self.args.weight_decay, self.args.layer_decay,
-                                  num_layers=opt_model.config.num_hidden_layers)
+                                  num_layers=getattr(opt_model.config, "num_hidden_layers", 0))
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
@@ -910,6 +1201,8 @@ def main(args: list[str] | None = None) -> dict[str, float]:
               "--dataset_name": data_args.dataset_name, "--model_name_or_path": model_args.model_name_or_path,
               "--config_name": model_args.config_name, "--image_processor_name": model_args.image_processor_name,
               "--scorer_trunk_weights": model_args.scorer_trunk_weights}
+    if model_args.backbone_config and existing_local_path(model_args.backbone_config.strip()):  # a config file or folder
+        inputs["--backbone_config"] = model_args.backbone_config
     if not in_place:
         inputs["--resume_from_checkpoint"] = checkpoint
     check_output_dir(output_dir, overwrite=training_args.overwrite_output_dir or in_place, inputs=inputs,
@@ -918,8 +1211,13 @@ def main(args: list[str] | None = None) -> dict[str, float]:
     for flag in ("model_name_or_path", "config_name", "image_processor_name"):
         check_model_source(f"--{flag}", getattr(model_args, flag))
     overrides, flags = collect_config_overrides(model_args)
+    if model_args.model_name_or_path and model_args.backbone_config is not None:
+        raise UsageError("`--backbone_config` builds a new dart_reshaper model; the model of `--model_name_or_path` "
+                         "keeps its own classifier (set its fields with `--config_overrides backbone_config.FIELD=v`).")
     if not model_args.model_name_or_path:  # a new config: its fields and values are checked before the data are read
-        build_config_from_scratch(model_args.config_name, overrides, flags)
+        config = build_config_from_scratch(model_args.config_name, overrides, flags, model_args.model_type,
+                                           model_args.backbone_config)
+        check_model_options(config, model_args, training_args)
     if training_args.push_to_hub and training_args.hub_model_id is None:
         training_args.hub_model_id = output_dir.name  # the Trainer would name the repo after the temporary folder
 
@@ -1015,15 +1313,29 @@ def train_and_evaluate(model_args, data_args, training_args, checkpoint: str | N
         config = load_from_hub(config_flag, AutoConfig.from_pretrained,
                                model_args.config_name or model_args.model_name_or_path,
                                finetuning_task="image-classification", **label_kwargs, **common)
+        model_type = getattr(config, "model_type", None)
+        if model_type not in MODEL_CLASSES:
+            raise UsageError(f"`{config_flag}` {model_args.config_name or model_args.model_name_or_path} holds a "
+                             f"{model_type!r} model, not a DART one ({' or '.join(MODEL_CLASSES)}); wrap a ViT, DeiT "
+                             "or Vim with conversion/convert_vit_to_dart.py first.")
+        if model_args.model_type is not None and model_args.model_type != model_type:
+            raise UsageError(f"`--model_type {model_args.model_type}` differs from the model type {model_type!r} of "
+                             f"`{config_flag}`.")
+        if model_type == RESHAPER:
+            require_image_classifier(config.backbone_config, f"`{config_flag}`")
+        overrides, flags = overrides_for_model_type(model_type, overrides, flags)
         apply_config_overrides(config, overrides, flags)
+        check_model_options(config, model_args, training_args)
         model = load_from_hub(
             "--model_name_or_path", AutoModelForImageClassification.from_pretrained, model_args.model_name_or_path,
             config=config, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **common,
         )
     else:
-        config = build_config_from_scratch(model_args.config_name, overrides, flags, **label_kwargs)
+        config = build_config_from_scratch(model_args.config_name, overrides, flags, model_args.model_type,
+                                           model_args.backbone_config, **label_kwargs)
+        overrides, flags = overrides_for_model_type(config.model_type, overrides, flags)
         config.finetuning_task = "image-classification"
-        model = DartForImageClassification(config)
+        model = MODEL_CLASSES[config.model_type][1](config)
         if config.scorer == "learned" and config.freeze_scorer_trunk and model_args.scorer_trunk_weights is None:
             logger.warning(
                 "Training from scratch with a frozen scorer trunk and no --scorer_trunk_weights: its weights are "
@@ -1032,22 +1344,19 @@ def train_and_evaluate(model_args, data_args, training_args, checkpoint: str | N
                 "or start from a converted DART folder (`--model_name_or_path`)."
             )
     if model_args.scorer_trunk_weights is not None:
-        skipped = load_scorer_trunk_weights(model, model_args.scorer_trunk_weights)
+        try:
+            skipped = load_scorer_trunk_weights(model, model_args.scorer_trunk_weights)
+        except (ValueError, KeyError, OSError) as error:
+            raise UsageError(f"`--scorer_trunk_weights` {model_args.scorer_trunk_weights}: {error}") from error
+        kept = next(len(module.features) for module in model.modules() if hasattr(module, "trunk_name"))
         logger.info(f"Scorer trunk ({model.config.scorer_trunk}) loaded from {model_args.scorer_trunk_weights}; "
-                    f"{len(skipped)} tensors of deeper entries left out (the trunk keeps "
-                    f"{model.config.resolved_scorer_trunk_depth()} entries).")
+                    f"{len(skipped)} tensors of deeper entries left out (the trunk keeps {kept} entries).")
     if "freeze_scorer_trunk" in overrides:
         set_scorer_trunk_frozen(model, bool(overrides["freeze_scorer_trunk"]))
-    if "drop_path_rate" in overrides:  # the blocks took their rates at construction
+    if "drop_path_rate" in overrides:  # token DART's blocks took their rates at construction
         set_drop_path_rate(model, float(overrides["drop_path_rate"]))
 
-    num_params = sum(p.numel() for p in model.parameters())
-    num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logger.info(
-        f"DART model: {num_params / 1e6:.2f}M parameters ({num_trainable / 1e6:.2f}M trainable), "
-        f"{model.config.num_tokens} tokens, scorer={model.config.scorer}, "
-        f"freeze_scorer_trunk={model.config.freeze_scorer_trunk}"
-    )
+    logger.info(describe_model(model))
 
     # ------------------------------------------------------------------------------------- image processing
     processor_source = model_args.image_processor_name or model_args.model_name_or_path
@@ -1145,7 +1454,8 @@ def train_and_evaluate(model_args, data_args, training_args, checkpoint: str | N
         "datasets": [data_args.dataset_name] if data_args.dataset_name else None,
         "source": (
             (f"Fine-tuned from `{model_args.model_name_or_path}`" if model_args.model_name_or_path
-             else "Trained from a freshly initialised DART config")
+             else "Trained from a freshly initialised DART "
+             + ("reshaper config" if model.config.model_type == RESHAPER else "config"))
             + f" with `examples/run_image_classification.py` on {dataset_label}."
         ),
     }

@@ -38,9 +38,13 @@ def render_model_card(
         repo_id (`str`, *optional*): the Hub id used in the loading examples.
     """
     repo_id = repo_id or "path/to/this/folder"
-    tags = ["dart", "vision", task, f"dart-{config.backbone}", "adaptive-tokenization"]
-    if config.backbone != "vit":
-        tags.append("mamba")
+    reshaper = getattr(config, "model_type", None) == "dart_reshaper"
+    if reshaper:  # DART's second form: no tokens, a warped image for any classifier
+        tags = ["dart", "vision", task, "dart-reshaper", config.backbone_config.model_type]
+    else:
+        tags = ["dart", "vision", task, f"dart-{config.backbone}", "adaptive-tokenization"]
+        if config.backbone != "vit":
+            tags.append("mamba")
     header = ["---", "library_name: transformers", f"pipeline_tag: {task}", f"license: {license}",
               "tags:" + _yaml_list(tags)]
     if base_model:
@@ -49,10 +53,20 @@ def render_model_card(
         header.append("datasets:" + _yaml_list(datasets))
     header.append("---")
 
-    facts = {
-        "backbone": {"vit": "DeiT (ViT)", "vim": "Vision Mamba", "videomamba": "VideoMamba"}[config.backbone],
-        "hidden size / layers": f"{config.hidden_size} / {config.num_hidden_layers}",
-        "tokens (default, overridable per call)": config.num_tokens,
+    if reshaper:
+        warped = config.output_size or config.image_size // config.downscale_factor
+        warped = warped if isinstance(warped, list) else [warped, warped]
+        facts = {
+            "form": f"image reshaper + `{config.backbone_config.model_type}` classifier",
+            "warped image (default, overridable per call)": f"{warped[0]}x{warped[1]}",
+        }
+    else:
+        facts = {
+            "backbone": {"vit": "DeiT (ViT)", "vim": "Vision Mamba", "videomamba": "VideoMamba"}[config.backbone],
+            "hidden size / layers": f"{config.hidden_size} / {config.num_hidden_layers}",
+            "tokens (default, overridable per call)": config.num_tokens,
+        }
+    facts |= {
         "input resolution": f"{config.image_size}x{config.image_size}",
         "scorer": f"{config.scorer_trunk} + head {config.scorer_head}" if config.scorer == "learned" else "uniform",
         "score normalization": config.score_normalization,
@@ -67,21 +81,31 @@ def render_model_card(
                                                  for k, v in metrics.items()]) + "\n"
     auto = "AutoModelForVideoClassification" if task == "video-classification" else "AutoModelForImageClassification"
     example_input = "video frames" if task == "video-classification" else "an image"
+    if reshaper:
+        intro = (f"DART ([paper]({PAPER})) in its second form: an image reshaper warps the input into a smaller image "
+                 "whose rows and columns give more pixels to the parts a small scoring network finds important, and "
+                 f"an image classifier (`{config.backbone_config.model_type}`) classifies the warped image.")
+        usage = ("The warped size can be changed at call time (`model(pixel_values, output_size=...)`); the output "
+                 "carries the warp (`warped_pixel_values`, `row_edges` and `col_edges` in input pixels) and the score "
+                 "map.")
+    else:
+        intro = (f"DART (Differentiable Dynamic Adaptive Region Tokenizer, [paper]({PAPER})) replaces the fixed patch "
+                 "grid of a vision backbone with content-dependent patches: a small scoring network predicts where "
+                 "the content is, and the tokens are cut finer there and coarser on the background.")
+        usage = ("The number of tokens can be changed at call time (`model(pixel_values, num_tokens=121)`) to trade "
+                 "accuracy for compute; the output carries each token's region (`regions`, boxes in input pixels) "
+                 "and the score map.")
     return f"""{chr(10).join(header)}
 
 # {title}
 
-DART (Differentiable Dynamic Adaptive Region Tokenizer, [paper]({PAPER})) replaces the fixed patch grid of a vision
-backbone with content-dependent patches: a small scoring network predicts where the content is, and the tokens are
-cut finer there and coarser on the background.
+{intro}
 
 {source}
 
 ## Intended use
 
-{task.replace('-', ' ').capitalize()} with {example_input} as input. The number of tokens can be changed at call time
-(`model(pixel_values, num_tokens=121)`) to trade accuracy for compute; the output carries each token's region
-(`regions`, boxes in input pixels) and the score map.
+{task.replace('-', ' ').capitalize()} with {example_input} as input. {usage}
 
 {table}
 {results}
@@ -108,7 +132,7 @@ processor = AutoImageProcessor.from_pretrained("{repo_id}", trust_remote_code=Tr
 ## Limitations
 
 Predictions depend on the image processor's resolution ({config.image_size}x{config.image_size} by default). With
-`score_normalization="batch"` (the original behaviour) an image's tokens depend on the other images in its batch;
+`score_normalization="batch"` (the original behaviour) an image's {"warp" if reshaper else "tokens"} depend{"s" if reshaper else ""} on the other images in its batch;
 the default `"image"` keeps predictions batch-independent.
 """
 
