@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .configuration_dart import DartConfig
 from .embeddings_dart import ROW_MARGINAL_EPS, check_pixel_values
@@ -378,26 +379,17 @@ def sample_separable(maps: torch.Tensor, y: torch.Tensor, x: torch.Tensor, mode:
         cols = (x.detach() + 0.5).floor().clamp(0, map_width - 1).to(torch.long)
         picked = maps.gather(2, rows.view(batch, 1, -1, 1).expand(batch, channels, -1, map_width))
         return picked.gather(3, cols.view(batch, 1, 1, -1).expand(batch, channels, picked.shape[2], -1))
+    # one fused `grid_sample` over the separable grid, cheaper on CPU than gathering and blending each axis in turn
+    # (benchmarks/README.md, "Inverse warp vs a UperNet decode head"); the coordinates, normalised to [-1, 1] in the
+    # compute dtype, move by about `size * 6e-8` pixels in float32
     compute = torch.promote_types(maps.dtype, torch.float32)
-
-    def lerp_axis(values: torch.Tensor, positions: torch.Tensor, dim: int) -> torch.Tensor:
-        size = values.shape[dim]
-        positions = positions.clamp(0, size - 1)
-        whole = positions.detach().floor()
-        # the clamp only acts on NaN positions, whose integer cast is out of range
-        low = whole.to(torch.long).clamp(0, size - 1)
-        high = (low + 1).clamp(max=size - 1)
-        shape = [batch, 1, 1, 1]
-        shape[dim] = -1
-        out_shape = list(values.shape)
-        out_shape[dim] = positions.shape[1]
-        fraction = (positions - whole).to(compute).view(shape)
-        first = values.gather(dim, low.view(shape).expand(out_shape)).to(compute)
-        second = values.gather(dim, high.view(shape).expand(out_shape)).to(compute)
-        return first + (second - first) * fraction
-
-    rows = lerp_axis(maps, y, 2)  # (B, C, out_height, map_width), in `compute`
-    return lerp_axis(rows, x, 3).to(maps.dtype)
+    out_height, out_width = y.shape[1], x.shape[1]
+    grid_x = (x.to(compute) * (2.0 / max(map_width - 1, 1)) - 1.0).view(batch, 1, out_width)
+    grid_y = (y.to(compute) * (2.0 / max(map_height - 1, 1)) - 1.0).view(batch, out_height, 1)
+    grid = torch.stack([grid_x.expand(batch, out_height, out_width), grid_y.expand(batch, out_height, out_width)],
+                       dim=-1)
+    sampled = F.grid_sample(maps.to(compute), grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return sampled.to(maps.dtype)
 
 
 def unwarp(
