@@ -362,7 +362,7 @@ def draw_warps(panels, images, boxes, path: Path) -> None:
 
 
 # -------------------------------------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> list[dict]:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one seed, fewer steps and canvases")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
@@ -387,7 +387,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--plot", type=Path, default=None, help="write the accuracy / box-share plot to this PNG")
     parser.add_argument("--pictures", type=Path, default=None,
                         help="write a few validation canvases and each arm's warped images (seed 0) to this PNG")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = build_parser().parse_args(argv)
     quick = {"seeds": [0], "steps": 30, "train_canvases": 256, "validation_canvases": 100}
     full = {"seeds": [0, 1, 2], "steps": 200, "train_canvases": 1600, "validation_canvases": 400}
     defaults = quick if args.quick else full
