@@ -1,24 +1,25 @@
 #!/usr/bin/env python
-"""Export a DART image or video classifier folder to ONNX (`torch.onnx.export(..., dynamo=True)`) with a dynamic batch
-axis, and verify it with onnxruntime.
+"""Export a DART image or video classifier folder, or a DART reshaper classifier folder, to ONNX
+(`torch.onnx.export(..., dynamo=True)`) with a dynamic batch axis, and verify it with onnxruntime.
 
     python conversion/export_onnx.py MODEL_DIR [--output MODEL_DIR/model.onnx] [--overwrite] [--batch_size 2]
         [--no_verify] [--atol 1e-4]
 
 The graph takes `pixel_values` (`(batch, channels, image_size, image_size)`, or `(batch, num_frames, channels,
 image_size, image_size)` for a DART VideoMamba folder: the trained input size; the batch is dynamic) and returns
-`logits`, `regions` (token boxes `(x0, y0, x1, y1)` in input pixels, per frame for videos) and `score_map`. The
-weights are stored inside the file.
+`logits`, `regions` (token boxes `(x0, y0, x1, y1)` in input pixels, per frame for videos) and `score_map`; for a
+reshaper folder (`model_type: dart_reshaper`, an image classifier behind DART's image reshaper) `logits`, `row_edges`,
+`col_edges` (the warp's row and column edges in input pixels) and `score_map`. The weights are stored inside the file.
 
 Before it exports, the script checks every argument and the folder: a DART image classifier (`model_type: dart`) or
 video classifier (`model_type: dart_video`, or `dart` with `backbone: videomamba` as saved before the video family had
-its own model type), whose weights file holds exactly the model's tensors, with their shapes (a missing or mis-shaped
+its own model type) or a reshaper classifier (`model_type: dart_reshaper`), whose weights file holds exactly the model's tensors, with their shapes (a missing or mis-shaped
 tensor would be exported randomly initialised); `--atol` a finite number >= 0; `--batch_size` in [2, 64]; `--output` a
 `.onnx` path in an existing folder, and not an existing file unless `--overwrite` is given.
 
 Verification runs the file with onnxruntime on CPU on crops of the bundled photo (`conversion/assets/chelsea.jpg`) at
 batch sizes 1, `--batch_size` and `--batch_size + 1`, and compares with eager PyTorch: the logits within `--atol`, the
-token regions within `REGION_ATOL_PIXELS` input pixels. Images are prepared by the folder's image processor (the DeiT
+token regions (a reshaper's row and column edges) within `REGION_ATOL_PIXELS` input pixels. Images are prepared by the folder's image processor (the DeiT
 evaluation recipe at the model's input size when the folder has none). A video model gets clips of `num_frames`
 frames, each frame the clip's crop moved by `FRAME_SHIFT_PIXELS` from the previous one, prepared by the folder's video
 processor (VideoMamba's evaluation recipe at the model's input size when the folder has none: shorter side resized to
@@ -53,13 +54,18 @@ from modeling_dart import (  # noqa: E402
     DartConfig,
     DartForImageClassification,
     DartImageProcessor,
+    DartReshaperConfig,
+    DartReshaperForImageClassification,
     DartVideoConfig,
     DartVideoMambaForVideoClassification,
     DartVideoProcessor,
 )
+from modeling_dart.configuration_reshaper_dart import is_image_classifier_config  # noqa: E402
 from modeling_dart.conversion_utils import ConversionError, load_complete_model  # noqa: E402
 
 OUTPUT_NAMES = ("logits", "regions", "score_map")
+# a reshaper classifier has no tokens: its geometry is the warp's row and column edges, in input pixels
+RESHAPER_OUTPUT_NAMES = ("logits", "row_edges", "col_edges", "score_map")
 
 # A traced batch of 1 is specialised by torch.export (the batch axis would not stay dynamic); verification runs eager
 # PyTorch and onnxruntime on up to `batch_size + 1` images, which bounds the largest useful trace.
@@ -68,6 +74,7 @@ MIN_BATCH_SIZE, MAX_BATCH_SIZE = 2, 64
 # Box corners agree to 1/32 of an input pixel: they come from float32 strip coordinates (rows * image_size pixels
 # long, spaced 1/2048 px apart at 448) whose rounding the tokenizer scales by the inverse density under an edge, while
 # a wrong geometry moves boxes by whole pixels; a 1/32 px shift changes a bilinear sample by 1/32 of a pixel step.
+# The reshaper's edges are quantile cuts of the same kind and get the same bound.
 REGION_ATOL_PIXELS = 1 / 32
 
 PHOTO = Path(__file__).resolve().parent / "assets" / "chelsea.jpg"
@@ -86,7 +93,7 @@ PHOTO_CROPS = (
 # frame (less where the crop is too small for the clip's frames), so that the frames of a clip differ.
 FRAME_SHIFT_PIXELS = (4, 2)
 
-MODEL_TYPES = (DartConfig.model_type, DartVideoConfig.model_type)
+MODEL_TYPES = (DartConfig.model_type, DartVideoConfig.model_type, DartReshaperConfig.model_type)
 # a video folder's processor file; `preprocessor_config.json` in folders saved by earlier versions
 VIDEO_PROCESSOR_FILES = ("video_preprocessor_config.json", "preprocessor_config.json")
 
@@ -96,16 +103,18 @@ class ExportError(ValueError):
 
 
 class DartOnnxModule(nn.Module):
-    """`pixel_values -> (logits, regions, score_map)`: the tensors of a DART classifier's output that an ONNX graph
-    returns (a graph returns tensors, not a `ModelOutput`)."""
+    """`pixel_values -> (logits, regions, score_map)` (a reshaper's `(logits, row_edges, col_edges, score_map)`, see
+    `output_names`): the tensors of a DART classifier's output that an ONNX graph returns (a graph returns tensors,
+    not a `ModelOutput`)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        self.names = output_names(model.config)
 
     def forward(self, pixel_values: torch.Tensor):
         out = self.model(pixel_values=pixel_values, return_dict=True)
-        return out.logits, out.regions, out.score_map
+        return tuple(out[name] for name in self.names)
 
 
 def is_video(config: DartConfig) -> bool:
@@ -113,11 +122,27 @@ def is_video(config: DartConfig) -> bool:
     return isinstance(config, DartVideoConfig)
 
 
+def is_reshaper(config) -> bool:
+    """Whether `config` describes a DART reshaper classifier (no tokens: the warp's edges instead of regions)."""
+    return isinstance(config, DartReshaperConfig)
+
+
+def output_names(config) -> tuple[str, ...]:
+    """The graph's outputs for a model of `config`: `OUTPUT_NAMES`, or `RESHAPER_OUTPUT_NAMES` for a reshaper."""
+    return RESHAPER_OUTPUT_NAMES if is_reshaper(config) else OUTPUT_NAMES
+
+
+def geometry_names(config) -> tuple[str, ...]:
+    """The outputs in input pixels that verification holds to `REGION_ATOL_PIXELS`."""
+    return ("row_edges", "col_edges") if is_reshaper(config) else ("regions",)
+
+
 def read_dart_config(folder: str | Path) -> DartConfig:
     """The config of the DART model saved in `folder`: a `DartVideoConfig` for a video model (`model_type:
-    dart_video`, or `dart` with `backbone: videomamba` as saved before the video family had its own model type), else
-    a `DartConfig`. Raises `ExportError` unless `folder` holds one (another model type or an invalid config is
-    refused)."""
+    dart_video`, or `dart` with `backbone: videomamba` as saved before the video family had its own model type), a
+    `DartReshaperConfig` for a reshaper classifier (`model_type: dart_reshaper`), else a `DartConfig`. Raises
+    `ExportError` unless `folder` holds one (another model type, a reshaper in front of a model that is no image
+    classifier, or an invalid config is refused)."""
     folder = Path(folder)
     config_file = folder / "config.json"
     if not folder.is_dir():
@@ -133,19 +158,24 @@ def read_dart_config(folder: str | Path) -> DartConfig:
         raise ExportError(f"{folder} holds a {model_type!r} model, not a DART model (model_type "
                           f"{' or '.join(map(repr, MODEL_TYPES))}).")
     # DartConfig builds a DartVideoConfig from a legacy video folder (`backbone: videomamba`)
-    config_class = DartVideoConfig if model_type == DartVideoConfig.model_type else DartConfig
+    config_class = {DartVideoConfig.model_type: DartVideoConfig,
+                    DartReshaperConfig.model_type: DartReshaperConfig}.get(model_type, DartConfig)
     try:
         config = config_class.from_pretrained(folder)
     except (ValueError, TypeError) as error:
         raise ExportError(f"{config_file} is not a valid DART config: {error}") from error
+    if is_reshaper(config) and not is_image_classifier_config(config.backbone_config):
+        raise ExportError(f"{folder} holds a reshaper in front of a {config.backbone_config.model_type!r} model, not "
+                          "an image classifier; the exporter takes DART classifiers.")
     return config
 
 
 def load_dart_folder(folder: str | Path) -> nn.Module:
-    """The image or video classifier saved in `folder`, in float32 and eval mode. Raises `ExportError` unless `folder`
+    """The image, video or reshaper classifier saved in `folder`, in float32 and eval mode. Raises `ExportError` unless `folder`
     is a DART model folder whose weights hold exactly the model's tensors, with their shapes."""
     config = read_dart_config(folder)
-    model_class = DartVideoMambaForVideoClassification if is_video(config) else DartForImageClassification
+    model_class = (DartVideoMambaForVideoClassification if is_video(config) else
+                   DartReshaperForImageClassification if is_reshaper(config) else DartForImageClassification)
     try:
         model = load_complete_model(model_class, folder, "MODEL_DIR", config=config, dtype=torch.float32)
     except ConversionError as error:
@@ -167,8 +197,8 @@ def example_inputs(config: DartConfig, batch_size: int, seed: int = 0) -> torch.
 
 
 def export(model: nn.Module, path: str | Path, batch_size: int = 2) -> Path:
-    """Write `model` (a DART image or video classifier in eval mode) to `path` as ONNX with a dynamic batch axis,
-    traced at `batch_size` (in [MIN_BATCH_SIZE, MAX_BATCH_SIZE])."""
+    """Write `model` (a DART image, video or reshaper classifier in eval mode) to `path` as ONNX with a dynamic batch
+    axis, traced at `batch_size` (in [MIN_BATCH_SIZE, MAX_BATCH_SIZE])."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int):
         raise TypeError(f"export: `batch_size` must be an int, got {type(batch_size).__name__}.")
     if not MIN_BATCH_SIZE <= batch_size <= MAX_BATCH_SIZE:
@@ -182,7 +212,7 @@ def export(model: nn.Module, path: str | Path, batch_size: int = 2) -> Path:
             (inputs,),
             dynamo=True,
             input_names=["pixel_values"],
-            output_names=list(OUTPUT_NAMES),
+            output_names=list(output_names(model.config)),
             dynamic_shapes={"pixel_values": {0: batch}},
             external_data=False,
             verbose=False,
@@ -204,10 +234,11 @@ def onnx_session(path: str | Path, threads: int | None = None):
 
 def compare(model: nn.Module, session, pixel_values: torch.Tensor) -> dict[str, float]:
     """Max abs difference between onnxruntime's outputs and PyTorch's, per output (NaN where either is NaN)."""
+    names = output_names(model.config)
     with torch.no_grad():
         expected = DartOnnxModule(model)(pixel_values)
-    got = session.run(list(OUTPUT_NAMES), {"pixel_values": pixel_values.numpy()})
-    return {name: float((torch.from_numpy(g) - e).abs().max()) for name, g, e in zip(OUTPUT_NAMES, got, expected)}
+    got = session.run(list(names), {"pixel_values": pixel_values.numpy()})
+    return {name: float((torch.from_numpy(g) - e).abs().max()) for name, g, e in zip(names, got, expected)}
 
 
 def image_processor_for(folder: str | Path, config: DartConfig):
@@ -341,20 +372,22 @@ def check_arguments(args: argparse.Namespace) -> Path:
 
 def verify(model: nn.Module, path: Path, batches: list[torch.Tensor], atol: float) -> str | None:
     """Run the ONNX file `path` on `batches` and compare with `model`; the failure message, or None when onnxruntime's
-    logits agree within `atol` and its regions within `REGION_ATOL_PIXELS`."""
+    logits agree within `atol` and its regions (a reshaper's edges) within `REGION_ATOL_PIXELS`."""
     session = onnx_session(path)
-    worst = {"logits": 0.0, "regions": 0.0}
+    geometry = geometry_names(model.config)
+    worst = dict.fromkeys(("logits", *geometry), 0.0)
     for pixel_values in batches:
         diffs = compare(model, session, pixel_values)
         for name in worst:  # NaN propagates, so a non-finite output fails
             worst[name] = diffs[name] if math.isnan(diffs[name]) else max(worst[name], diffs[name])
         data = f"clips of {PHOTO.name} crops" if pixel_values.dim() == 5 else f"{PHOTO.name} crops"
+        pixels = "".join(f", |d {name}| {diffs[name]:.2e} px" for name in geometry)
         print(f"onnxruntime vs PyTorch, {data}, batch {pixel_values.shape[0]}: max |d logits| "
-              f"{diffs['logits']:.2e}, |d regions| {diffs['regions']:.2e} px, |d score_map| {diffs['score_map']:.2e}")
-    limits = {"logits": atol, "regions": REGION_ATOL_PIXELS}
+              f"{diffs['logits']:.2e}{pixels}, |d score_map| {diffs['score_map']:.2e}")
+    limits = {"logits": atol, **dict.fromkeys(geometry, REGION_ATOL_PIXELS)}
     for name, limit in limits.items():
         if not worst[name] <= limit:
-            unit = " px" if name == "regions" else ""
+            unit = " px" if name in geometry else ""
             flag = " (--atol)" if name == "logits" else ""
             return f"onnxruntime's {name} differ from PyTorch's by {worst[name]:.2e}{unit} > {limit:g}{unit}{flag}"
     return None
@@ -362,7 +395,8 @@ def verify(model: nn.Module, path: Path, batches: list[torch.Tensor], atol: floa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model_dir", help="a folder written by save_pretrained (DART image or video classifier)")
+    parser.add_argument("model_dir", help="a folder written by save_pretrained (DART image, video or reshaper "
+                        "classifier)")
     parser.add_argument("--output", default=None, help="ONNX file to write (default: MODEL_DIR/model.onnx)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--batch_size", type=int, default=2,
