@@ -16,10 +16,10 @@ report: the segmentation model comes from Transformers' own weights or the RMT c
 The architecture is read from the checkpoint: the scorer trunk (the trunk table entry whose keys and shapes the
 `features.*` keys fill: EfficientNet-B0 for the fork) and its depth from the `features.N` entries, the head from the
 MLP's shapes (head v1, `Linear(C, hidden) -> GELU -> Linear(hidden, 1)`; a v2 head is refused). The fork warps an
-`H x W` image into an image of the same size (16-pixel cells, a score grid of `H / 16 x W / 16`); here
-`downscale_factor` is 1 and the score grid is square, `--image_size / 16` (512 -> 32), so the converted reshaper
-reproduces the fork on square inputs of `--image_size`; on other inputs its grid stays `--image_size / 16`, where
-the fork's follows the input. The warp keeps the fork's quirks (`DAIR_PARITY_OPTIONS`: batch-wide score
+`H x W` image into an image of the same size, with 16-pixel cells and a score grid of `H / 16 x W / 16` that follows
+the input's size and shape: here `downscale_factor` is 1 and `score_grid_per_cell` is on, for inputs of any size
+and shape whose sides are multiples of 16. `--image_size` is the size the model is built and checked at
+(`image_size`, the `score_grid_size` the scorer is constructed with). The warp keeps the fork's quirks (`DAIR_PARITY_OPTIONS`: batch-wide score
 standardisation, the first edge at one pixel, the edge scale of the batch's first image, sampling along the strip of
 row bands) unless `--clean_warp` asks for this package's defaults.
 
@@ -31,9 +31,8 @@ Output:
   `DartImageReshaper` arguments); `load_converted_reshaper(folder)` rebuilds it.
 
 `--golden` compares the converted reshaper with a fork golden file (`dair_seg_reshaper_golden.safetensors`): on every
-square case, the score, density, row heights, column widths, strip edges and warped image (computed at the case's own
-size, with a score grid of its side / 16); on the others the scorer's trunk features and MLP output. Tolerances are
-the fixtures README's.
+case, the scorer's trunk features and MLP output, the score, density, row heights, column widths, strip edges and
+warped image. Tolerances are the fixtures README's.
 """
 
 from __future__ import annotations
@@ -138,7 +137,8 @@ def infer_reshaper_kwargs(keys: dict[str, torch.Tensor], image_size: int = 512, 
                                   f"({SCORER}features.* or {SCORER}mlp.net.{{0,2}}.*).") from None
     stem = keys.get(f"{SCORER}features.0.0.weight")
     base = dict(scorer="learned", scorer_head="v1", scorer_hidden_size=int(hidden), scorer_trunk_depth=depth,
-                score_grid_size=image_size // PATCH_SIZE, patch_size=PATCH_SIZE, downscale_factor=1,
+                score_grid_size=image_size // PATCH_SIZE, score_grid_per_cell=True, patch_size=PATCH_SIZE,
+                downscale_factor=1,
                 num_channels=int(stem.shape[1]) if stem is not None and stem.dim() == 4 else 3)
     base.update(CLEAN_WARP if clean_warp else DAIR_PARITY_OPTIONS)
     # the trunk whose tensors (names and shapes) the keys fill best; a near miss (a key missing or mis-shaped) is
@@ -177,7 +177,7 @@ def convert_reshaper(checkpoint: str | Path, image_size: int = 512, clean_warp: 
         "scorer_trunk": kwargs["scorer_trunk"],
         "scorer_trunk_depth": kwargs["scorer_trunk_depth"],
         "scorer_hidden_size": kwargs["scorer_hidden_size"],
-        "score_grid_size": kwargs["score_grid_size"],
+        "score_grid": "one cell per 16x16 warped cell (H / 16 x W / 16)",
         "warp": "clean" if clean_warp else "original (DAIR_PARITY_OPTIONS)",
         "num_keys": len(converted),
         "num_parameters": sum(p.numel() for p in reshaper.parameters()),
@@ -252,27 +252,25 @@ def compare_with_golden(reshaper: DartImageReshaper, kwargs: dict, golden: str |
     for case in cases:
         g = {key[len(case) + 1:]: tensor for key, tensor in stored.items() if key.startswith(case + ".")}
         pixels = (g["images_uint8"].float() / 255 - mean) / std
-        batch, _, height, width = pixels.shape
+        batch = pixels.shape[0]
         ours = {}
         with torch.no_grad():
             features = reshaper.scorer.extract_features(pixels)
             ours["spn_features_first16ch"] = features[:, :16]
             ours["spn_mlp_out"] = reshaper.scorer.head(features.permute(0, 2, 3, 1))
-            if height == width and height % PATCH_SIZE == 0:
-                # the fork's score grid follows the input: the same weights with this case's grid
-                sized = DartImageReshaper(**{**kwargs, "score_grid_size": height // PATCH_SIZE}).eval()
-                sized.load_state_dict(reshaper.state_dict(), strict=True)
-                out = sized(pixels)
-                ours.update(score=out.score_map.reshape(batch, -1), pdf=out.pdf, row_heights=out.row_heights,
-                            col_heights=out.col_widths, new_edges=out.strip_edges,
-                            warped_image=out.warped_pixel_values)
+            out = reshaper(pixels)
+            ours.update(score=out.score_map.reshape(batch, -1), pdf=out.pdf, row_heights=out.row_heights,
+                        col_heights=out.col_widths, new_edges=out.strip_edges, warped_image=out.warped_pixel_values)
         errors[case] = {}
         for name, value in ours.items():
             if name not in g:
                 continue
+            if tuple(value.shape) != tuple(g[name].shape):
+                failures.append(f"{case}.{name} (shape {tuple(value.shape)}, stored {tuple(g[name].shape)})")
+                continue
             difference = float((value.double() - g[name].double()).abs().max())
             errors[case][name] = difference
-            if tuple(value.shape) != tuple(g[name].shape) or not difference <= GOLDEN_TOLERANCES[name]:
+            if not difference <= GOLDEN_TOLERANCES[name]:
                 failures.append(f"{case}.{name} (largest difference {difference:.3g}, tolerance "
                                 f"{GOLDEN_TOLERANCES[name]:g})")
     if failures:
@@ -314,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder or Hub id of the segmentation model to put behind the reshaper (UperNet with "
                         "Swin / ConvNeXt / RMT, ...); without it only the reshaper is written")
     parser.add_argument("--image_size", type=int, default=512,
-                        help="side of the square inputs the reshaper is built for: score grid of image_size / 16")
+                        help="input side the model is built and verified at (default 512); any size whose sides are multiples "
+                        "of 16 runs, with a score grid of H / 16 x W / 16")
     parser.add_argument("--clean_warp", action="store_true",
                         help="this package's warp defaults instead of the fork's quirks (DAIR_PARITY_OPTIONS)")
     parser.add_argument("--golden", default=None,

@@ -143,6 +143,10 @@ class DartReshaperConfig(PreTrainedConfig):  # trf-ignore: TRF010
         A fixed warped size `(height, width)` (multiples of `patch_size`), for any input size.
     score_grid_size (`int`, *optional*, defaults to 14):
         Side of the score map.
+    score_grid_per_cell (`bool`, *optional*, defaults to `False`):
+        A score map of one cell per warped cell instead (`h / patch_size x w / patch_size`), which follows the
+        input's size and shape, as the authors' segmentation reshaper (`H / 16 x W / 16`); `score_grid_size` then
+        only sizes the scorer's construction. Heads v1 and v2 only.
     scorer (`str`, *optional*, defaults to `"learned"`):
         `"learned"` (trunk + head) or `"uniform"` (no weights: the warp is the uniform grid, a plain resize of the
         input read every `downscale_factor` pixels).
@@ -190,6 +194,7 @@ class DartReshaperConfig(PreTrainedConfig):  # trf-ignore: TRF010
         downscale_factor: int = 2,
         output_size: int | list[int] | None = None,
         score_grid_size: int = 14,
+        score_grid_per_cell: bool = False,
         scorer: str = "learned",
         scorer_trunk: str = "efficientnet_b0",
         scorer_head: str = "v1",
@@ -212,6 +217,7 @@ class DartReshaperConfig(PreTrainedConfig):  # trf-ignore: TRF010
         self.downscale_factor = downscale_factor
         self.output_size = list(output_size) if isinstance(output_size, tuple) else output_size
         self.score_grid_size = score_grid_size
+        self.score_grid_per_cell = score_grid_per_cell
         self.scorer = scorer
         self.scorer_trunk = scorer_trunk
         self.scorer_head = scorer_head
@@ -262,6 +268,7 @@ class DartReshaperConfig(PreTrainedConfig):  # trf-ignore: TRF010
             "scorer_hidden_size": self.scorer_hidden_size, "scorer_trunk_depth": self.scorer_trunk_depth,
             "scorer_max_density_ratio": self.scorer_max_density_ratio, "scorer_temperature": self.scorer_temperature,
             "freeze_scorer_trunk": self.freeze_scorer_trunk, "score_grid_size": self.score_grid_size,
+            "score_grid_per_cell": self.score_grid_per_cell,
             "patch_size": self.patch_size, "num_channels": self.num_channels,
             "downscale_factor": self.downscale_factor,
             "output_size": None if self.output_size is None else (
@@ -277,7 +284,7 @@ class DartReshaperConfig(PreTrainedConfig):  # trf-ignore: TRF010
                                ("column_sampling", _COLUMN_SAMPLINGS)):
             if getattr(self, field) not in allowed:
                 raise ValueError(f"{name}: `{field}` must be one of {allowed}, got {getattr(self, field)!r}.")
-        for field in ("first_edge_at_one", "edge_scale_from_first_image", "freeze_scorer_trunk"):
+        for field in ("first_edge_at_one", "edge_scale_from_first_image", "freeze_scorer_trunk", "score_grid_per_cell"):
             if not isinstance(getattr(self, field), bool):
                 raise TypeError(f"{name}: `{field}` must be a bool (True or False), got {getattr(self, field)!r}.")
         for field in ("image_size", "patch_size", "num_channels", "downscale_factor", "score_grid_size"):
@@ -291,6 +298,9 @@ class DartReshaperConfig(PreTrainedConfig):  # trf-ignore: TRF010
         ):
             raise ValueError(f"{name}: `output_size` must be None, an int or a pair of ints, positive multiples of "
                              f"`patch_size` ({self.patch_size}), got {self.output_size!r}.")
+        if self.score_grid_per_cell and self.scorer == "learned" and self.scorer_head == "saliency":
+            raise ValueError(f"{name}: `score_grid_per_cell` needs a v1 or v2 `scorer_head`: the saliency head runs "
+                             "on a fixed score grid.")
         step = self.patch_size * self.downscale_factor
         if sides is None and self.image_size % step:
             raise ValueError(f"{name}: `image_size` ({self.image_size}) must be a multiple of patch_size * "

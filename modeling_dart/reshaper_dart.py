@@ -508,9 +508,10 @@ class DartReshaperOutput:
     Attributes:
         warped_pixel_values (`(batch, channels, h, w)`): the warped image, `h = num_rows * patch_size`,
             `w = num_cols * patch_size`.
-        score_map (`(batch, grid, grid)`): the scorer's output.
-        pdf (`(batch, grid * grid)`): the score map normalised to sum 1 per image.
-        resampled_pdf (`(batch, num_rows * grid)`): the pdf resampled into the row bands by area overlap,
+        score_map (`(batch, grid_rows, grid_cols)`): the scorer's output (`score_grid_size` on both sides, or one
+            cell per warped cell with `score_grid_per_cell`).
+        pdf (`(batch, grid_rows * grid_cols)`): the score map normalised to sum 1 per image.
+        resampled_pdf (`(batch, num_rows * grid_cols)`): the pdf resampled into the row bands by area overlap,
             renormalised (the original's `reshaped_pdf`; the warp does not use it).
         row_edges (`(batch, num_rows + 1)`), col_edges (`(batch, num_cols + 1)`): the warp, in input pixels: warped
             row band `i` reads input rows `[row_edges[i], row_edges[i + 1])`, warped column band `j` input columns
@@ -553,7 +554,8 @@ class DartImageReshaper(nn.Module):
     """Pixels `(batch, channels, height, width)` -> a warped image `(batch, channels, h, w)` and the warp.
 
     A scorer (`scorer_dart.DartScorer`; by default the original's: the whole EfficientNet-B0 trunk and head v1)
-    gives a `score_grid_size x score_grid_size` score map of the full input. Its row and column marginals are cut
+    gives a `score_grid_size x score_grid_size` score map of the full input (or one cell per warped cell, with
+    `score_grid_per_cell`). Its row and column marginals are cut
     into `h / patch_size` and `w / patch_size` parts of equal mass (the warp, see the module docstring), and every
     part is resampled to `patch_size` pixels. The warped size is the input's divided by `downscale_factor` (448 ->
     224 for the original), or `output_size`. The `uniform` scorer gives the uniform grid exactly (the warped image
@@ -565,6 +567,9 @@ class DartImageReshaper(nn.Module):
             scorer_temperature, freeze_scorer_trunk: the scorer, as in [`DartConfig`] (defaults: the original's
             EfficientNet-B0 trunk, whole, with head v1 and a 96-wide MLP, frozen).
         score_grid_size (`int`): side of the score map.
+        score_grid_per_cell (`bool`): a score map of one cell per warped cell instead (`num_rows x num_cols`,
+            `h / patch_size x w / patch_size`), which follows the input's size and shape, as the segmentation fork's
+            (`H / 16 x W / 16`); `score_grid_size` then only sizes the scorer's construction. Heads v1 and v2 only.
         patch_size (`int`): side of a warped cell in pixels.
         num_channels (`int`): input channels.
         downscale_factor (`int`): input side over warped side when `output_size` is not given; the input's sides
@@ -591,6 +596,7 @@ class DartImageReshaper(nn.Module):
         scorer_temperature: float = 1.5,
         freeze_scorer_trunk: bool = True,
         score_grid_size: int = 14,
+        score_grid_per_cell: bool = False,
         patch_size: int = 16,
         num_channels: int = 3,
         downscale_factor: int = 2,
@@ -605,13 +611,15 @@ class DartImageReshaper(nn.Module):
         _check_choice(score_normalization, SCORE_NORMALIZATIONS, "score_normalization")
         _check_choice(column_sampling, COLUMN_SAMPLINGS, "column_sampling")
         for value, name in ((first_edge_at_one, "first_edge_at_one"),
-                            (edge_scale_from_first_image, "edge_scale_from_first_image")):
+                            (edge_scale_from_first_image, "edge_scale_from_first_image"),
+                            (score_grid_per_cell, "score_grid_per_cell")):
             _check_bool(value, name)
         for value, name in ((score_grid_size, "score_grid_size"), (patch_size, "patch_size"),
                             (num_channels, "num_channels"), (downscale_factor, "downscale_factor")):
             _check_positive_int(value, name)
         self.patch_size = patch_size
         self.grid_size = score_grid_size
+        self.score_grid_per_cell = score_grid_per_cell
         self.num_channels = num_channels
         self.downscale_factor = downscale_factor
         self.output_size = None if output_size is None else self._check_output_size(output_size)
@@ -634,6 +642,9 @@ class DartImageReshaper(nn.Module):
             )
             with _scorer_construction_dtype():
                 self.scorer = DartScorer(config)
+            if score_grid_per_cell and self.scorer.version == "saliency":
+                raise ValueError("`score_grid_per_cell` needs a v1 or v2 score head: the saliency head's MLP runs on a "
+                                 f"fixed {score_grid_size}x{score_grid_size} grid.")
 
     def _check_output_size(self, output_size) -> tuple[int, int]:
         sides = (output_size, output_size) if isinstance(output_size, int) else output_size
@@ -658,13 +669,20 @@ class DartImageReshaper(nn.Module):
             )
         return height // self.downscale_factor, width // self.downscale_factor
 
-    def compute_scores(self, pixel_values: torch.Tensor, normalization: str) -> torch.Tensor:
-        """Score map `(batch, grid, grid)` (constant 1 for the uniform scorer); the scorer runs in float32."""
+    def score_grid(self, num_rows: int, num_cols: int) -> tuple[int, int]:
+        """The score map's `(rows, cols)` for a warp of `num_rows x num_cols` cells."""
+        return (num_rows, num_cols) if self.score_grid_per_cell else (self.grid_size, self.grid_size)
+
+    def compute_scores(self, pixel_values: torch.Tensor, normalization: str,
+                       grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """Score map `(batch, grid_rows, grid_cols)` (constant 1 for the uniform scorer); the scorer runs in float32.
+        `grid` defaults to `score_grid_size` on both sides."""
+        grid = (self.grid_size, self.grid_size) if grid is None else tuple(grid)
         if self.scorer is None:
-            return pixel_values.new_ones(pixel_values.shape[0], self.grid_size, self.grid_size)
+            return pixel_values.new_ones(pixel_values.shape[0], *grid)
         if pixel_values.dtype in _HALF_DTYPES:
             pixel_values = pixel_values.float()
-        return self.scorer(pixel_values, normalization)
+        return self.scorer(pixel_values, normalization, grid=grid)
 
     def forward(
         self,
@@ -677,24 +695,25 @@ class DartImageReshaper(nn.Module):
         Args:
             pixel_values (`torch.Tensor` of shape `(batch, channels, height, width)`).
             output_size (`int` or `(int, int)`, *optional*): overrides the module's warped size.
-            score_map (`torch.Tensor` of shape `(batch, grid, grid)`, *optional*): finite non-negative scores to use
-                instead of the scorer's (an all-zero map gives the uniform warp).
+            score_map (`torch.Tensor` of shape `(batch, grid_rows, grid_cols)`, *optional*): finite non-negative
+                scores to use instead of the scorer's (an all-zero map gives the uniform warp); `score_grid_size` on
+                both sides, or `(num_rows, num_cols)` with `score_grid_per_cell`.
             score_normalization (`str`, *optional*): overrides the module's.
         """
         check_pixel_values(pixel_values, self.num_channels, 1)
         batch, _, height, width = pixel_values.shape
         out_height, out_width = self.warped_size(height, width, output_size)
         num_rows, num_cols = out_height // self.patch_size, out_width // self.patch_size
-        grid = self.grid_size
+        grid_rows, grid_cols = self.score_grid(num_rows, num_cols)
         normalization = self.score_normalization if score_normalization is None else score_normalization
         _check_choice(normalization, SCORE_NORMALIZATIONS, "score_normalization")
 
         uniform = self.scorer is None and score_map is None
         if score_map is None:
-            score_map = self.compute_scores(pixel_values, normalization)
-        elif not isinstance(score_map, torch.Tensor) or tuple(score_map.shape) != (batch, grid, grid):
+            score_map = self.compute_scores(pixel_values, normalization, (grid_rows, grid_cols))
+        elif not isinstance(score_map, torch.Tensor) or tuple(score_map.shape) != (batch, grid_rows, grid_cols):
             shape = tuple(score_map.shape) if isinstance(score_map, torch.Tensor) else type(score_map).__name__
-            raise ValueError(f"`score_map` must have shape ({batch}, {grid}, {grid}), got {shape}.")
+            raise ValueError(f"`score_map` must have shape ({batch}, {grid_rows}, {grid_cols}), got {shape}.")
         elif not _tracing() and (not torch.isfinite(score_map).all() or (score_map < 0).any()):
             # the density divides by the map's sum: NaN, inf or negative scores give NaN or crossing edges
             raise ValueError("`score_map` must hold finite non-negative scores (an all-zero map is the uniform warp).")
@@ -703,17 +722,18 @@ class DartImageReshaper(nn.Module):
         # token form's
         output_dtype = torch.promote_types(score_map.dtype, torch.float32)
         math_dtype = wide_dtype(score_map)
-        pdf = score_density(score_map.reshape(batch, grid * grid).to(math_dtype))
+        pdf = score_density(score_map.reshape(batch, grid_rows * grid_cols).to(math_dtype))
         if uniform:
             row_edges = uniform_edges(batch, num_rows, height, math_dtype, pdf.device)
             col_edges = uniform_edges(batch, num_cols, width, math_dtype, pdf.device)
         else:
-            row_cuts, col_cuts = marginal_quantile_cuts(pdf.view(batch, grid, grid), num_rows, num_cols)
-            row_edges, col_edges = row_cuts * height / grid, col_cuts * width / grid
+            row_cuts, col_cuts = marginal_quantile_cuts(pdf.view(batch, grid_rows, grid_cols), num_rows, num_cols)
+            row_edges, col_edges = row_cuts * height / grid_rows, col_cuts * width / grid_cols
         row_heights = row_edges[:, 1:] - row_edges[:, :-1]
         col_widths = col_edges[:, 1:] - col_edges[:, :-1]
-        row_weights = row_resampling_weights(row_heights, height / grid, grid)  # (B, R, grid)
-        resampled_pdf = torch.bmm(row_weights, pdf.view(batch, grid, grid)).reshape(batch, num_rows * grid)
+        row_weights = row_resampling_weights(row_heights, height / grid_rows, grid_rows)  # (B, R, grid_rows)
+        resampled_pdf = torch.bmm(row_weights, pdf.view(batch, grid_rows, grid_cols)).reshape(batch,
+                                                                                              num_rows * grid_cols)
         resampled_pdf = resampled_pdf / resampled_pdf.sum(dim=-1, keepdim=True)
         edges = strip_edges(col_edges, num_rows, width, out_width, self.first_edge_at_one,
                             self.edge_scale_from_first_image)

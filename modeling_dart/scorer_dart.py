@@ -235,11 +235,17 @@ class DartScorer(nn.Module):
         raw = standardize(logits[:, 0], normalization)
         return bounded_exp_density(raw, self.log_temperature.to(raw.dtype).exp(), self.max_density_ratio)
 
-    def forward(self, pixel_values: torch.Tensor, normalization: str = "image", features: torch.Tensor | None = None):
-        """Score map `(batch, grid, grid)`; `features` (the trunk's output for `pixel_values`) skips the trunk."""
+    def forward(self, pixel_values: torch.Tensor, normalization: str = "image", features: torch.Tensor | None = None,
+                grid: tuple[int, int] | None = None):
+        """Score map `(batch, grid, grid)`; `features` (the trunk's output for `pixel_values`) skips the trunk; `grid`
+        (`(rows, cols)`, heads v1 and v2) overrides the map's size."""
         if features is None:
             features = self.extract_features(pixel_values)
-        grid = (self.grid_size, self.grid_size)
+        if grid is None:
+            grid = (self.grid_size, self.grid_size)
+        elif self.version == "saliency" and tuple(grid) != (self.grid_size, self.grid_size):
+            raise ValueError(f"`grid` must be ({self.grid_size}, {self.grid_size}) for the saliency head, got {grid}.")
+        grid = tuple(grid)
         if self.version == "saliency":
             return self.density(self.head(features), normalization)
         if self.version == "v1":

@@ -586,3 +586,61 @@ def test_remote_code_loads_without_the_package(tmp_path):
             expected = model(pixels(batch=1)).logits.flatten()[::97]
         torch.testing.assert_close(torch.tensor(answer["logits"]), expected, atol=1e-5, rtol=0)
     assert answers[folders[0]]["backbone"] == "RmtBackbone" and answers[folders[1]]["backbone"] == "ConvNextBackbone"
+
+
+# ------------------------------------------------------------------------------- a score grid that follows the input
+def test_a_per_cell_score_grid_follows_the_inputs_shape_and_transposes_with_it():
+    """`score_grid_per_cell`: one score cell per warped cell, so a portrait input (96x48 warped to 48x24 in 8-pixel
+    cells) has a 6x3 map; its transpose (landscape) with the transposed map gives the transposed warp (the clean
+    warp's geometry treats rows and columns alike)."""
+    reshaper = DartImageReshaper(scorer="uniform", score_grid_size=4, score_grid_per_cell=True, patch_size=8)
+    generator = torch.Generator().manual_seed(7)
+    portrait = torch.randn(2, 3, 96, 48, generator=generator)
+    scores = torch.rand(2, 6, 3, generator=generator, dtype=torch.float64) + 0.05
+    tall = reshaper(portrait, score_map=scores)
+    wide = reshaper(portrait.transpose(2, 3), score_map=scores.transpose(1, 2))
+    assert tall.warped_pixel_values.shape == (2, 3, 48, 24) and tall.row_edges.shape == (2, 7)
+    torch.testing.assert_close(wide.row_edges, tall.col_edges, atol=1e-9, rtol=0)
+    torch.testing.assert_close(wide.col_edges, tall.row_edges, atol=1e-9, rtol=0)
+    torch.testing.assert_close(wide.warped_pixel_values, tall.warped_pixel_values.transpose(2, 3), atol=1e-5, rtol=0)
+    assert not torch.allclose(tall.row_edges, torch.linspace(0, 96, 7, dtype=tall.row_edges.dtype).expand(2, -1))
+    with pytest.raises(ValueError, match=r"score_map.*\(2, 6, 3\)"):
+        reshaper(portrait, score_map=scores.transpose(1, 2))
+    uniform = reshaper(portrait)
+    assert uniform.score_map.shape == (2, 6, 3) and torch.equal(uniform.warped_pixel_values, portrait[:, :, ::2, ::2])
+
+
+def test_a_per_cell_grid_equal_to_the_fixed_grid_warps_alike():
+    """Where the warped cells number `score_grid_size` on both sides, the per-cell grid is the fixed grid: same
+    scores, same warp (a learned scorer)."""
+    kwargs = dict(scorer_trunk="mobilenet_v3_small", scorer_trunk_depth=4, score_grid_size=4, patch_size=8)
+    torch.manual_seed(0)
+    fixed = DartImageReshaper(**kwargs).eval()
+    per_cell = DartImageReshaper(score_grid_per_cell=True, **kwargs).eval()
+    per_cell.load_state_dict(fixed.state_dict())
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        a, b = fixed(x), per_cell(x)
+    assert torch.equal(a.score_map, b.score_map) and torch.equal(a.warped_pixel_values, b.warped_pixel_values)
+    with torch.no_grad():  # at 128x64 the per-cell map is 8x4, the fixed one stays 4x4
+        assert per_cell(torch.randn(1, 3, 128, 64)).score_map.shape == (1, 8, 4)
+        assert fixed(torch.randn(1, 3, 128, 64)).score_map.shape == (1, 4, 4)
+
+
+def test_a_per_cell_grid_is_refused_with_the_saliency_head_and_kept_by_the_config():
+    from modeling_dart import DartReshaperConfig
+
+    with pytest.raises(ValueError, match="score_grid_per_cell"):
+        DartImageReshaper(scorer_trunk="mobilenet_v3_small", scorer_trunk_depth=4, scorer_head="saliency",
+                          score_grid_size=4, patch_size=8, score_grid_per_cell=True)
+    with pytest.raises(ValueError, match="score_grid_per_cell"):
+        segmentation_config(scorer="learned", scorer_head="saliency", score_grid_per_cell=True)
+    with pytest.raises(TypeError, match="score_grid_per_cell"):
+        segmentation_config(score_grid_per_cell="yes")
+    config = segmentation_config(score_grid_per_cell=True)
+    again = DartReshaperConfig.from_dict(config.to_dict())
+    assert again.score_grid_per_cell is True and again.reshaper_kwargs()["score_grid_per_cell"] is True
+    model = segmenter(config)
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 96, 64))
+    assert out.score_map.shape == (1, 6, 4) and out.logits.shape == (1, 4, 96, 64)
