@@ -11,16 +11,17 @@ image_size, image_size)` for a DART VideoMamba folder: the trained input size; t
 reshaper folder (`model_type: dart_reshaper`, an image classifier behind DART's image reshaper) `logits`, `row_edges`,
 `col_edges` (the warp's row and column edges in input pixels) and `score_map`. The weights are stored inside the file.
 
-Before it exports, the script checks every argument and the folder: a DART image classifier (`model_type: dart`) or
+Before it exports, the script checks every argument and the folder: a DART image classifier (`model_type: dart`),
 video classifier (`model_type: dart_video`, or `dart` with `backbone: videomamba` as saved before the video family had
-its own model type) or a reshaper classifier (`model_type: dart_reshaper`), whose weights file holds exactly the model's tensors, with their shapes (a missing or mis-shaped
-tensor would be exported randomly initialised); `--atol` a finite number >= 0; `--batch_size` in [2, 64]; `--output` a
-`.onnx` path in an existing folder, and not an existing file unless `--overwrite` is given.
+its own model type) or reshaper classifier (`model_type: dart_reshaper`, in front of an image classifier), whose
+weights file holds exactly the model's tensors, with their shapes (a missing or mis-shaped tensor would be exported
+randomly initialised); `--atol` a finite number >= 0; `--batch_size` in [2, 64]; `--output` a `.onnx` path in an
+existing folder, and not an existing file unless `--overwrite` is given.
 
 Verification runs the file with onnxruntime on CPU on crops of the bundled photo (`conversion/assets/chelsea.jpg`) at
 batch sizes 1, `--batch_size` and `--batch_size + 1`, and compares with eager PyTorch: the logits within `--atol`, the
-token regions (a reshaper's row and column edges) within `REGION_ATOL_PIXELS` input pixels. Images are prepared by the folder's image processor (the DeiT
-evaluation recipe at the model's input size when the folder has none). A video model gets clips of `num_frames`
+token regions (a reshaper's row and column edges) within `REGION_ATOL_PIXELS` input pixels. Images are prepared by
+the folder's image processor (the DeiT evaluation recipe at the model's input size when the folder has none). A video model gets clips of `num_frames`
 frames, each frame the clip's crop moved by `FRAME_SHIFT_PIXELS` from the previous one, prepared by the folder's video
 processor (VideoMamba's evaluation recipe at the model's input size when the folder has none: shorter side resized to
 it, centre crop, ImageNet normalisation).
@@ -171,8 +172,8 @@ def read_dart_config(folder: str | Path) -> DartConfig:
 
 
 def load_dart_folder(folder: str | Path) -> nn.Module:
-    """The image, video or reshaper classifier saved in `folder`, in float32 and eval mode. Raises `ExportError` unless `folder`
-    is a DART model folder whose weights hold exactly the model's tensors, with their shapes."""
+    """The image, video or reshaper classifier saved in `folder`, in float32 and eval mode. Raises `ExportError`
+    unless `folder` is a DART model folder whose weights hold exactly the model's tensors, with their shapes."""
     config = read_dart_config(folder)
     model_class = (DartVideoMambaForVideoClassification if is_video(config) else
                    DartReshaperForImageClassification if is_reshaper(config) else DartForImageClassification)

@@ -1201,7 +1201,8 @@ def main(args: list[str] | None = None) -> dict[str, float]:
               "--dataset_name": data_args.dataset_name, "--model_name_or_path": model_args.model_name_or_path,
               "--config_name": model_args.config_name, "--image_processor_name": model_args.image_processor_name,
               "--scorer_trunk_weights": model_args.scorer_trunk_weights}
-    if model_args.backbone_config and existing_local_path(model_args.backbone_config.strip()):  # a config file or folder
+    # a config file or folder
+    if model_args.backbone_config and existing_local_path(model_args.backbone_config.strip()):
         inputs["--backbone_config"] = model_args.backbone_config
     if not in_place:
         inputs["--resume_from_checkpoint"] = checkpoint

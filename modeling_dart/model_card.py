@@ -132,8 +132,8 @@ processor = AutoImageProcessor.from_pretrained("{repo_id}", trust_remote_code=Tr
 ## Limitations
 
 Predictions depend on the image processor's resolution ({config.image_size}x{config.image_size} by default). With
-`score_normalization="batch"` (the original behaviour) an image's {"warp" if reshaper else "tokens"} depend{"s" if reshaper else ""} on the other images in its batch;
-the default `"image"` keeps predictions batch-independent.
+`score_normalization="batch"` (the original behaviour) an image's {"warp depends" if reshaper else "tokens depend"} on
+the other images in its batch; the default `"image"` keeps predictions batch-independent.
 """
 
 

@@ -110,8 +110,8 @@ def check_run(folder: Path, backbone: str, steps: int, world_size: int = 1) -> d
 
 
 def reload_and_evaluate(folder: Path) -> tuple[float, int, torch.Tensor]:
-    """`(loss, number of correct predictions, logits)` of the folder reloaded with the Auto classes on every validation image, in one
-    batch (the run's evaluation batch)."""
+    """`(loss, number of correct predictions, logits)` of the folder reloaded with the Auto classes on every validation
+    image, in one batch (the run's evaluation batch)."""
     from PIL import Image
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
