@@ -193,9 +193,9 @@ def run_cli(*args) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def exported_reshaper(onnx_extra, tmp_path_factory):
-    """A tiny RMT reshaper folder with its image processor, exported and verified by the CLI at batch size 2:
-    `(model, folder, exit code, stdout, stderr)`."""
-    model = make("rmt", trunk_depth=4)
+    """A tiny two-stage RMT reshaper folder (both retention forms) with its image processor, exported and verified by
+    the CLI at batch size 2: `(model, folder, exit code, stdout, stderr)`."""
+    model = make("rmt_2_stages", trunk_depth=4)
     folder = tmp_path_factory.mktemp("onnx_reshaper") / "rmt"
     model.save_pretrained(folder)
     DartImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}).save_pretrained(folder)
