@@ -23,7 +23,12 @@ Training options for the learned arms (all off by default; see `modeling_dart/se
 `--distill {cls,rollout,gradient}` adds `--distill_weight * KL(target || pdf)`, the target being the backbone's
 last-layer cls attention, its attention rollout, or the loss's gradient-times-input per token, spread over each
 token's region on the score grid (detached; `--distill_power` sharpens it); `--train_score_power p` places the
-training tokens from `scores ** p` (evaluation uses the scores as they are).
+training tokens from `scores ** p` (evaluation uses the scores as they are); `--mil_weight` adds an auxiliary
+classifier on the trunk's cell features pooled with the scorer's density; `--evidence_weight` adds
+`KL(target || pdf)` with the target where a per-cell classifier of the trunk's cell features predicts the label
+(`--evidence_relative 1`: as a multiplicative update of the current density). The auxiliary heads exist only during
+training. Measured in benchmarks/README.md ("cluttered photo backgrounds"); none reached the issue's targets.
+`--pictures P.jpg` draws 6 validation canvases with each learned arm's tokens before and after training.
 
 The frozen trunk's features are computed once, without gradients (they do not change during training), which makes a
 DART step cost about as much as a uniform one; the head, the tokenizer and the backbone train end to end. Reported per
@@ -90,6 +95,12 @@ class Setting:
     distill_weight: float = 1.0
     distill_power: float = 1.0
     train_score_power: float = 1.0
+    mil_weight: float = 0.0
+    evidence_weight: float = 0.0
+    evidence_temperature: float = 0.25
+    evidence_relative: bool = False
+    evidence_learning_rate: float = 0.0
+    evidence_model: str = "mlp"
 
 
 # ------------------------------------------------------------------------------------------------------------ data
@@ -250,7 +261,22 @@ def warmup_cosine(step: int, total: int, warmup_fraction: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0):
+@torch.no_grad()
+def token_layouts(arm, model, num_tokens, data, features, setting, count: int = 6) -> dict:
+    """The token layout (row and token edges, score map) of the first `count` validation canvases."""
+    val_images, val_boxes = data[3], data[5]
+    was_training = model.training
+    model.eval()
+    index = torch.arange(min(count, len(val_images)))
+    scores = scores_for(arm, model, index, features.get("validation"), val_boxes, setting)
+    out = model.dart.embeddings(normalize(val_images[index]), num_tokens=num_tokens, score_map=scores)
+    model.train(was_training)
+    return {"row_edges": out.row_edges, "token_edges": out.token_edges, "score_map": out.score_map}
+
+
+def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0, layouts: dict | None = None):
+    """Train one arm; `layouts` (a dict), when given, receives the first validation canvases' token layouts before
+    and after training (`"start"`, `"end"`)."""
     train_images, train_labels, train_boxes, val_images, val_labels, val_boxes = data
     torch.manual_seed(seed)
     model = build_model(arm, num_tokens, setting)
@@ -263,18 +289,46 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0):
         model.dart.embeddings.scorer.requires_grad_(False)
         frozen_scorer = {n: p.detach().clone() for n, p in model.dart.embeddings.scorer.named_parameters()}
     scorer_params = [p for n, p in model.named_parameters() if ".scorer." in n and p.requires_grad]
+    mil_head = None
+    if setting.mil_weight > 0 and learned and arm != "prior_only" and model.config.scorer_head == "saliency":
+        # multiple-instance auxiliary classifier on the scorer's own cells: the class is predicted from the trunk's
+        # cell features pooled with the scorer's density as weights, so the loss rewards density on the cells that
+        # tell the class (training only, discarded after)
+        channels = features["train"]["summaries"][1].shape[-1]
+        mil_head = torch.nn.Sequential(torch.nn.Linear(channels, 64), torch.nn.GELU(), torch.nn.Linear(64, 10))
+        scorer_params = scorer_params + list(mil_head.parameters())
+    evidence_head = None
+    if setting.evidence_weight > 0 and learned and arm != "prior_only" and model.config.scorer_head == "saliency":
+        # class evidence per cell: a small classifier on each cell's trunk features (3x3 neighbourhood mean beside
+        # the cell's own), trained on every cell alike; the cells where it predicts the label best form the target
+        # density for the scorer (training only, discarded after)
+        channels = features["train"]["summaries"][1].shape[-1]
+        if setting.evidence_model == "conv":  # 3 convolutions on the cell grid: a 5x5-cell (40 px) receptive field
+            evidence_head = torch.nn.Sequential(torch.nn.Conv2d(channels, 64, 3, padding=1), torch.nn.GELU(),
+                                                torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.GELU(),
+                                                torch.nn.Conv2d(64, 10, 1))
+        else:
+            evidence_head = torch.nn.Sequential(torch.nn.Linear(2 * channels, 64), torch.nn.GELU(),
+                                                torch.nn.Linear(64, 10))
+        if not setting.evidence_learning_rate:
+            scorer_params = scorer_params + list(evidence_head.parameters())
     other_params = [p for n, p in model.named_parameters() if ".scorer." not in n and p.requires_grad]
     groups = [{"params": other_params, "lr": setting.learning_rate}]
     if scorer_params:
         groups.append({"params": scorer_params, "lr": setting.scorer_learning_rate, "weight_decay": 0.0})
+    if evidence_head is not None and setting.evidence_learning_rate:
+        groups.append({"params": list(evidence_head.parameters()), "lr": setting.evidence_learning_rate,
+                       "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups, weight_decay=setting.weight_decay)
     base = [group["lr"] for group in optimizer.param_groups]
     # the scorer may start later than the backbone (`scorer_delay`: a fraction of the steps), on its own schedule
-    starts = [0, int(setting.scorer_delay * setting.steps)][: len(base)]
+    starts = [0, int(setting.scorer_delay * setting.steps), 0][: len(base)]
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(train_labels), generator=generator)
     cursor = 0
     share_at_start = evaluate(arm, model, num_tokens, data, features, setting)[1]
+    if layouts is not None:
+        layouts["start"] = token_layouts(arm, model, num_tokens, data, features, setting)
     start = time.time()
     model.train()
     for step in range(setting.steps):
@@ -296,6 +350,28 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0):
             from modeling_dart.self_distillation_dart import density_distillation_loss
 
             loss = loss + setting.distill_weight * density_distillation_loss(embeddings.pdf, target)
+        if evidence_head is not None:
+            from modeling_dart.self_distillation_dart import density_distillation_loss
+
+            cells = features["train"]["summaries"][1][index].float()  # (B, G, G, C)
+            if setting.evidence_model == "conv":
+                cell_logits = evidence_head(cells.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            else:
+                context = F.avg_pool2d(cells.permute(0, 3, 1, 2), 3, 1, 1, count_include_pad=False)
+                cell_logits = evidence_head(torch.cat([cells, context.permute(0, 2, 3, 1)], -1))
+            log_probs = F.log_softmax(cell_logits.flatten(1, 2), -1)  # (B, G*G, 10)
+            labels = train_labels[index]
+            label_log_prob = log_probs.gather(-1, labels[:, None, None].expand(-1, log_probs.shape[1], 1))[..., 0]
+            loss = loss - label_log_prob.mean()  # the evidence classifier's own loss (every cell)
+            target = torch.softmax(label_log_prob.detach() / setting.evidence_temperature, dim=-1)
+            if setting.evidence_relative:  # a multiplicative update of the current density: flat evidence, no pull
+                target = target * embeddings.pdf.detach()
+            loss = loss + setting.evidence_weight * density_distillation_loss(embeddings.pdf, target)
+        if mil_head is not None:
+            cells = features["train"]["summaries"][1][index].float().flatten(1, 2)  # (B, G*G, C)
+            hidden = mil_head[1](mil_head[0](cells))
+            pooled = torch.einsum("bc,bch->bh", embeddings.pdf, hidden)
+            loss = loss + setting.mil_weight * F.cross_entropy(mil_head[2](pooled), train_labels[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if setting.max_grad_norm > 0:
@@ -309,11 +385,17 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0):
         if moved:
             raise RuntimeError(f"prior_only: scorer parameters changed during training: {moved}")
     accuracy, box_share = evaluate(arm, model, num_tokens, data, features, setting)
+    if layouts is not None:
+        layouts["end"] = token_layouts(arm, model, num_tokens, data, features, setting)
     return {"arm": arm, "tokens": num_tokens, "seed": seed, "accuracy": accuracy, "box_share": box_share,
             "box_share_at_start": share_at_start, "train_seconds": train_seconds,
             "learned": learned, "distill": setting.distill if distill else "none",
             "distill_weight": setting.distill_weight if distill else 0.0,
-            "train_score_power": setting.train_score_power if learned else 1.0}
+            "train_score_power": setting.train_score_power if learned else 1.0,
+            "mil_weight": setting.mil_weight if mil_head is not None else 0.0,
+            "evidence_weight": setting.evidence_weight if evidence_head is not None else 0.0,
+            "evidence_temperature": setting.evidence_temperature, "evidence_relative": setting.evidence_relative,
+            "evidence_learning_rate": setting.evidence_learning_rate, "evidence_model": setting.evidence_model}
 
 
 @torch.no_grad()
@@ -389,6 +471,29 @@ def plot(results: list[dict], arms, budgets, path: Path) -> None:
     plt.close(fig)
 
 
+def draw_layouts(layouts: dict, images: torch.Tensor, boxes: torch.Tensor, path: Path) -> None:
+    """One row per validation canvas: for each learned arm, its tokens before and after training (outlines coloured
+    by size, red the smallest), the article's box in green."""
+    from PIL import ImageDraw
+
+    from modeling_dart.visualize import draw_token_regions, make_grid
+
+    panels = []
+    for i in range(len(next(iter(layouts.values()))["start"]["row_edges"])):
+        for arm, stages in layouts.items():
+            for stage in ("start", "end"):
+                picture = draw_token_regions(images[i].permute(1, 2, 0).numpy(), stages[stage], index=i,
+                                             display_size=240, line_width=2,
+                                             title=f"{arm}, {'before' if stage == 'start' else 'after'} training")
+                # the box, below the title band
+                offset = picture.height - 240
+                x0, y0, x1, y1 = (float(v) * 240 / images.shape[-1] for v in boxes[i])
+                ImageDraw.Draw(picture).rectangle([x0, y0 + offset, x1 - 1, y1 - 1 + offset], outline=(0, 220, 0),
+                                                  width=2)
+                panels.append(picture)
+    make_grid(panels, columns=2 * len(layouts)).save(path)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     global GRID
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -425,14 +530,31 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="self-distillation target for the learned scorers (default none)")
     parser.add_argument("--distill_weight", type=float, default=1.0)
     parser.add_argument("--distill_power", type=float, default=1.0, help="sharpen the distillation target")
+    parser.add_argument("--mil_weight", type=float, default=0.0,
+                        help="saliency arms: weight of an auxiliary classifier on the trunk's cell features pooled "
+                             "with the scorer's density (multiple-instance; training only; default 0: off)")
+    parser.add_argument("--evidence_weight", type=float, default=0.0,
+                        help="saliency arms: weight of KL(target || pdf), the target being where a per-cell classifier "
+                             "on the trunk's cell features predicts the label best (training only; default 0: off)")
+    parser.add_argument("--evidence_temperature", type=float, default=0.25,
+                        help="temperature of that target's softmax over the cells' label log-probabilities")
+    parser.add_argument("--evidence_relative", type=int, choices=(0, 1), default=0,
+                        help="1: the target multiplies the current density by the evidence (flat evidence: no pull)")
+    parser.add_argument("--evidence_learning_rate", type=float, default=0.0,
+                        help="the evidence classifier's own learning rate (default: the scorer's)")
+    parser.add_argument("--evidence_model", choices=("mlp", "conv"), default="mlp",
+                        help="the evidence classifier: an MLP on each cell (+ its 3x3 mean) or 3 convolutions")
     parser.add_argument("--train_score_power", type=float, default=1.0,
                         help="learned arms: training tokens from scores ** p (evaluation unchanged)")
     parser.add_argument("--results", type=Path, default=None, help="write the per-run results to this JSON file")
     parser.add_argument("--plot", type=Path, default=None, help="write the accuracy / box-share plot to this PNG")
+    parser.add_argument("--pictures", type=Path, default=None,
+                        help="write 6 validation canvases with each learned arm's tokens before and after training "
+                             "(first seed, first budget) to this PNG")
     args = parser.parse_args(argv)
     if args.photo_dir is not None and args.background != "photo":
         parser.error("--photo_dir needs --background photo")
-    for name in ("distill_power", "train_score_power"):
+    for name in ("distill_power", "train_score_power", "evidence_temperature"):
         if not getattr(args, name) > 0:
             parser.error(f"--{name} must be positive")
     defaults = dict(tokens=[16], seeds=[0], train_canvases=2000, validation_canvases=500) if args.quick else dict(
@@ -446,7 +568,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     setting = Setting(args.steps, args.batch_size, args.learning_rate, args.scorer_learning_rate, args.weight_decay,
                       0.1, args.max_ratio, args.temperature, args.trunk_depth, args.scorer_delay, args.hidden_size,
                       args.num_layers, args.max_grad_norm, bool(args.token_geometry_embedding), args.distill,
-                      args.distill_weight, args.distill_power, args.train_score_power)
+                      args.distill_weight, args.distill_power, args.train_score_power, args.mil_weight,
+                      args.evidence_weight, args.evidence_temperature, bool(args.evidence_relative),
+                      args.evidence_learning_rate, args.evidence_model)
     depth = build_model("pretrained", 16, setting).config.resolved_scorer_trunk_depth()
     setting.trunk_depth = depth  # every learned arm (heads v1 and v2 too) scores from the same trunk features
 
@@ -465,7 +589,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         original_heads = any(HEADS.get(arm) in ("v1", "v2") for arm in args.arms)  # they read the trunk features
         cached["pretrained"] = {"train": trunk_features(train[0], trunk, GRID, original_heads),
                                 "validation": trunk_features(validation[0], trunk, GRID, original_heads)}
-    results = []
+    results, layouts = [], {}
     for seed in args.seeds:
         if "random_trunk" in args.arms:
             trunk = random_trunk(depth, seed)
@@ -474,7 +598,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for num_tokens in args.tokens:
             for arm in args.arms:  # interleaved, so that machine-load drifts touch every arm alike
                 features = cached.get("pretrained" if arm in PRETRAINED_ARMS else arm, {})
-                result = run_arm(arm, num_tokens, seed, data, features, setting, args.log_every)
+                keep = args.pictures is not None and seed == args.seeds[0] and num_tokens == args.tokens[0] and (
+                    arm not in ("uniform", "oracle"))
+                if keep:
+                    layouts[arm] = {}
+                result = run_arm(arm, num_tokens, seed, data, features, setting, args.log_every, layouts.get(arm)
+                                 if keep else None)
                 results.append(result)
                 print(f"[dart_vs_uniform] {arm:<14} {num_tokens:>3} tokens seed {seed}: accuracy "
                       f"{100 * result['accuracy']:.1f}%, box share {100 * result['box_share']:.1f}% "
@@ -489,6 +618,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.plot:
         plot(results, args.arms, args.tokens, args.plot)
         print(f"plot: {args.plot}")
+    if args.pictures and layouts:
+        draw_layouts(layouts, validation[0], validation[2], args.pictures)
+        print(f"pictures: {args.pictures}")
     return results
 
 

@@ -230,3 +230,22 @@ def test_attention_masses_by_hand():
     torch.testing.assert_close(rollout_mass([attention], 0), torch.tensor([[0.25, 0.75]]))
     # two layers: the patches only attend to themselves, so the cls row is (0.6^2, 0.1*0.6 + 0.1, 0.3*0.6 + 0.3)
     torch.testing.assert_close(rollout_mass([attention, attention], 0), torch.tensor([[0.16 / 0.64, 0.48 / 0.64]]))
+
+
+@pytest.mark.parametrize("options", [{"distill": "cls"}, {"distill": "gradient"},
+                                     {"evidence_weight": 1.0, "evidence_relative": True}])
+def test_scorer_training_options_run_and_move_the_scorer(monkeypatch, tiny_benchmark_data, options):
+    """The #23.2 options train the scorer's head and report themselves in the results (the default: none)."""
+    import dataclasses
+
+    import dart_vs_uniform as benchmark
+
+    original = benchmark.Setting
+    monkeypatch.setattr(benchmark, "Setting", lambda **kwargs: dataclasses.replace(original(**kwargs), **options))
+    result, moved = _tiny_benchmark_run(monkeypatch, "pretrained", tiny_benchmark_data)
+    assert any(".scorer.head." in n for n in moved)
+    assert np.isfinite(result["accuracy"]) and 0.0 < result["box_share"] < 1.0
+    if "distill" in options:
+        assert result["distill"] == options["distill"]
+    else:
+        assert result["evidence_weight"] == 1.0 and result["evidence_relative"] is True
