@@ -29,7 +29,8 @@ def render_model_card(
         config (`DartConfig`): the model's configuration.
         title (`str`): heading.
         source (`str`): one paragraph on where the weights come from.
-        task (`str`): `"image-classification"` or `"video-classification"` (the `pipeline_tag`).
+        task (`str`): `"image-classification"`, `"video-classification"` or `"image-segmentation"` (a reshaper
+            segmentation model) (the `pipeline_tag`).
         base_model (`str`, *optional*): Hub id of the model this one was fine-tuned from.
         license (`str`): licence identifier for the metadata.
         datasets (`list[str]`, *optional*): dataset names for the metadata.
@@ -56,8 +57,10 @@ def render_model_card(
     if reshaper:
         warped = config.output_size or config.image_size // config.downscale_factor
         warped = warped if isinstance(warped, list) else [warped, warped]
+        segmenter = task == "image-segmentation"
         facts = {
-            "form": f"image reshaper + `{config.backbone_config.model_type}` classifier",
+            "form": f"image reshaper + `{config.backbone_config.model_type}` "
+                    + ("segmentation model" if segmenter else "classifier"),
             "warped image (default, overridable per call)": f"{warped[0]}x{warped[1]}",
         }
     else:
@@ -79,12 +82,16 @@ def render_model_card(
         results = "\n## Evaluation\n\n" + "\n".join(
             ["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
                                                  for k, v in metrics.items()]) + "\n"
-    auto = "AutoModelForVideoClassification" if task == "video-classification" else "AutoModelForImageClassification"
+    auto = {"video-classification": "AutoModelForVideoClassification",
+            "image-segmentation": "AutoModelForSemanticSegmentation"}.get(task, "AutoModelForImageClassification")
     example_input = "video frames" if task == "video-classification" else "an image"
     if reshaper:
         intro = (f"DART ([paper]({PAPER})) in its second form: an image reshaper warps the input into a smaller image "
                  "whose rows and columns give more pixels to the parts a small scoring network finds important, and "
-                 f"an image classifier (`{config.backbone_config.model_type}`) classifies the warped image.")
+                 + (f"a semantic segmentation model (`{config.backbone_config.model_type}`) segments the warped "
+                    "image; its logits are warped back to the input grid by the inverse of the warp."
+                    if segmenter else
+                    f"an image classifier (`{config.backbone_config.model_type}`) classifies the warped image."))
         usage = ("The warped size can be changed at call time (`model(pixel_values, output_size=...)`); the output "
                  "carries the warp (`warped_pixel_values`, `row_edges` and `col_edges` in input pixels) and the score "
                  "map.")
