@@ -351,8 +351,11 @@ def image_mask_pairs(folder: str, flag: str) -> Dataset:
 
 def load_data(data_args: DataTrainingArguments, model_args: ModelArguments, seed: int) -> DatasetDict:
     if data_args.dataset_name is not None:
-        dataset = load_from_hub("--dataset_name", load_dataset, data_args.dataset_name, data_args.dataset_config_name,
-                                cache_dir=model_args.cache_dir, token=model_args.token)
+        def load(path: str):
+            return load_dataset(path, data_args.dataset_config_name, cache_dir=model_args.cache_dir,
+                                token=model_args.token)
+
+        dataset = load_from_hub("--dataset_name", load, data_args.dataset_name)
         for column, flag in ((data_args.image_column_name, "--image_column_name"),
                              (data_args.label_column_name, "--label_column_name")):
             if column not in dataset["train" if "train" in dataset else next(iter(dataset))].column_names:

@@ -264,3 +264,84 @@ def test_mask_with_an_unknown_class_is_refused(runner, tmp_path, capsys):
     message = capsys.readouterr().err.strip()  # found as the first batch is read: no progress bar before it
     assert code == 2 and message.count("\n") == 0 and message.startswith("error: `--train_dir`"), message
     assert "class id 40" in message, message
+
+
+# ------------------------------------------------------------------------------- other backbones, other layouts
+TINY_BACKBONES = {
+    "swin": {"model_type": "swin", "embed_dim": 8, "depths": [1, 1, 1], "num_heads": [1, 2, 2], "window_size": 2},
+    "rmt": {"model_type": "rmt", "embed_dims": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "num_heads": [2, 2, 3, 4],
+            "heads_ranges": [4, 4, 6, 6], "mlp_ratios": [2, 2, 2, 2], "projection": 16},
+    "upernet": {"model_type": "upernet", "hidden_size": 8, "auxiliary_channels": 4, "pool_scales": [1, 2],
+                "backbone_config": {"model_type": "convnext", "num_stages": 3, "hidden_sizes": [8, 16, 16],
+                                    "depths": [1, 1, 1], "out_features": ["stage1", "stage2", "stage3"]}},
+    "segformer": {"model_type": "segformer", "num_encoder_blocks": 2, "depths": [1, 1], "sr_ratios": [2, 1],
+                  "hidden_sizes": [8, 16], "patch_sizes": [7, 3], "strides": [4, 2], "num_attention_heads": [1, 2],
+                  "mlp_ratios": [2, 2], "decoder_hidden_size": 8},
+}
+
+
+@pytest.mark.parametrize("kind", list(TINY_BACKBONES))
+def test_backbone_forms_build_and_the_scorer_gets_gradients(runner, kind):
+    """A Swin or RMT backbone goes into a UperNet reading all its stages; a UperNet or Segformer config is taken as
+    it is. With the bundled masks the loss is finite and reaches the scorer head."""
+    overrides = ("image_size=128,patch_size=8,score_grid_size=8,scorer_trunk=mobilenet_v3_small,scorer_trunk_depth=4"
+                 + ("," + UPERNET if kind in ("swin", "rmt") else ""))
+    model_args = runner.ModelArguments(backbone_config=json.dumps(TINY_BACKBONES[kind]), config_overrides=overrides)
+    id2label = {int(k): v for k, v in json.loads((DATA / "id2label.json").read_text()).items()}
+    torch.manual_seed(0)
+    model = runner.build_model(model_args, id2label).train()
+    segmenter = model.config.backbone_config
+    assert segmenter.model_type == ("segformer" if kind == "segformer" else "upernet")
+    if kind in ("swin", "rmt"):
+        assert segmenter.backbone_config.model_type == kind
+        assert segmenter.backbone_config.out_features == [f"stage{i}" for i in range(1, len(
+            TINY_BACKBONES[kind]["depths"]) + 1)]
+    processor = runner.build_image_processor(model_args, model)
+    images = [Image.open(DATA / "train" / "images" / f"canvas_{i:05d}.jpg") for i in range(2)]
+    masks = [Image.open(DATA / "train" / "masks" / f"canvas_{i:05d}.png") for i in range(2)]
+    outputs = model(**processor(images, segmentation_maps=masks, return_tensors="pt"))
+    assert outputs.logits.shape == (2, 11, 128, 128) and torch.isfinite(outputs.loss)
+    outputs.loss.backward()
+    head = [p for name, p in model.named_parameters() if name.startswith(HEAD)]
+    assert head and all(p.grad is not None and p.grad.abs().sum() > 0 for p in head)
+
+
+def test_hub_layout_with_reduce_labels_evaluates_as_the_folder(runner, lite0_run, tmp_path):
+    """A dataset with `image` and `annotation` columns (ADE20K's layout, read here from local parquet through
+    `--dataset_name`), whose annotations carry class + 1 with 0 unused, evaluated with `--reduce_labels true`, gives
+    the saved model the mean IoU that the run measured on the bundled folder."""
+    from datasets import Dataset, Features, Image as ImageFeature
+
+    rows = {"image": [], "annotation": []}
+    for path in sorted((DATA / "validation" / "images").iterdir()):
+        rows["image"].append({"bytes": path.read_bytes(), "path": None})
+        shifted = np.asarray(Image.open(DATA / "validation" / "masks" / f"{path.stem}.png")).astype(np.uint8) + 1
+        buffer = tmp_path / "mask.png"
+        Image.fromarray(shifted).save(buffer)
+        rows["annotation"].append({"bytes": buffer.read_bytes(), "path": None})
+    features = Features({"image": ImageFeature(), "annotation": ImageFeature()})
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    Dataset.from_dict(rows, features=features).to_parquet(tmp_path / "hub" / "data" / "validation-00000.parquet")
+    metrics = runner.main(["--dataset_name", str(tmp_path / "hub"), "--reduce_labels", "true",
+                           "--model_name_or_path", str(lite0_run), "--do_eval", "true",
+                           "--per_device_eval_batch_size", "16", "--report_to", "none",
+                           "--output_dir", str(tmp_path / "eval")])
+    reference = json.loads((lite0_run / "all_results.json").read_text())
+    assert metrics["eval_samples"] == 16
+    assert metrics["eval_mean_iou"] == pytest.approx(reference["eval_mean_iou"], abs=1e-6)
+    assert metrics["eval_loss"] == pytest.approx(reference["eval_loss"], rel=1e-5)
+
+
+def test_mask_of_another_size_is_refused(runner, tmp_path, capsys):
+    data = tmp_path / "data" / "validation"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    shutil.copy(DATA / "validation" / "images" / "canvas_00000.jpg", data / "images")
+    Image.fromarray(np.zeros((64, 128), np.uint8)).save(data / "masks" / "canvas_00000.png")
+    shutil.copy(DATA / "id2label.json", data)
+    code = runner.cli(["--validation_dir", str(data), "--backbone_config", TINY_CONVNEXT, "--config_overrides",
+                       RESHAPER, "--do_eval", "true", "--disable_tqdm", "true", "--report_to", "none",
+                       "--output_dir", str(tmp_path / "out")])
+    message = capsys.readouterr().err.strip()
+    assert code == 2 and message.count("\n") == 0 and message.startswith("error: `--validation_dir`"), message
+    assert "64x128" in message and "128x128" in message, message
