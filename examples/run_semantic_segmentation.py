@@ -61,7 +61,8 @@ from typing import Any
 import numpy as np
 import torch
 import transformers
-from datasets import Dataset, DatasetDict, Image as ImageFeature, load_dataset
+from datasets import Dataset, DatasetDict, load_dataset
+from datasets import Image as ImageFeature
 from PIL import Image
 from transformers import (
     AutoConfig,
@@ -81,9 +82,17 @@ except ImportError:  # pragma: no cover - running from a checkout without instal
     sys.path.insert(0, str(EXAMPLES_DIR.parent))
     import modeling_dart  # noqa: F401
 
-from modeling_dart import DartImageProcessor, DartReshaperConfig, DartReshaperForSemanticSegmentation, RmtConfig
-from modeling_dart import load_scorer_trunk_weights
-from modeling_dart.configuration_reshaper_dart import is_semantic_segmentation_config, resolve_backbone_config
+from modeling_dart import (
+    DartImageProcessor,
+    DartReshaperConfig,
+    DartReshaperForSemanticSegmentation,
+    RmtConfig,
+    load_scorer_trunk_weights,
+)
+from modeling_dart.configuration_reshaper_dart import (
+    is_semantic_segmentation_config,
+    resolve_backbone_config,
+)
 from modeling_dart.conversion_utils import (
     StagedOutput,
     UsageError,
@@ -92,13 +101,14 @@ from modeling_dart.conversion_utils import (
     load_from_hub,
     report_usage_error,
 )
+from modeling_dart.image_processing_dart import reduce_labels
 from modeling_dart.model_card import write_model_card
 from modeling_dart.modeling_reshaper_dart import segmentation_ignore_index
 from modeling_dart.trunks_dart import TRUNKS
 
 if str(EXAMPLES_DIR) not in sys.path:
     sys.path.insert(0, str(EXAMPLES_DIR))
-from run_image_classification import (  # noqa: E402  (the classification script's config helpers, beside this one)
+from run_image_classification import (
     BACKBONE_PRESETS,
     CONFIG_FILE_KEYS,
     _close_process_group,
@@ -538,7 +548,8 @@ def train_and_evaluate(model, model_args, data_args, training_args, output_dir: 
                 if label_map.shape != (image.height, image.width):
                     raise UsageError(f"`{flag}`: a mask of {label_map.shape[0]}x{label_map.shape[1]} for an image of "
                                      f"{image.height}x{image.width} (height x width); each mask must match its image.")
-                values = label_map if not data_args.reduce_labels else np.where(label_map == 0, 256, label_map) - 1
+                # the ids the model sees: with --reduce_labels, as the processor reduces them (0 -> 255, 255 stays)
+                values = reduce_labels(label_map) if data_args.reduce_labels else label_map
                 bad = values[(values != ignore_index) & ((values < 0) | (values >= num_labels))]
                 if bad.size:
                     raise UsageError(f"`{flag}`: a mask holds class id {int(bad[0])}, outside [0, {num_labels}) "

@@ -310,7 +310,8 @@ def test_hub_layout_with_reduce_labels_evaluates_as_the_folder(runner, lite0_run
     """A dataset with `image` and `annotation` columns (ADE20K's layout, read here from local parquet through
     `--dataset_name`), whose annotations carry class + 1 with 0 unused, evaluated with `--reduce_labels true`, gives
     the saved model the mean IoU that the run measured on the bundled folder."""
-    from datasets import Dataset, Features, Image as ImageFeature
+    from datasets import Dataset, Features
+    from datasets import Image as ImageFeature
 
     rows = {"image": [], "annotation": []}
     for path in sorted((DATA / "validation" / "images").iterdir()):

@@ -33,7 +33,7 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
-from sparse_canvas import (  # noqa: E402  (beside this file)
+from sparse_canvas import (  # beside this file
     ARTICLE_SIDES,
     LABEL_NAMES,
     SPLITS,

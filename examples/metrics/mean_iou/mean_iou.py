@@ -106,5 +106,5 @@ class MeanIoU(evaluate.Metric):
         }
         if nan_to_num is not None:
             result = {key: np.nan_to_num(value, nan=nan_to_num) if isinstance(value, np.ndarray)
-                      else (nan_to_num if value != value else value) for key, value in result.items()}
+                      else (nan_to_num if np.isnan(value) else value) for key, value in result.items()}
         return result
