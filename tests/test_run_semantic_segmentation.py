@@ -346,3 +346,21 @@ def test_mask_of_another_size_is_refused(runner, tmp_path, capsys):
     message = capsys.readouterr().err.strip()
     assert code == 2 and message.count("\n") == 0 and message.startswith("error: `--validation_dir`"), message
     assert "64x128" in message and "128x128" in message, message
+
+
+def test_reduce_labels_keeps_255_ignored(runner, lite0_run, tmp_path):
+    """With `--reduce_labels true`, 0 becomes the ignore index and 255 stays it (not 254, which would be a class id
+    out of range and stop the run)."""
+    data = tmp_path / "validation"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    for i in range(2):
+        shutil.copy(DATA / "validation" / "images" / f"canvas_{i:05d}.jpg", data / "images")
+        shifted = np.asarray(Image.open(DATA / "validation" / "masks" / f"canvas_{i:05d}.png")).astype(np.uint8) + 1
+        shifted[:4, :4] = 255
+        shifted[-4:, -4:] = 0
+        Image.fromarray(shifted).save(data / "masks" / f"canvas_{i:05d}.png")
+    metrics = runner.main(["--validation_dir", str(data), "--reduce_labels", "true", "--model_name_or_path",
+                           str(lite0_run), "--do_eval", "true", "--report_to", "none", "--disable_tqdm", "true",
+                           "--output_dir", str(tmp_path / "out")])
+    assert metrics["eval_samples"] == 2 and math.isfinite(metrics["eval_loss"])
