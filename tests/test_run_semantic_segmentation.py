@@ -235,6 +235,9 @@ BAD = [
     (["--model_name_or_path", "/no/such/folder"], "--model_name_or_path", "no such folder"),
     ([], "--backbone_config", "--model_name_or_path"),
     (["--hflip_probability", "2"], "--hflip_probability", "[0, 1]"),
+    (["--dataset_name", "scene_parse_150"], "--dataset_name", "exclude each other"),
+    (["--id2label", str(EXAMPLES / "data" / "sparse_fashion" / "boxes_validation.json"), "--backbone_config",
+      TINY_CONVNEXT], "--id2label", "integer id"),
 ]
 
 
