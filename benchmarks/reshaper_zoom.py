@@ -4,9 +4,9 @@
 The reshaper's promise: a backbone that takes a low-resolution image sees the object large, because the warp gives the
 object's rows and columns more of the warped image. Data: the sparse-object canvases of `dart_vs_uniform.py`
 (`examples/data/sparse_canvas.py`: one real Fashion-MNIST article of 28-42 px on a textured canvas), here at
-320x320, so the article covers 0.8-1.7% of the canvas. Every arm warps the canvas into a 128x128 image (`patch_size`
-8: 16 row and 16 column bands, scored on a 20x20 grid of 16-pixel cells) and trains the same backbone on it for the
-same steps, batch and seed; only the warp differs:
+320x320, so the article's square covers 0.8-1.7% of the canvas (its tight box less). Every arm warps the canvas
+into a 128x128 image (`patch_size` 8: 16 row and 16 column bands, scored on a 20x20 grid of 16-pixel cells) and
+trains the same backbone on it for the same steps, batch and seed; only the warp differs:
 
 - `uniform`: the reshaper with `scorer="uniform"`, a plain resize (every 2.5th input pixel, linearly interpolated;
   the article shrinks to 11-17 px);
