@@ -596,15 +596,16 @@ _DERIVED = {
 _CONFIG_FLAGS = ("num_tokens", "freeze_scorer_trunk", "image_size", "drop_path_rate")
 
 
-def collect_config_overrides(model_args: ModelArguments) -> tuple[dict[str, Any], dict[str, str]]:
-    """The config values to set (`--config_overrides`, then the config flags such as `--num_tokens` that are given),
-    and the flag that gave each."""
+def collect_config_overrides(model_args: Any, config_flags: tuple[str, ...] = _CONFIG_FLAGS
+                             ) -> tuple[dict[str, Any], dict[str, str]]:
+    """The config values to set (`--config_overrides`, then those of the `config_flags`, such as `--num_tokens`, that
+    are given), and the flag that gave each."""
     try:
         overrides = parse_config_overrides(model_args.config_overrides)
     except ValueError as error:
         raise UsageError(str(error)) from error
     flags = dict.fromkeys(overrides, "--config_overrides")
-    for name in _CONFIG_FLAGS:
+    for name in config_flags:
         if getattr(model_args, name) is not None:
             overrides[name], flags[name] = getattr(model_args, name), f"--{name}"
     return overrides, flags
@@ -760,15 +761,22 @@ def load_backbone_config(value: str) -> Any:
     except (ValueError, TypeError) as error:
         raise UsageError(f"`--backbone_config` {shown}: {error}") from error
     require_image_classifier(backbone, f"`--backbone_config` {shown}")
-    if isinstance(source, dict):  # Transformers keeps an unknown key as an attribute that changes nothing
-        default = type(backbone)()
-        for key in source:
-            if key not in CONFIG_FILE_KEYS and not hasattr(default, key):
-                names = sorted(name for name in vars(default) if not name.startswith("_"))
-                close = difflib.get_close_matches(key, names, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else "."
-                raise UsageError(f"`--backbone_config` {shown}: {type(backbone).__name__} has no field {key!r}{hint}")
+    if isinstance(source, dict):
+        refuse_unknown_config_keys(backbone, source, f"`--backbone_config` {shown}")
     return backbone
+
+
+def refuse_unknown_config_keys(config: Any, fields: dict[str, Any], source: str) -> None:
+    """Refuse a key of `fields` (a JSON configuration; the keys of `CONFIG_FILE_KEYS` aside) that `config`'s class
+    has no field for, suggesting the closest one: Transformers keeps an unknown key as an attribute that changes
+    nothing. `source` names the flag and value in the message."""
+    default = type(config)()
+    for key in fields:
+        if key not in CONFIG_FILE_KEYS and not hasattr(default, key):
+            names = sorted(name for name in vars(default) if not name.startswith("_"))
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else "."
+            raise UsageError(f"{source}: {type(config).__name__} has no field {key!r}{hint}")
 
 
 def require_image_classifier(backbone: Any, source: str) -> None:
@@ -915,20 +923,25 @@ def resize_processor(image_processor, image_size: int) -> None:
     image_processor.crop_size = {"height": image_size, "width": image_size}
 
 
-def load_accuracy_metric(cache_dir: str | None = None):
-    """`evaluate.load("accuracy")`, falling back to the local module folder when the Hub is unreachable."""
+def load_metric(name: str, local_folder: Path, cache_dir: str | None = None):
+    """`evaluate.load(name)`, falling back to the local module folder `local_folder` when the Hub is unreachable."""
     import evaluate
 
     offline = any(
-        os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
-        for name in ("HF_HUB_OFFLINE", "HF_EVALUATE_OFFLINE", "TRANSFORMERS_OFFLINE")
+        os.environ.get(variable, "").lower() in ("1", "true", "yes", "on")
+        for variable in ("HF_HUB_OFFLINE", "HF_EVALUATE_OFFLINE", "TRANSFORMERS_OFFLINE")
     )
     if not offline:
         try:
-            return evaluate.load("accuracy", cache_dir=cache_dir)
+            return evaluate.load(name, cache_dir=cache_dir)
         except Exception as err:  # noqa: BLE001  (no network, Hub down, ...: any failure means the fallback)
-            logger.warning(f"evaluate.load('accuracy') failed ({type(err).__name__}); using {LOCAL_ACCURACY_METRIC}.")
-    return evaluate.load(str(LOCAL_ACCURACY_METRIC), cache_dir=cache_dir)
+            logger.warning(f"evaluate.load({name!r}) failed ({type(err).__name__}); using {local_folder}.")
+    return evaluate.load(str(local_folder), cache_dir=cache_dir)
+
+
+def load_accuracy_metric(cache_dir: str | None = None):
+    """`evaluate.load("accuracy")`, falling back to the local module folder when the Hub is unreachable."""
+    return load_metric("accuracy", LOCAL_ACCURACY_METRIC, cache_dir)
 
 
 def _image_classes(flag: str, folder: str) -> list[str]:

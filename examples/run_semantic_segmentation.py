@@ -49,7 +49,6 @@ a one-line message and exit code 2.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import logging
 import os
@@ -113,9 +112,11 @@ from run_image_classification import (
     CONFIG_FILE_KEYS,
     _close_process_group,
     apply_config_overrides,
+    collect_config_overrides,
     existing_local_path,
     fsdp_on_cpu,
-    parse_config_overrides,
+    load_metric,
+    refuse_unknown_config_keys,
     set_scorer_trunk_frozen,
 )
 
@@ -277,7 +278,7 @@ def load_segmentation_backbone(value: str) -> Any:
                 source = RmtConfig(**fields) if model_type == "rmt" else AutoConfig.for_model(model_type, **fields)
             except (ValueError, TypeError) as error:
                 raise UsageError(f"`--backbone_config` {shown}: {error}") from error
-            _refuse_unknown_fields(source, fields, shown)
+            refuse_unknown_config_keys(source, fields, f"`--backbone_config` {shown}")
     if not isinstance(source, dict):  # a backbone: into a UperNet reading every stage
         stages = [name for name in source.stage_names if name != "stem"]
         fields = {k: v for k, v in source.to_dict().items() if k not in ("out_features", "out_indices")}
@@ -293,30 +294,8 @@ def load_segmentation_backbone(value: str) -> Any:
     if not is_semantic_segmentation_config(config):
         raise UsageError(f"`--backbone_config` {shown}: a {config.model_type} model is no semantic segmentation "
                          f"model nor a UperNet backbone ({', '.join(UPERNET_BACKBONES)}).")
-    _refuse_unknown_fields(config, {k: v for k, v in source.items() if k not in CONFIG_FILE_KEYS}, shown)
+    refuse_unknown_config_keys(config, source, f"`--backbone_config` {shown}")
     return config
-
-
-def _refuse_unknown_fields(config: Any, fields: dict, shown: str) -> None:
-    default = type(config)()
-    for key in fields:
-        if not hasattr(default, key):
-            names = sorted(name for name in vars(default) if not name.startswith("_"))
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else "."
-            raise UsageError(f"`--backbone_config` {shown}: {type(config).__name__} has no field {key!r}{hint}")
-
-
-def collect_overrides(model_args: ModelArguments) -> tuple[dict[str, Any], dict[str, str]]:
-    try:
-        overrides = parse_config_overrides(model_args.config_overrides)
-    except ValueError as error:
-        raise UsageError(str(error)) from error
-    flags = dict.fromkeys(overrides, "--config_overrides")
-    for name in ("image_size", "freeze_scorer_trunk"):
-        if getattr(model_args, name) is not None:
-            overrides[name], flags[name] = getattr(model_args, name), f"--{name}"
-    return overrides, flags
 
 
 def read_id2label(path: str | Path, flag: str) -> dict[int, str]:
@@ -385,21 +364,12 @@ def load_data(data_args: DataTrainingArguments, model_args: ModelArguments, seed
 
 def load_mean_iou_metric(cache_dir: str | None = None):
     """`evaluate.load("mean_iou")`, falling back to the local module folder when the Hub is unreachable."""
-    import evaluate
-
-    offline = any(os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
-                  for name in ("HF_HUB_OFFLINE", "HF_EVALUATE_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    if not offline:
-        try:
-            return evaluate.load("mean_iou", cache_dir=cache_dir)
-        except Exception as err:  # noqa: BLE001  (no network, Hub down, ...: any failure means the fallback)
-            logger.warning(f"evaluate.load('mean_iou') failed ({type(err).__name__}); using {LOCAL_MEAN_IOU_METRIC}.")
-    return evaluate.load(str(LOCAL_MEAN_IOU_METRIC), cache_dir=cache_dir)
+    return load_metric("mean_iou", LOCAL_MEAN_IOU_METRIC, cache_dir)
 
 
 def build_model(model_args: ModelArguments, id2label: dict[int, str] | None) -> DartReshaperForSemanticSegmentation:
     """The model to train: a saved folder (`--model_name_or_path`), or a fresh one (`--backbone_config`)."""
-    overrides, flags = collect_overrides(model_args)
+    overrides, flags = collect_config_overrides(model_args, ("image_size", "freeze_scorer_trunk"))
     common = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision, "token": model_args.token,
               "trust_remote_code": model_args.trust_remote_code}
     labels = {} if id2label is None else {"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
