@@ -41,7 +41,7 @@ from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_rmt import RmtConfig
-from .layers_dart import DartDropPath
+from .layers_dart import DartDropPath, check_classification_labels
 
 
 # ------------------------------------------------------------------------------------- relative-position tables
@@ -404,56 +404,10 @@ def _check_pixel_values(pixel_values, num_channels: int) -> None:
 
 
 def _check_labels(labels, logits: torch.Tensor, config) -> tuple[torch.Tensor, str]:
-    """Validate `labels` for `logits` `(batch, num_labels)` and return them in the loss's dtype with the problem type
-    (`config.problem_type`, or inferred as Transformers' classifiers do: one label is regression, integer labels
-    single-label, float labels multi-label). Single-label: class indices `(batch,)` in `[0, num_labels)` or -100;
-    multi-label: `(batch, num_labels)` targets in [0, 1]; regression: `(batch,)` / `(batch, 1)` for one label, else
-    `(batch, num_labels)`."""
+    """[`check_classification_labels`], after refusing labels for a model without a classifier (`num_labels` 0)."""
     if config.num_labels < 1:
         raise ValueError("`labels` need a classifier, but `config.num_labels` is 0 (the model returns features).")
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"`labels` must be a torch.Tensor, got {type(labels).__name__}.")
-    batch, num_labels = logits.shape
-    problem_type = config.problem_type
-    kinds = ("regression", "single_label_classification", "multi_label_classification")
-    if problem_type is None:
-        if num_labels == 1:
-            problem_type = "regression"
-        elif labels.is_floating_point() or labels.dtype == torch.bool:
-            problem_type = "multi_label_classification"
-        else:
-            problem_type = "single_label_classification"
-    elif problem_type not in kinds:
-        raise ValueError(f"`config.problem_type` must be one of {kinds} or None, got {problem_type!r}.")
-    if labels.dim() == 0 or labels.shape[0] != batch:
-        raise ValueError(f"`labels` must have one entry per image (batch size {batch}), got shape "
-                         f"{tuple(labels.shape)}.")
-    if labels.is_complex():
-        raise TypeError(f"`labels` must be real numbers, got {labels.dtype}.")
-    if problem_type == "single_label_classification":
-        if labels.is_floating_point() or labels.dtype == torch.bool:
-            raise TypeError(f"`labels` for single-label classification must be integer class indices, got "
-                            f"{labels.dtype}.")
-        if labels.dim() != 1:
-            raise ValueError(f"`labels` for single-label classification must have shape ({batch},), got "
-                             f"{tuple(labels.shape)}.")
-        if not torch.compiler.is_compiling():
-            bad = labels[(labels != -100) & ((labels < 0) | (labels >= num_labels))]
-            if bad.numel():
-                raise ValueError(f"`labels` must be class indices in [0, {num_labels}) (or -100 to ignore), got "
-                                 f"{bad[0].item()}.")
-        return labels.long(), problem_type
-    expected = (batch,) if problem_type == "regression" and num_labels == 1 else (batch, num_labels)
-    if tuple(labels.shape) != expected and not (num_labels == 1 and tuple(labels.shape) == (batch, 1)):
-        raise ValueError(f"`labels` for {problem_type.replace('_', ' ')} must have shape {expected}, got "
-                         f"{tuple(labels.shape)}.")
-    labels = labels.to(logits.dtype)
-    if not torch.compiler.is_compiling():
-        if not torch.isfinite(labels).all():
-            raise ValueError("`labels` must be finite.")
-        if problem_type == "multi_label_classification" and ((labels < 0) | (labels > 1)).any():
-            raise ValueError("`labels` for multi-label classification must be targets in [0, 1].")
-    return labels, problem_type
+    return check_classification_labels(labels, logits, config)
 
 
 # --------------------------------------------------------------------------------------------------- base model
