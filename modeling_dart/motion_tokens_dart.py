@@ -42,7 +42,7 @@ from .partition_dart import (
     token_boxes,
 )
 from .scorer_dart import _HALF_DTYPES, DartScorer, _scorer_construction_dtype, resize_to_grid, standardize
-from .trunks_dart import ScorerTrunk, wide_dtype
+from .trunks_dart import wide_dtype
 
 # the squashing of the standardised motion strength: sigmoid(MOTION_SLOPE * (z - MOTION_SHIFT)), as the original
 MOTION_SLOPE = 1.5
@@ -107,13 +107,7 @@ class DartMotionScorer(DartScorer):
     def __init__(self, config: DartVideoConfig):
         nn.Module.__init__(self)
         self.version = "motion"
-        self.grid_size = config.score_grid_size
-        self.freeze_trunk = config.freeze_scorer_trunk
-        trunk = ScorerTrunk(config.scorer_trunk, config.resolved_scorer_trunk_depth(), config.num_channels)
-        self.features = trunk.features
-        self.trunk_name = config.scorer_trunk
-        self.widest_activation_bytes_per_pixel = trunk.widest_activation_bytes_per_pixel
-        channels = trunk.out_channels
+        channels = self._build_trunk(config)
         self.motion_proj = nn.Linear(channels, channels)
         self.context_proj = nn.Linear(channels, channels)
         self.first_frame_score = config.motion_first_frame_score

@@ -158,13 +158,7 @@ class DartScorer(nn.Module):
     def __init__(self, config: DartConfig):
         super().__init__()
         self.version = config.scorer_head
-        self.grid_size = config.score_grid_size
-        self.freeze_trunk = config.freeze_scorer_trunk
-        trunk = ScorerTrunk(config.scorer_trunk, config.resolved_scorer_trunk_depth(), config.num_channels)
-        self.features = trunk.features
-        self.trunk_name = config.scorer_trunk
-        self.widest_activation_bytes_per_pixel = trunk.widest_activation_bytes_per_pixel
-        channels = trunk.out_channels
+        channels = self._build_trunk(config)
         if self.version == "saliency":
             self.head = DartSaliencyHead(channels, config.scorer_hidden_size, self.grid_size)
             self.log_temperature = nn.Parameter(torch.full((1,), math.log(config.scorer_temperature)))
@@ -173,6 +167,17 @@ class DartScorer(nn.Module):
             self.head = DartScoreHead(channels, config.scorer_hidden_size, 1 if self.version == "v1" else channels)
         if self.freeze_trunk:
             self.features.requires_grad_(False)
+
+    def _build_trunk(self, config) -> int:
+        """Build the trunk that `config` names (`scorer_trunk`, its depth, `num_channels`) as `self.features`, with the
+        grid and freezing settings the forward reads; return the trunk's output channels for the head."""
+        self.grid_size = config.score_grid_size
+        self.freeze_trunk = config.freeze_scorer_trunk
+        trunk = ScorerTrunk(config.scorer_trunk, config.resolved_scorer_trunk_depth(), config.num_channels)
+        self.features = trunk.features
+        self.trunk_name = config.scorer_trunk
+        self.widest_activation_bytes_per_pixel = trunk.widest_activation_bytes_per_pixel
+        return trunk.out_channels
 
     def _apply(self, fn, recurse=True):
         """Casting to float16/bfloat16 leaves the scorer in float32 (devices still move).
