@@ -331,11 +331,7 @@ def convert(
                 raise ConversionError(f"--scorer_from {scorer_from}: {field}={getattr(scorer_config, field)} but the "
                                       f"VideoMamba checkpoint has {field}={kwargs[field]}.")
         kwargs.update({field: getattr(scorer_config, field) for field in scorer_config_fields(scorer_config)})
-    id2label = read_labels(labels_file, wrapper, kwargs.pop("num_labels"))
-    try:
-        config = DartConfig(**kwargs, id2label=id2label, label2id={v: k for k, v in id2label.items()})
-    except ValueError as error:
-        raise ConversionError(str(error)) from error
+    config = video_config(kwargs, labels_file, wrapper)
 
     model = DartVideoMambaForVideoClassification(config).eval()
     converted = convert_state_dict(state_dict, model)
@@ -350,23 +346,39 @@ def convert(
         converted.update({k: v.to(expected[k].dtype) for k, v in scorer_tensors.items()})
     model.load_state_dict(converted, strict=True)
 
-    crop = config.image_size
-    processor = DartVideoProcessor(num_frames=config.num_frames, size={"shortest_edge": crop},
-                                   crop_size={"height": crop, "width": crop})
+    processor = video_processor(config)
     report = {
         "checkpoint": str(checkpoint),
         "architecture": KNOWN_WIDTHS.get(config.hidden_size, f"width {config.hidden_size}"),
-        "hidden_size": config.hidden_size,
-        "depth": config.num_hidden_layers,
-        "num_frames": config.num_frames,
-        "num_labels": config.num_labels,
-        "image_size": config.image_size,
-        "num_tokens": config.num_tokens,
+        **config_report(config),
         "scorer": "uniform" if uniform_scorer else f"from {scorer_from}",
         "num_keys": len(converted),
         "num_parameters": sum(p.numel() for p in model.parameters()),
     }
     return model, processor, report
+
+
+def video_config(kwargs: dict, labels_file, wrapper) -> DartConfig:
+    """The model's `DartConfig` from the converter's fields (`num_labels` among them) and the class names."""
+    kwargs = dict(kwargs)
+    id2label = read_labels(labels_file, wrapper, kwargs.pop("num_labels"))
+    try:
+        return DartConfig(**kwargs, id2label=id2label, label2id={v: k for k, v in id2label.items()})
+    except ValueError as error:
+        raise ConversionError(str(error)) from error
+
+
+def video_processor(config: DartConfig) -> DartVideoProcessor:
+    """The video processor of a converted model: the shortest edge to `image_size`, then a centre crop to it."""
+    crop = config.image_size
+    return DartVideoProcessor(num_frames=config.num_frames, size={"shortest_edge": crop},
+                              crop_size={"height": crop, "width": crop})
+
+
+def config_report(config: DartConfig) -> dict:
+    """The report fields that every converted video model has."""
+    return {"hidden_size": config.hidden_size, "depth": config.num_hidden_layers, "num_frames": config.num_frames,
+            "num_labels": config.num_labels, "image_size": config.image_size, "num_tokens": config.num_tokens}
 
 
 def convert_motion(state_dict, wrapper, checkpoint, labels_file, num_tokens, image_size):
@@ -380,26 +392,15 @@ def convert_motion(state_dict, wrapper, checkpoint, labels_file, num_tokens, ima
                   residual_in_fp32=True, layer_norm_epsilon=1e-5, tubelet_size=1)
     grid = kwargs["image_size"] // kwargs["patch_size"]
     kwargs["num_tokens"] = arch["num_frames"] * grid * grid if num_tokens is None else num_tokens
-    id2label = read_labels(labels_file, wrapper, kwargs.pop("num_labels"))
-    try:
-        config = DartConfig(**kwargs, id2label=id2label, label2id={v: k for k, v in id2label.items()})
-    except ValueError as error:
-        raise ConversionError(str(error)) from error
+    config = video_config(kwargs, labels_file, wrapper)
     model = DartVideoMambaForVideoClassification(config).eval()
     converted = convert_motion_state_dict(state_dict, model)
     model.load_state_dict(converted, strict=True)
-    crop = config.image_size
-    processor = DartVideoProcessor(num_frames=config.num_frames, size={"shortest_edge": crop},
-                                   crop_size={"height": crop, "width": crop})
+    processor = video_processor(config)
     report = {
         "checkpoint": str(checkpoint),
         "architecture": "d" + KNOWN_WIDTHS.get(config.hidden_size, f"videomamba width {config.hidden_size}"),
-        "hidden_size": config.hidden_size,
-        "depth": config.num_hidden_layers,
-        "num_frames": config.num_frames,
-        "num_labels": config.num_labels,
-        "image_size": config.image_size,
-        "num_tokens": config.num_tokens,
+        **config_report(config),
         "scorer": "motion (from the checkpoint)",
         "num_keys": len(converted),
         "left_out_keys": left_out,
