@@ -7,11 +7,13 @@ and write a DART folder, ready to fine-tune with `examples/run_image_classificat
 
     # the DART setting: 448 input, 14x14 score grid, a learned scorer (here with a pretrained trunk) to train
     python conversion/convert_vit_to_dart.py --source google/vit-base-patch16-384 --output_dir dart-from-vit-b \
-        --scorer learned --scorer_trunk efficientnet_lite0 --scorer_trunk_weights efficientnet_lite0 \
-        --image_size 448 --score_grid_size 14
+        --scorer_trunk_weights efficientnet_lite0 --image_size 448 --score_grid_size 14
 
     # an original Vim checkpoint (cls token in the middle of the sequence)
     python conversion/convert_vit_to_dart.py --source vim_t_midclstok_76p1acc.pth --output_dir dart-from-vim-t
+
+`--scorer_trunk_weights efficientnet_lite0` (packaged ImageNet weights) brings the recommended learned scorer: that
+trunk, frozen, with the `saliency` head, unless `--scorer`, `--scorer_trunk` or `--scorer_head` say otherwise.
 
 Supported Transformers architectures: ViTForImageClassification, DeiTForImageClassification and
 DeiTForImageClassificationWithTeacher. DeiT's distillation token has no place in DART's backbone: it is left out (and
@@ -48,6 +50,7 @@ from modeling_dart.conversion_utils import (  # noqa: E402
     report_usage_error,
 )
 from modeling_dart.from_backbone import DISTILLATION_HEADS, SCORERS, convert_backbone  # noqa: E402
+from modeling_dart.trunks_dart import recommended_scorer_fields  # noqa: E402
 
 TRUNKS = ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_lite0")
 HEADS = ("v1", "v2", "saliency")
@@ -87,10 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", required=True,
                         help="Transformers ViT/DeiT folder or Hub id, or an original Vim .pth file")
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--scorer", choices=SCORERS, default="uniform",
-                        help="uniform (the source's patch grid; default) or learned (trunk + head to train)")
-    parser.add_argument("--scorer_trunk", choices=TRUNKS, help="learned scorer: the CNN trunk (default: the config's)")
-    parser.add_argument("--scorer_head", choices=HEADS, help="learned scorer: the score head (default: the config's)")
+    parser.add_argument("--scorer", choices=SCORERS,
+                        help="uniform (the source's patch grid; the default) or learned (trunk + head to train; the "
+                        "default with packaged --scorer_trunk_weights)")
+    parser.add_argument("--scorer_trunk", choices=TRUNKS,
+                        help="learned scorer: the CNN trunk (default: that of packaged --scorer_trunk_weights, else "
+                        "the config's)")
+    parser.add_argument("--scorer_head", choices=HEADS,
+                        help="learned scorer: the score head (default: saliency with packaged --scorer_trunk_weights, "
+                        "else the config's)")
     parser.add_argument("--scorer_trunk_depth", type=positive_int, help="learned scorer: how many trunk entries to keep")
     parser.add_argument("--scorer_trunk_weights", metavar="SOURCE",
                         help="learned scorer: pretrained trunk weights for `load_scorer_trunk_weights` (e.g. "
@@ -115,8 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.revision and Path(args.source).exists():
         parser.error(f"--revision {args.revision} applies to a Hub id; --source {args.source} is a local path.")
 
+    # packaged trunk weights (e.g. efficientnet_lite0) bring the recommended learned scorer unless a trunk or a
+    # uniform scorer is chosen
+    recommended = {} if args.scorer_trunk or args.scorer == "uniform" else recommended_scorer_fields(
+        args.scorer_trunk_weights)
     options = {
-        "scorer": args.scorer, "scorer_trunk": args.scorer_trunk, "scorer_head": args.scorer_head,
+        "scorer": args.scorer or recommended.get("scorer", "uniform"),
+        "scorer_trunk": args.scorer_trunk or recommended.get("scorer_trunk"),
+        "scorer_head": args.scorer_head or recommended.get("scorer_head"),
         "scorer_trunk_depth": args.scorer_trunk_depth, "scorer_trunk_weights": args.scorer_trunk_weights,
         "freeze_scorer_trunk": None if args.freeze_scorer_trunk is None else args.freeze_scorer_trunk == "true",
         "image_size": args.image_size, "score_grid_size": args.score_grid_size, "num_tokens": args.num_tokens,

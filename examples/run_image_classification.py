@@ -30,9 +30,12 @@ or `--config_name` pointing to a `dart_reshaper` config.json; `--config_override
 as `backbone_config.FIELD=value`, its classifier's:
 
     python examples/run_image_classification.py --model_type dart_reshaper --backbone_config rmt_t3 \
-        --config_overrides image_size=160,score_grid_size=20,scorer_trunk=efficientnet_lite0,scorer_head=saliency \
-        --scorer_trunk_weights efficientnet_lite0 --train_dir data/train --validation_dir data/validation \
-        --output_dir outputs/my-reshaper --do_train --do_eval
+        --config_overrides image_size=160,score_grid_size=20 --scorer_trunk_weights efficientnet_lite0 \
+        --train_dir data/train --validation_dir data/validation --output_dir outputs/my-reshaper --do_train --do_eval
+
+On a new model, `--scorer_trunk_weights efficientnet_lite0` also brings the recommended scorer: that trunk, frozen,
+with the `saliency` head (and, for token models, `token_geometry_embedding`); fields given in `--config_overrides` or
+`--config_name` win (`implied_scorer_fields`).
 
 Fine-tune a saved DART folder (token or reshaper form) on your own data with a new head:
 
@@ -118,7 +121,7 @@ from modeling_dart.conversion_utils import (
 )
 from modeling_dart.image_processing_dart import PerWorkerGenerator
 from modeling_dart.model_card import write_model_card
-from modeling_dart.trunks_dart import PACKAGED_WEIGHTS, TRUNKS
+from modeling_dart.trunks_dart import PACKAGED_WEIGHTS, TRUNKS, recommended_scorer_fields
 
 if str(EXAMPLES_DIR) not in sys.path:
     sys.path.insert(0, str(EXAMPLES_DIR))
@@ -163,15 +166,24 @@ QUICKSTART_CONFIG = {
     "hidden_size": 96,
     "num_hidden_layers": 4,
     "num_attention_heads": 4,
-    # the ImageNet EfficientNet-Lite0 trunk (--scorer_trunk_weights efficientnet_lite0), frozen, at stride 4 (the
-    # saliency head's depth for 160-pixel inputs), and the wide-range saliency head
-    "scorer_trunk": "efficientnet_lite0",
-    "scorer_head": "saliency",
-    "freeze_scorer_trunk": True,
-    # each token also embeds its own centre, size and rank (zero-initialised): 30.8% -> 49.4% for this model in one
-    # benchmark run (36 tokens, 600 steps, 4000 canvases, seed 0)
-    "token_geometry_embedding": True,
+    # the scorer and token geometry come from the preset's `--scorer_trunk_weights efficientnet_lite0`
+    # (implied_scorer_fields)
 }
+
+
+def implied_scorer_fields(weights: str | None, model_type: str, *given: dict[str, Any]) -> dict[str, Any]:
+    """The recommended scorer that packaged `--scorer_trunk_weights` bring to a NEW model (`recommended_scorer_fields`:
+    that trunk, frozen, the `saliency` head), and for a token model (`dart`) the embedding of each token's centre,
+    size and rank (`token_geometry_embedding`); less the fields of `given` (the user's overrides, `--config_name`'s
+    fields), and nothing at all where they choose the trunk or a scorer other than a learned one: their choice then
+    stands, and `check_model_options` refuses weights that do not fit it."""
+    if any("scorer_trunk" in fields or fields.get("scorer", "learned") != "learned" for fields in given):
+        return {}
+    fields = recommended_scorer_fields(weights)
+    if fields and model_type == DartConfig.model_type:
+        fields["token_geometry_embedding"] = True
+    return {key: value for key, value in fields.items() if not any(key in given_ for given_ in given)}
+
 
 PRESETS: dict[str, list[str]] = {
     "quickstart": [
@@ -428,7 +440,8 @@ class ModelArguments:
     scorer_trunk_weights: str | None = field(
         default=None,
         metadata={"help": "Pretrained weights for the scorer's trunk: `efficientnet_lite0` (the ImageNet weights of "
-                  "the `pretrained` extra, for `scorer_trunk=efficientnet_lite0`) or a .pth state dict (torchvision "
+                  "the `pretrained` extra; a new model then gets the recommended scorer: that trunk, frozen, the `saliency` head "
+                  "and token geometry, unless `--config_overrides` says otherwise) or a .pth state dict (torchvision "
                   "MobileNetV3 `features.*` names, or EfficientNet-PyTorch Lite0 names)."},
     )
 
@@ -808,11 +821,13 @@ def choose_model_type(requested: str | None, from_config: str | None, config_nam
 
 def build_config_from_scratch(config_name: str | None, overrides: dict[str, Any], flags: dict[str, str] | None = None,
                               model_type: str | None = None, backbone_config: str | None = None,
+                              scorer_trunk_weights: str | None = None,
                               **label_kwargs) -> DartConfig | DartReshaperConfig:
     """A new config from `--config_name` (if given) and `overrides`: a DartConfig, or a DartReshaperConfig for
     `model_type` dart_reshaper (`--model_type`, `--config_name`'s model type, or `--backbone_config` given; see
     `choose_model_type`) with the classifier of `backbone_config` (`load_backbone_config`; else `--config_name`'s,
-    else RMT-T3). Unknown fields and refused values raise a `UsageError` naming the flag that gave them (`flags`:
+    else RMT-T3). Packaged `scorer_trunk_weights` bring the recommended scorer (`implied_scorer_fields`) where the
+    user chose none. Unknown fields and refused values raise a `UsageError` naming the flag that gave them (`flags`:
     key -> flag, `--config_overrides` by default)."""
     base: dict[str, Any] = {}
     from_config = None
@@ -845,8 +860,9 @@ def build_config_from_scratch(config_name: str | None, overrides: dict[str, Any]
             base.pop(derived, None)
     if backbone is not None:
         base["backbone_config"] = override_backbone(backbone, backbone_fields, flags)
+    implied = implied_scorer_fields(scorer_trunk_weights, model_type, base, own)
     try:
-        return config_class(**{**base, **own, **label_kwargs})
+        return config_class(**{**implied, **base, **own, **label_kwargs})
     except (ValueError, TypeError) as error:
         fallback = "`--config_overrides` / `--config_name`" if config_name else "`--config_overrides`"
         raise UsageError(f"{_override_flags(flags, own, str(error), fallback)}: {error}") from error
@@ -883,8 +899,13 @@ def describe_model(model: torch.nn.Module) -> str:
                 f"{config.backbone_config.model_type} classifier")
     else:
         form = f"DART model with {config.num_tokens} tokens"
-    return (f"{form}: {num_params / 1e6:.2f}M parameters ({num_trainable / 1e6:.2f}M trainable), "
-            f"scorer={config.scorer}, freeze_scorer_trunk={config.freeze_scorer_trunk}")
+    scorer = f"scorer={config.scorer}"
+    if config.scorer == "learned":
+        scorer += f" (trunk {config.scorer_trunk}, head {config.scorer_head})"
+    geometry = getattr(config, "token_geometry_embedding", None)
+    return (f"{form}: {num_params / 1e6:.2f}M parameters ({num_trainable / 1e6:.2f}M trainable), {scorer}, "
+            f"freeze_scorer_trunk={config.freeze_scorer_trunk}"
+            + ("" if geometry is None else f", token_geometry_embedding={geometry}"))
 
 
 def set_scorer_trunk_frozen(model: torch.nn.Module, frozen: bool) -> None:
@@ -1230,7 +1251,7 @@ def main(args: list[str] | None = None) -> dict[str, float]:
                          "keeps its own classifier (set its fields with `--config_overrides backbone_config.FIELD=v`).")
     if not model_args.model_name_or_path:  # a new config: its fields and values are checked before the data are read
         config = build_config_from_scratch(model_args.config_name, overrides, flags, model_args.model_type,
-                                           model_args.backbone_config)
+                                           model_args.backbone_config, model_args.scorer_trunk_weights)
         check_model_options(config, model_args, training_args)
     if training_args.push_to_hub and training_args.hub_model_id is None:
         training_args.hub_model_id = output_dir.name  # the Trainer would name the repo after the temporary folder
@@ -1346,7 +1367,8 @@ def train_and_evaluate(model_args, data_args, training_args, checkpoint: str | N
         )
     else:
         config = build_config_from_scratch(model_args.config_name, overrides, flags, model_args.model_type,
-                                           model_args.backbone_config, **label_kwargs)
+                                           model_args.backbone_config, model_args.scorer_trunk_weights,
+                                           **label_kwargs)
         overrides, flags = overrides_for_model_type(config.model_type, overrides, flags)
         config.finetuning_task = "image-classification"
         model = MODEL_CLASSES[config.model_type][1](config)

@@ -21,9 +21,12 @@ behind a reshaper scored by the packaged ImageNet EfficientNet-Lite0 trunk:
     python examples/run_semantic_segmentation.py \
         --train_dir examples/data/sparse_fashion_seg/train --validation_dir examples/data/sparse_fashion_seg/validation \
         --backbone_config '{"model_type": "convnext", "num_stages": 2, "hidden_sizes": [16, 32], "depths": [1, 1]}' \
-        --config_overrides image_size=128,patch_size=8,score_grid_size=16,scorer_trunk=efficientnet_lite0,\
-scorer_head=saliency,backbone_config.hidden_size=32,backbone_config.auxiliary_channels=16 \
+        --config_overrides image_size=128,patch_size=8,score_grid_size=16,backbone_config.hidden_size=32,\
+backbone_config.auxiliary_channels=16 \
         --scorer_trunk_weights efficientnet_lite0 --output_dir outputs/seg --do_train --do_eval --max_steps 200
+
+`--scorer_trunk_weights efficientnet_lite0` gives a new model the recommended scorer (that trunk, frozen, with the
+`saliency` head) unless `--config_overrides` chooses a trunk or head.
 
 `--backbone_config` is either the segmentation model's configuration (a JSON object, config.json file or folder with
 its `model_type`, e.g. `upernet` with its own `backbone_config`, or `segformer`), or a backbone's (an RMT preset
@@ -115,6 +118,7 @@ from run_image_classification import (
     collect_config_overrides,
     existing_local_path,
     fsdp_on_cpu,
+    implied_scorer_fields,
     load_metric,
     refuse_unknown_config_keys,
     set_scorer_trunk_frozen,
@@ -390,7 +394,10 @@ def build_model(model_args: ModelArguments, id2label: dict[int, str] | None) -> 
         if id2label is None:
             raise UsageError("A new model needs its classes: `--id2label` (a JSON file), or an id2label.json beside "
                              "the data.")
-        config = DartReshaperConfig(backbone_config=load_segmentation_backbone(model_args.backbone_config), **labels)
+        # packaged --scorer_trunk_weights bring the recommended scorer unless --config_overrides chooses another
+        implied = implied_scorer_fields(model_args.scorer_trunk_weights, RESHAPER, overrides)
+        config = DartReshaperConfig(backbone_config=load_segmentation_backbone(model_args.backbone_config), **implied,
+                                    **labels)
         apply_config_overrides(config, overrides, flags)
         try:
             model = DartReshaperForSemanticSegmentation(config)

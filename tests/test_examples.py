@@ -100,7 +100,9 @@ def trained_folder(tmp_path_factory, offline_env) -> Path:
 def test_single_process_run_saves_a_complete_folder(trained_folder):
     config = _check_saved_folder(trained_folder)
     assert config["freeze_scorer_trunk"] is True and config["num_tokens"] == 36 and config["image_size"] == 160
+    # the preset names no scorer field: --scorer_trunk_weights efficientnet_lite0 brings the recommended scorer
     assert (config["scorer_trunk"], config["scorer_head"]) == ("efficientnet_lite0", "saliency")
+    assert config["token_geometry_embedding"] is True
     # --scorer_trunk_weights efficientnet_lite0: the trunk holds the packaged ImageNet weights (frozen, kept)
     from tests.test_trunks import lite0_state
 
@@ -212,6 +214,43 @@ def test_config_overrides_and_derived_fields(runner, tmp_path):
     config = runner.build_config_from_scratch(str(tmp_path), {"hidden_size": 64}, num_labels=4)
     assert config.hidden_size == 64 and config.intermediate_size == 256 and config.time_step_rank == 4
     assert config.image_size == 96 and config.num_labels == 4
+
+
+def test_packaged_trunk_weights_bring_the_recommended_scorer_to_a_new_model(runner, tmp_path):
+    """`--scorer_trunk_weights efficientnet_lite0` alone gives a new model the Lite0 trunk, frozen, the saliency head
+    and (token models) the token geometry embedding; the user's own fields win, and a chosen trunk or a uniform
+    scorer turns the defaults off."""
+    from modeling_dart import DartConfig
+
+    tiny = {"image_size": 64, "patch_size": 8, "score_grid_size": 8, "num_tokens": 16, "hidden_size": 32,
+            "num_hidden_layers": 1, "num_attention_heads": 4}
+    config = runner.build_config_from_scratch(None, dict(tiny), scorer_trunk_weights="efficientnet_lite0")
+    assert (config.scorer, config.scorer_trunk, config.scorer_head) == ("learned", "efficientnet_lite0", "saliency")
+    assert config.freeze_scorer_trunk is True and config.token_geometry_embedding is True
+    # without the weights: the config's own defaults (MobileNetV3-Small, head v1, no geometry)
+    plain = runner.build_config_from_scratch(None, dict(tiny))
+    assert (plain.scorer_trunk, plain.scorer_head, plain.token_geometry_embedding) == (
+        "mobilenet_v3_small", "v1", False)
+    # the user's fields win over the recommended ones
+    config = runner.build_config_from_scratch(
+        None, {**tiny, "scorer_head": "v2", "token_geometry_embedding": False}, scorer_trunk_weights="efficientnet_lite0")
+    assert (config.scorer_trunk, config.scorer_head, config.token_geometry_embedding) == (
+        "efficientnet_lite0", "v2", False)
+    # a trunk of the user's choosing, a uniform scorer, or a .pth file: nothing implied
+    for extra, weights in (({"scorer_trunk": "mobilenet_v3_small"}, "efficientnet_lite0"),
+                           ({"scorer": "uniform"}, "efficientnet_lite0"), ({}, str(tmp_path / "trunk.pth"))):
+        config = runner.build_config_from_scratch(None, {**tiny, **extra}, scorer_trunk_weights=weights)
+        assert config.scorer_head == "v1" and config.token_geometry_embedding is False, extra
+    # --config_name's own trunk stands too
+    DartConfig(**tiny, scorer_trunk="mobilenet_v3_large").save_pretrained(tmp_path / "named")
+    config = runner.build_config_from_scratch(str(tmp_path / "named"), {}, scorer_trunk_weights="efficientnet_lite0")
+    assert (config.scorer_trunk, config.scorer_head) == ("mobilenet_v3_large", "v1")
+    # the reshaper gets the scorer (it has no tokens, so no geometry embedding)
+    reshaper = runner.build_config_from_scratch(None, {"image_size": 64, "score_grid_size": 8}, model_type="dart_reshaper",
+                                                backbone_config="rmt_t3", scorer_trunk_weights="efficientnet_lite0")
+    assert (reshaper.scorer_trunk, reshaper.scorer_head, reshaper.freeze_scorer_trunk) == (
+        "efficientnet_lite0", "saliency", True)
+    assert not hasattr(reshaper, "token_geometry_embedding")
 
 
 def test_set_scorer_trunk_frozen(runner):

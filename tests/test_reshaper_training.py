@@ -271,8 +271,8 @@ BAD_FLAGS = [
      "one entry per stage"),
     (["--backbone_config", "rmt_t3", "--config_overrides", "scorer=uniform", "--scorer_trunk_weights",
       "efficientnet_lite0"], "--scorer_trunk_weights", "scorer"),
-    (["--backbone_config", "rmt_t3", "--scorer_trunk_weights", "efficientnet_lite0"], "--scorer_trunk_weights",
-     "scorer_trunk=efficientnet_lite0"),
+    (["--backbone_config", "rmt_t3", "--config_overrides", "scorer_trunk=mobilenet_v3_small",
+      "--scorer_trunk_weights", "efficientnet_lite0"], "--scorer_trunk_weights", "scorer_trunk=efficientnet_lite0"),
 ]
 
 

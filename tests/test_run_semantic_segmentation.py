@@ -34,7 +34,7 @@ TINY_CONVNEXT = json.dumps({"model_type": "convnext", "num_stages": 3, "hidden_s
 UPERNET = "backbone_config.hidden_size=8,backbone_config.auxiliary_channels=4,backbone_config.pool_scales=[1,2]"
 # 128-pixel canvases warped to 64x64 from an 8x8 score grid
 RESHAPER = f"image_size=128,patch_size=8,score_grid_size=8,{UPERNET}"
-LITE0 = f"{RESHAPER},scorer_trunk=efficientnet_lite0,scorer_head=saliency"
+
 MOBILENET = f"{RESHAPER},scorer_trunk=mobilenet_v3_small,scorer_trunk_depth=4,freeze_scorer_trunk=false"
 RUN = [*DATA_ARGS, "--do_train", "true", "--do_eval", "true", "--per_device_train_batch_size", "4",
        "--per_device_eval_batch_size", "16", "--learning_rate", "1e-3", "--logging_steps", "1", "--save_strategy",
@@ -131,7 +131,8 @@ def lite0_run(runner, tmp_path_factory) -> Path:
     """A tiny UperNet + ConvNeXt behind a reshaper scored by the packaged Lite0 trunk, 3 steps in this process."""
     output = tmp_path_factory.mktemp("seg") / "lite0"
     torch.set_num_threads(1)
-    metrics = runner.main([*RUN, "--backbone_config", TINY_CONVNEXT, "--config_overrides", LITE0,
+    # no scorer field given: --scorer_trunk_weights efficientnet_lite0 brings the Lite0 trunk and saliency head
+    metrics = runner.main([*RUN, "--backbone_config", TINY_CONVNEXT, "--config_overrides", RESHAPER,
                            "--scorer_trunk_weights", "efficientnet_lite0", "--max_steps", "3",
                            "--output_dir", str(output)])
     assert math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["eval_loss"])
@@ -159,6 +160,9 @@ def test_one_process_run_reloads_and_segments(lite0_run):
     from modeling_dart import DartImageProcessor, DartReshaperForSemanticSegmentation
 
     check_run(lite0_run, steps=3, world_size=1)
+    config = json.loads((lite0_run / "config.json").read_text())
+    assert (config["scorer_trunk"], config["scorer_head"], config["freeze_scorer_trunk"]) == (
+        "efficientnet_lite0", "saliency", True)
     model = AutoModelForSemanticSegmentation.from_pretrained(lite0_run).eval()
     assert type(model) is DartReshaperForSemanticSegmentation
     image = Image.open(DATA / "validation" / "images" / "canvas_00000.jpg")

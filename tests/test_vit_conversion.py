@@ -416,3 +416,30 @@ def test_pretrained_trunk_weights_from_a_torchvision_style_file(tmp_path):
     assert report["trunk_keys_beyond_depth"] == len(beyond) > 0
     assert model.config.freeze_scorer_trunk is True
     assert not any(p.requires_grad for p in model.dart.embeddings.scorer.features.parameters())
+
+
+def test_packaged_trunk_weights_bring_the_recommended_scorer(tmp_path, capsys):
+    """`--scorer_trunk_weights efficientnet_lite0` alone: a learned scorer on that trunk, frozen, with the saliency
+    head, the trunk holding the packaged weights; a chosen head or trunk, or `--scorer uniform`, stands."""
+    from transformers import AutoConfig
+
+    from tests.test_trunks import lite0_state
+
+    _save_vit(tmp_path / "vit")
+    code = cli.main(["--source", str(tmp_path / "vit"), "--output_dir", str(tmp_path / "dart"),
+                     "--scorer_trunk_weights", "efficientnet_lite0"])
+    assert code == 0, capsys.readouterr().err
+    config = AutoConfig.from_pretrained(tmp_path / "dart")
+    assert (config.scorer, config.scorer_trunk, config.scorer_head, config.freeze_scorer_trunk) == (
+        "learned", "efficientnet_lite0", "saliency", True)
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "dart" / "model.safetensors")
+    assert torch.equal(saved["dart.embeddings.scorer.features.0.0.weight"], lite0_state()["_conv_stem.weight"])
+    code = cli.main(["--source", str(tmp_path / "vit"), "--output_dir", str(tmp_path / "v2"),
+                     "--scorer_trunk_weights", "efficientnet_lite0", "--scorer_head", "v2"])
+    assert code == 0 and AutoConfig.from_pretrained(tmp_path / "v2").scorer_head == "v2"
+    # a uniform scorer has no trunk to load: refused on one line, as before
+    code, err = _run(["--source", tmp_path / "vit", "--output_dir", tmp_path / "uniform", "--scorer", "uniform",
+                      "--scorer_trunk_weights", "efficientnet_lite0"], capsys)
+    assert code == 2 and "scorer" in err and not (tmp_path / "uniform").exists()
