@@ -127,14 +127,20 @@ def backbone_config(name: str):
     raise ValueError(f"unknown backbone {name!r}")
 
 
-def build_model(arm: str, backbone: str, args, depth: int) -> DartReshaperForImageClassification:
-    config = DartReshaperConfig(
-        backbone_config=backbone_config(backbone), image_size=CANVAS, patch_size=PATCH, output_size=WARPED,
+def reshaper_config(arm: str, backbone, args, depth: int, output_size: int = WARPED) -> DartReshaperConfig:
+    """The reshaper configuration of an arm around the model configuration `backbone`: the 320-pixel canvas warped
+    to `output_size` pixels in bands of `PATCH`, scored on the 20x20 grid; the learned saliency scorer on the Lite0
+    trunk for `pretrained`, the uniform scorer otherwise (the oracle's scores are given to the reshaper)."""
+    return DartReshaperConfig(
+        backbone_config=backbone, image_size=CANVAS, patch_size=PATCH, output_size=output_size,
         score_grid_size=GRID, scorer="learned" if arm == "pretrained" else "uniform",
         scorer_trunk="efficientnet_lite0", scorer_head="saliency", scorer_trunk_depth=depth,
         scorer_max_density_ratio=args.max_ratio, scorer_temperature=args.temperature,
     )
-    model = DartReshaperForImageClassification(config)
+
+
+def build_model(arm: str, backbone: str, args, depth: int) -> DartReshaperForImageClassification:
+    model = DartReshaperForImageClassification(reshaper_config(arm, backbone_config(backbone), args, depth))
     if arm == "pretrained":
         load_scorer_trunk_weights(model, "efficientnet_lite0")  # unused in training (cached), used by the pictures
     return model

@@ -20,7 +20,11 @@ def test_upernet_rmt_backbone_from_converted_weights(tmp_path):
     import convert_rmt_original
     from transformers import UperNetConfig
 
-    from modeling_dart import DartReshaperConfig, DartReshaperForSemanticSegmentation, RmtBackbone
+    from modeling_dart import (
+        DartReshaperConfig,
+        DartReshaperForSemanticSegmentation,
+        RmtBackbone,
+    )
 
     checkpoint = require_fixture(CHECKPOINT) / CHECKPOINT
     folder = tmp_path / "rmt"
