@@ -184,25 +184,13 @@ def run_arm(arm, seed, context):
     summaries, fixed = context["summaries"].get("train"), context["fixed"].get(arm)
     torch.manual_seed(seed)
     model = build_model(arm, args, depth)
-    scorer_params = [p for n, p in model.named_parameters() if ".scorer." in n and p.requires_grad]
-    other_params = [p for n, p in model.named_parameters() if ".scorer." not in n and p.requires_grad]
-    groups = [{"params": other_params, "lr": args.learning_rate}]
-    if scorer_params:
-        groups.append({"params": scorer_params, "lr": args.scorer_learning_rate, "weight_decay": 0.0})
-    optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
-    generator = torch.Generator().manual_seed(seed)
-    order, cursor = torch.randperm(len(boxes), generator=generator), 0
+    optimizer, base_lrs = zoom.optimizer_for(model, args)
+    batches = zoom.shuffled_batches(len(boxes), args.batch_size, seed)
     share_at_start = evaluate(arm, model, context, segment=False)["box_area_share"]
     start = time.time()
     model.train()
-    for step in range(args.steps):
-        if cursor + args.batch_size > len(order):
-            order, cursor = torch.randperm(len(boxes), generator=generator), 0
-        index = order[cursor : cursor + args.batch_size]
-        cursor += args.batch_size
-        for group, lr in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = lr * base.warmup_cosine(step, args.steps, 0.1)
+    for step, index in zip(range(args.steps), batches):
+        zoom.set_learning_rates(optimizer, base_lrs, step, args.steps)
         if fixed is not None:
             loss = model.backbone(pixel_values=fixed["train"][0][index].float(),
                                   labels=fixed["train"][1][index].long()).loss
@@ -401,17 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--train_canvases", type=int, default=None, help="default 800 (--quick: 480)")
     parser.add_argument("--validation_canvases", type=int, default=None, help="default 200 (--quick: 120)")
-    parser.add_argument("--learning_rate", type=float, default=2e-3)
-    parser.add_argument("--scorer_learning_rate", type=float, default=1e-3)
-    parser.add_argument("--weight_decay", type=float, default=0.05)
-    parser.add_argument("--max_ratio", type=float, default=1e4, help="the oracle's and the saliency head's")
-    parser.add_argument("--temperature", type=float, default=1.5)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--workers", type=int, default=1,
-                        help="train this many runs at once in forked processes of one thread each")
-    parser.add_argument("--data_seed", type=int, default=0)
-    parser.add_argument("--log_every", type=int, default=0)
-    parser.add_argument("--results", type=Path, default=None, help="write the per-run results to this JSON file")
+    zoom.add_training_arguments(parser)
     parser.add_argument("--plot", type=Path, default=None, help="write the mIoU / box-share plot to this PNG")
     parser.add_argument("--pictures", type=Path, default=None,
                         help="write 4 validation canvases with each arm's warp and prediction (seed 0) to this PNG")
@@ -450,13 +428,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     _CONTEXT.update(args=args, depth=depth, train=train, validation=validation, summaries=summaries, fixed=fixed,
                     threads_per_task=1 if args.workers > 1 else torch.get_num_threads())
     tasks = [(seed, arm, seed == args.seeds[0]) for seed in args.seeds for arm in args.arms]
-    if args.workers > 1:
-        import multiprocessing
-
-        with multiprocessing.get_context("fork").Pool(args.workers) as pool:
-            outcomes = pool.map(_run_task, tasks, chunksize=1)
-    else:
-        outcomes = [_run_task(task) for task in tasks]
+    outcomes = zoom.run_tasks(_run_task, tasks, args.workers)
     results = [result for _, result in outcomes]
     kept = {r["arm"]: model for model, r in outcomes if model is not None}
     total = time.time() - start

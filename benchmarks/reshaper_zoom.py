@@ -179,6 +179,47 @@ def fixed_warps(arm, images, boxes, args, batch=50) -> tuple[torch.Tensor, torch
 
 
 # ---------------------------------------------------------------------------------------------------- training
+def optimizer_for(model, args) -> tuple[torch.optim.Optimizer, list[float]]:
+    """AdamW over the trainable parameters: the scorer's (names holding `.scorer.`) at `args.scorer_learning_rate`
+    without weight decay, the others at `args.learning_rate`; also each group's base learning rate."""
+    scorer_params = [p for n, p in model.named_parameters() if ".scorer." in n and p.requires_grad]
+    other_params = [p for n, p in model.named_parameters() if ".scorer." not in n and p.requires_grad]
+    groups = [{"params": other_params, "lr": args.learning_rate}]
+    if scorer_params:
+        groups.append({"params": scorer_params, "lr": args.scorer_learning_rate, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
+    return optimizer, [group["lr"] for group in optimizer.param_groups]
+
+
+def shuffled_batches(count: int, batch_size: int, seed: int):
+    """Endless batches of indices into `count` items: a seeded permutation cut into `batch_size` slices, drawn anew
+    when fewer than `batch_size` items are left (the rest is dropped)."""
+    generator = torch.Generator().manual_seed(seed)
+    order, cursor = torch.randperm(count, generator=generator), 0
+    while True:
+        if cursor + batch_size > len(order):
+            order, cursor = torch.randperm(count, generator=generator), 0
+        yield order[cursor : cursor + batch_size]
+        cursor += batch_size
+
+
+def set_learning_rates(optimizer, base_lrs, step: int, steps: int) -> None:
+    """The warm-up cosine schedule (10% warm-up) at `step` of `steps`."""
+    for group, lr in zip(optimizer.param_groups, base_lrs):
+        group["lr"] = lr * base.warmup_cosine(step, steps, 0.1)
+
+
+def run_tasks(run, tasks, workers: int) -> list:
+    """`run` on every task, in order: in this process, or in `workers` forked processes (they inherit the module's
+    state, e.g. the data, unpickled) one task at a time each."""
+    if workers <= 1:
+        return [run(task) for task in tasks]
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return pool.map(run, tasks, chunksize=1)
+
+
 def run_arm(arm, backbone, seed, context):
     """Train one arm from scratch and evaluate it; `context` holds the data and the cached trunk summaries and fixed
     warps (see `main`). Returns the model and its result row."""
@@ -187,25 +228,13 @@ def run_arm(arm, backbone, seed, context):
     summaries, fixed = context["summaries"].get("train"), context["fixed"].get(arm)
     torch.manual_seed(seed)
     model = build_model(arm, backbone, args, depth)
-    scorer_params = [p for n, p in model.named_parameters() if ".scorer." in n and p.requires_grad]
-    other_params = [p for n, p in model.named_parameters() if ".scorer." not in n and p.requires_grad]
-    groups = [{"params": other_params, "lr": args.learning_rate}]
-    if scorer_params:
-        groups.append({"params": scorer_params, "lr": args.scorer_learning_rate, "weight_decay": 0.0})
-    optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
-    generator = torch.Generator().manual_seed(seed)
-    order, cursor = torch.randperm(len(train_labels), generator=generator), 0
+    optimizer, base_lrs = optimizer_for(model, args)
+    batches = shuffled_batches(len(train_labels), args.batch_size, seed)
     share_at_start = evaluate(arm, model, context, accuracy=False)[1]
     start = time.time()
     model.train()
-    for step in range(args.steps):
-        if cursor + args.batch_size > len(order):
-            order, cursor = torch.randperm(len(train_labels), generator=generator), 0
-        index = order[cursor : cursor + args.batch_size]
-        cursor += args.batch_size
-        for group, lr in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = lr * base.warmup_cosine(step, args.steps, 0.1)
+    for step, index in zip(range(args.steps), batches):
+        set_learning_rates(optimizer, base_lrs, step, args.steps)
         if fixed is not None:
             logits = model.backbone(pixel_values=fixed["train"][0][index].float()).logits
         else:
@@ -368,16 +397,9 @@ def draw_warps(panels, images, boxes, path: Path) -> None:
 
 
 # -------------------------------------------------------------------------------------------------------- main
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="one seed, fewer steps and canvases")
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
-    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=BACKBONES)
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (--quick: 0)")
-    parser.add_argument("--steps", type=int, default=None, help="default 200 (--quick: 30)")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--train_canvases", type=int, default=None, help="default 1600 (--quick: 256)")
-    parser.add_argument("--validation_canvases", type=int, default=None, help="default 400 (--quick: 100)")
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the training schedule, the warps, the threads and workers, the data seed, the log and the
+    results file (shared with `reshaper_segmentation.py`)."""
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     parser.add_argument("--scorer_learning_rate", type=float, default=1e-3)
     parser.add_argument("--weight_decay", type=float, default=0.05)
@@ -390,6 +412,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_seed", type=int, default=0)
     parser.add_argument("--log_every", type=int, default=0)
     parser.add_argument("--results", type=Path, default=None, help="write the per-run results to this JSON file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one seed, fewer steps and canvases")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=BACKBONES)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (--quick: 0)")
+    parser.add_argument("--steps", type=int, default=None, help="default 200 (--quick: 30)")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--train_canvases", type=int, default=None, help="default 1600 (--quick: 256)")
+    parser.add_argument("--validation_canvases", type=int, default=None, help="default 400 (--quick: 100)")
+    add_training_arguments(parser)
     parser.add_argument("--plot", type=Path, default=None, help="write the accuracy / box-share plot to this PNG")
     parser.add_argument("--pictures", type=Path, default=None,
                         help="write a few validation canvases and each arm's warped images (seed 0) to this PNG")
@@ -431,13 +466,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     # interleaved (seed, backbone, arm), so that machine-load drifts touch every arm alike
     tasks = [(seed, backbone, arm, seed == args.seeds[0]) for seed in args.seeds for backbone in args.backbones
              for arm in args.arms]
-    if args.workers > 1:
-        import multiprocessing
-
-        with multiprocessing.get_context("fork").Pool(args.workers) as pool:
-            outcomes = pool.map(_run_task, tasks, chunksize=1)
-    else:
-        outcomes = [_run_task(task) for task in tasks]
+    outcomes = run_tasks(_run_task, tasks, args.workers)
     results = [result for _, result in outcomes]
     kept = {(r["arm"], r["backbone"]): model for model, r in outcomes if model is not None}
     total = time.time() - start
