@@ -174,6 +174,19 @@ def _contrasting_tint(rng: np.random.Generator, background_level: float) -> np.n
     return np.array(rgb, dtype=np.float32) * 255.0
 
 
+def draw_background(rng: np.random.Generator, size: int, background: str = "texture",
+                    photos: list[np.ndarray] | None = None) -> np.ndarray:
+    """A fresh `(size, size, 3)` float32 background in [0, 255]: `make_background` for `"texture"`,
+    `make_photo_background` on `photos` for `"photo"`."""
+    if background not in BACKGROUNDS:
+        raise ValueError(f"`background` must be one of {BACKGROUNDS}, got {background!r}.")
+    if background == "photo":
+        if not photos:
+            raise ValueError("`photos` must hold at least one photo for `background='photo'`.")
+        return make_photo_background(rng, size, photos)
+    return make_background(rng, size)
+
+
 def make_canvas(article: np.ndarray, rng: np.random.Generator, canvas_size: int = CANVAS_SIZE,
                 sides: tuple[int, int] = ARTICLE_SIDES, background: str = "texture",
                 photos: list[np.ndarray] | None = None) -> tuple[np.ndarray, tuple[int, int, int, int]]:
@@ -186,14 +199,7 @@ def make_canvas(article: np.ndarray, rng: np.random.Generator, canvas_size: int 
     """
     if canvas_size < sides[1]:
         raise ValueError(f"`canvas_size` ({canvas_size}) must be at least the largest article side ({sides[1]}).")
-    if background not in BACKGROUNDS:
-        raise ValueError(f"`background` must be one of {BACKGROUNDS}, got {background!r}.")
-    if background == "photo":
-        if not photos:
-            raise ValueError("`photos` must hold at least one photo for `background='photo'`.")
-        canvas = make_photo_background(rng, canvas_size, photos)
-    else:
-        canvas = make_background(rng, canvas_size)
+    canvas = draw_background(rng, canvas_size, background, photos)
     side = int(rng.integers(sides[0], sides[1] + 1))
     alpha = np.asarray(Image.fromarray(article, mode="L").resize((side, side), Image.BILINEAR), np.float32) / 255.0
     top, left = (int(v) for v in rng.integers(0, canvas_size - side + 1, size=2))
