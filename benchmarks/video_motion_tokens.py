@@ -52,8 +52,8 @@ from dart_vs_uniform import (
     pretrained_trunk,
     summarize,
     trunk_features,
-    warmup_cosine,
 )
+from reshaper_zoom import optimizer_for, set_learning_rates, shuffled_batches
 
 from modeling_dart import DartVideoConfig, DartVideoMambaForVideoClassification
 
@@ -71,7 +71,6 @@ class Setting:
     learning_rate: float
     scorer_learning_rate: float
     weight_decay: float
-    warmup_fraction: float
     hidden_size: int
     num_layers: int
     max_ratio: float
@@ -136,7 +135,7 @@ def cache_trunk_features(clips: torch.Tensor, arms) -> dict:
     """The frozen pretrained trunk's part of the learned arms' scores for every frame of `clips` `(n, T, 3, H, W)`:
     `"per_frame"`: the saliency head's parameter-free summaries of each frame (`(n * T, 1, g, g)`, `(n * T, g, g, C)`);
     `"motion"`: the trunk features at the motion cut, `(n, T, C, h, w)` float16."""
-    setting = Setting(1, 1, 0.0, 0.0, 0.0, 0.0, 8, 1, 1.0)
+    setting = Setting(1, 1, 0.0, 0.0, 0.0, 8, 1, 1.0)
     flat = clips.flatten(0, 1)
     cache = {}
     if "per_frame" in arms:
@@ -217,27 +216,16 @@ def run_arm(arm, clip_tokens, seed, data, cache, setting, log_every: int = 0, ke
     train_clips, train_labels, train_boxes = data[:3]
     torch.manual_seed(seed)
     model = build_model(arm, clip_tokens, setting)
-    scorer_params = [p for n, p in model.named_parameters() if ".scorer." in n and p.requires_grad]
-    other_params = [p for n, p in model.named_parameters() if ".scorer." not in n and p.requires_grad]
-    groups = [{"params": other_params, "lr": setting.learning_rate}]
-    if scorer_params:
-        groups.append({"params": scorer_params, "lr": setting.scorer_learning_rate, "weight_decay": 0.0})
-    optimizer = torch.optim.AdamW(groups, weight_decay=setting.weight_decay)
-    base = [group["lr"] for group in optimizer.param_groups]
-    generator = torch.Generator().manual_seed(seed)  # the same data order for every arm of a seed
-    order, cursor = torch.randperm(len(train_labels), generator=generator), 0
+    optimizer, base_lrs = optimizer_for(model, setting)
+    batches = shuffled_batches(len(train_labels), setting.batch_size, seed)  # the same order for every arm of a seed
     # the fixed-score arms place the same tokens before and after training: only the learned ones are measured twice
     learned = arm in ("per_frame", "motion")
     share_at_start = evaluate(arm, model, clip_tokens, data, cache, setting)[1] if learned else None
     start = time.time()
     model.train()
     for step in range(setting.steps):
-        if cursor + setting.batch_size > len(order):
-            order, cursor = torch.randperm(len(train_labels), generator=generator), 0
-        index = order[cursor : cursor + setting.batch_size]
-        cursor += setting.batch_size
-        for group, lr in zip(optimizer.param_groups, base):
-            group["lr"] = lr * warmup_cosine(step, setting.steps, setting.warmup_fraction)
+        index = next(batches)
+        set_learning_rates(optimizer, base_lrs, step, setting.steps)
         scores = clip_scores(arm, model, index, cache["train"], train_boxes, setting.max_ratio)
         loss = F.cross_entropy(run_model(model, train_clips[index], scores, clip_tokens).logits, train_labels[index])
         optimizer.zero_grad(set_to_none=True)
@@ -371,7 +359,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             setattr(args, name, value)
     torch.set_num_threads(args.threads)
     setting = Setting(args.steps, args.batch_size, args.learning_rate, args.scorer_learning_rate, args.weight_decay,
-                      0.1, args.hidden_size, args.num_layers, args.max_ratio)
+                      args.hidden_size, args.num_layers, args.max_ratio)
     budgets = [FRAMES * k for k in args.tokens]
 
     start = time.time()
