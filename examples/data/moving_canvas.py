@@ -20,12 +20,10 @@ import numpy as np
 from PIL import Image
 from sparse_canvas import (
     ARTICLES_FILE,
-    BACKGROUNDS,
     SPLITS,
+    SparseCanvases,
     _contrasting_tint,
     draw_background,
-    load_articles,
-    load_photos,
 )
 
 FRAME_SIZE = 96
@@ -80,40 +78,26 @@ def make_clip(article: np.ndarray, rng: np.random.Generator, num_frames: int = N
     return np.clip(np.rint(frames), 0, 255).astype(np.uint8), boxes
 
 
-class MovingCanvases:
+class MovingCanvases(SparseCanvases):
     """Clips of one split, generated on demand: item `i` depends only on `(seed, split, i)`.
 
-    Indexing gives `(frames uint8 (T, H, W, 3), label int, boxes int64 (T, 4))`; `background` / `photo_dir` as in
-    `sparse_canvas.SparseCanvases`.
+    Indexing gives `(frames uint8 (T, H, W, 3), label int, boxes int64 (T, 4))`; `arrays()` gives all clips at once:
+    frames `(n, T, H, W, 3)` uint8, labels `(n,)` int64, boxes `(n, T, 4)` float32. `background` / `photo_dir` as in
+    `sparse_canvas.SparseCanvases` (whose `canvas_size` is the frame size here).
     """
 
     def __init__(self, split: str, num_clips: int | None = None, seed: int = 0, frame_size: int = FRAME_SIZE,
                  num_frames: int = NUM_FRAMES, articles_file: Path = ARTICLES_FILE, background: str = "texture",
                  photo_dir: str | Path | None = None):
-        if background not in BACKGROUNDS:
-            raise ValueError(f"`background` must be one of {BACKGROUNDS}, got {background!r}.")
-        if photo_dir is not None and background != "photo":
-            raise ValueError("`photo_dir` is only read with `background='photo'`.")
-        self.images, self.labels = load_articles(split, articles_file)
-        self.split, self.seed, self.frame_size, self.num_frames = split, seed, frame_size, num_frames
-        self.background = background
-        self.photos = load_photos(photo_dir) if background == "photo" else None
-        self.num_clips = len(self.labels) if num_clips is None else int(num_clips)
-
-    def __len__(self) -> int:
-        return self.num_clips
+        super().__init__(split, num_clips, seed=seed, canvas_size=frame_size, articles_file=articles_file,
+                         background=background, photo_dir=photo_dir)
+        self.num_frames = num_frames
 
     def __getitem__(self, index: int):
-        if not 0 <= index < self.num_clips:
+        if not 0 <= index < len(self):
             raise IndexError(index)
         rng = np.random.default_rng([self.seed, SPLITS[self.split], index])
         article = index % len(self.labels)
-        frames, boxes = make_clip(self.images[article], rng, self.num_frames, self.frame_size,
+        frames, boxes = make_clip(self.images[article], rng, self.num_frames, self.canvas_size,
                                   background=self.background, photos=self.photos)
         return frames, int(self.labels[article]), boxes
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """All clips at once: frames `(n, T, H, W, 3)` uint8, labels `(n,)` int64, boxes `(n, T, 4)` int64."""
-        items = [self[i] for i in range(len(self))]
-        return (np.stack([frames for frames, _, _ in items]), np.array([label for _, label, _ in items]),
-                np.stack([boxes for _, _, boxes in items]))
