@@ -372,12 +372,7 @@ def draw_pictures(panels, images, masks, boxes, path: Path, crop: int = 96) -> N
     for p, (title, _, _) in enumerate(panels):
         axes[0, 2 + 2 * p].set_title(f"{title}: warped", fontsize=8)
         axes[0, 3 + 2 * p].set_title(f"{title}: prediction", fontsize=8)
-    for axis in axes.flat:
-        axis.set_xticks([])
-        axis.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    zoom.save_picture(fig, axes, path)
 
 
 def report_stored(paths, plot_path: Path | None) -> list[dict]:

@@ -353,6 +353,18 @@ def plot(results, arms, backbones, path: Path) -> None:
     plt.close(fig)
 
 
+def save_picture(fig, axes, path: Path, dpi: int = 100) -> None:
+    """Write a grid of images to `path` (PNG): no ticks on any axis, tight layout; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
 @torch.no_grad()
 def draw_warps(panels, images, boxes, path: Path) -> None:
     """A few canvases (box in white) beside their warped images, one column per arm (box mapped into the warp in
@@ -388,12 +400,7 @@ def draw_warps(panels, images, boxes, path: Path) -> None:
             axis.add_patch(Rectangle((u0 - 0.5, v0 - 0.5), u1 - u0, v1 - v0, fill=False, edgecolor="white", lw=1))
             axis.text(2, WARPED - 4, f"{100 * shares[r]:.0f}%", color="yellow", fontsize=8)
         axes[0, c].set_title(title, fontsize=9)
-    for axis in axes.flat:
-        axis.set_xticks([])
-        axis.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_picture(fig, axes, path)
 
 
 # -------------------------------------------------------------------------------------------------------- main
