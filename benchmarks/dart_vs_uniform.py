@@ -32,7 +32,8 @@ output). `--glimpse multiply` runs a uniform pass of `--glimpse_tokens` through 
 its own loss as well) and multiplies the scores by its last-layer cls attention on the grid (`--glimpse_power`; two
 passes at inference); `--glimpse distill` makes that attention a KL target for the scorer instead (one pass at
 inference). `--log_every N` also records the scorer's gradient and parameter norms and the spread of the saliency
-head's prior and learned terms (`diagnostics` in the results). The auxiliary heads exist only during training. Measured in benchmarks/README.md ("cluttered photo backgrounds"); none reached the issue's targets.
+head's prior and learned terms (`diagnostics` in the results). The auxiliary heads exist only during training.
+Measured in benchmarks/README.md ("cluttered photo backgrounds"); none reached the issue's targets.
 `--pictures P.jpg` draws 6 validation canvases with each learned arm's tokens before and after training.
 
 The frozen trunk's features are computed once, without gradients (they do not change during training), which makes a
@@ -263,7 +264,10 @@ def glimpse_pass(model, pixels: torch.Tensor, setting) -> tuple[torch.Tensor, to
     """A uniform pass of `setting.glimpse_tokens` tokens through the same backbone (eager attention): its logits
     `(batch, 10)` and its last-layer cls attention spread over the score grid, `(batch, GRID, GRID)`, summing to 1 per
     image (detached: a placement, not a path for gradients)."""
-    from modeling_dart.self_distillation_dart import cls_attention_mass, token_mass_to_grid
+    from modeling_dart.self_distillation_dart import (
+        cls_attention_mass,
+        token_mass_to_grid,
+    )
 
     attentions = []
     logits, embeddings, _ = forward_full(model, pixels, torch.ones(len(pixels), GRID, GRID), setting.glimpse_tokens,
@@ -471,7 +475,9 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0, layouts
         if moved:
             raise RuntimeError(f"prior_only: scorer parameters changed during training: {moved}")
     accuracy, box_share = evaluate(arm, model, num_tokens, data, features, setting)
-    glimpse_accuracy, glimpse_box_share = glimpse_evaluation(model, data, setting) if glimpse != "none" else (None, None)
+    glimpse_accuracy, glimpse_box_share = (None, None)
+    if glimpse != "none":
+        glimpse_accuracy, glimpse_box_share = glimpse_evaluation(model, data, setting)
     if layouts is not None:
         layouts["end"] = token_layouts(arm, model, num_tokens, data, features, setting)
     return {"arm": arm, "tokens": num_tokens, "seed": seed, "accuracy": accuracy, "box_share": box_share,
@@ -486,7 +492,8 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0, layouts
             "scorer_learning_rate": setting.scorer_learning_rate, "steps": setting.steps,
             "unfreeze_trunk_blocks": unfreeze, "trunk_learning_rate": setting.trunk_learning_rate if unfreeze else 0.0,
             "glimpse": glimpse, "glimpse_tokens": setting.glimpse_tokens if glimpse != "none" else 0,
-            "glimpse_power": setting.glimpse_power, "glimpse_weight": setting.glimpse_weight if glimpse != "none" else 0.0,
+            "glimpse_power": setting.glimpse_power,
+            "glimpse_weight": setting.glimpse_weight if glimpse != "none" else 0.0,
             "glimpse_accuracy": glimpse_accuracy, "glimpse_box_share": glimpse_box_share,
             **({"diagnostics": diagnostics} if diagnostics else {})}
 
