@@ -324,7 +324,7 @@ def plot(results, arms, path: Path) -> None:
     axes[1].set(ylabel="warped area showing the article's box (%)", title="zoom: box area share")
     for axis in axes:
         axis.grid(alpha=0.3, axis="y")
-        axis.legend()
+    axes[0].legend()  # the right panel's colours are the same
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
