@@ -28,6 +28,7 @@ from .trunk_tables_dart import TRUNKS, default_scorer_hidden_size
 _SCORERS = ("learned", "uniform")
 _NORMALIZATIONS = ("image", "batch")
 _COLUMN_SAMPLINGS = ("band", "strip")
+_SEGMENTATION_LOSS_GRIDS = ("warped", "input")
 
 # The original DAIR's behaviour, which the released darmt-L6 needs (see `DartImageReshaper`): batch-level score
 # standardisation, the first column edge one warped pixel in, the edge scale read from the batch's first image, and
@@ -178,6 +179,12 @@ class DartReshaperConfig(PreTrainedConfig):  # trf-ignore: TRF010
         zeros past its ends, as the original.
     initializer_range (`float`, *optional*, defaults to 0.02):
         Standard deviation of the truncated normal initialiser of the scorer head's linear layers.
+    segmentation_loss_grid (`str`, *optional*, defaults to `"warped"`):
+        Semantic segmentation only: where the training loss is computed. `"warped"`: the segmentation model's own
+        loss on the warped image against the warped label map, as the authors' code (a warp that shrinks a region
+        also shrinks its pixels' weight in the loss). `"input"`: the cross-entropy of the logits warped back to the
+        input grid against the labels as given, each input pixel weighing the same whatever the warp (the
+        segmentation model's auxiliary losses, such as UperNet's, are then not added).
     """
 
     model_type = "dart_reshaper"
@@ -208,6 +215,7 @@ class DartReshaperConfig(PreTrainedConfig):  # trf-ignore: TRF010
         edge_scale_from_first_image: bool = False,
         column_sampling: str = "band",
         initializer_range: float = 0.02,
+        segmentation_loss_grid: str = "warped",
         **kwargs,
     ):
         self.backbone_config = resolve_backbone_config(backbone_config)
@@ -234,6 +242,7 @@ class DartReshaperConfig(PreTrainedConfig):  # trf-ignore: TRF010
         self.edge_scale_from_first_image = edge_scale_from_first_image
         self.column_sampling = column_sampling
         self.initializer_range = initializer_range
+        self.segmentation_loss_grid = segmentation_loss_grid
         kwargs.pop("model_type", None)
         # the labels are the backbone's unless given here (then they are set there too, see `__setattr__`)
         if not {"id2label", "label2id", "num_labels"} & set(kwargs) and self.backbone_config.id2label is not None:
@@ -281,7 +290,8 @@ class DartReshaperConfig(PreTrainedConfig):  # trf-ignore: TRF010
         """Check every field and the relations between them; raise a `ValueError` / `TypeError` naming the field."""
         name = type(self).__name__
         for field, allowed in (("scorer", _SCORERS), ("score_normalization", _NORMALIZATIONS),
-                               ("column_sampling", _COLUMN_SAMPLINGS)):
+                               ("column_sampling", _COLUMN_SAMPLINGS),
+                               ("segmentation_loss_grid", _SEGMENTATION_LOSS_GRIDS)):
             if getattr(self, field) not in allowed:
                 raise ValueError(f"{name}: `{field}` must be one of {allowed}, got {getattr(self, field)!r}.")
         for field in ("first_edge_at_one", "edge_scale_from_first_image", "freeze_scorer_trunk", "score_grid_per_cell"):

@@ -228,13 +228,14 @@ def check_segmentation_labels(labels, pixel_values: torch.Tensor, num_labels: in
 
 
 @auto_docstring(
-    custom_intro="Output of [`DartReshaperForSemanticSegmentation`]: the loss on the warped grid, the logits warped "
+    custom_intro="Output of [`DartReshaperForSemanticSegmentation`]: the loss, the logits warped "
     "back to the input grid, and the warp (the warped image, the segmentation model's own logits on it, the warped "
     "labels, the row and column edges in input pixels and the score map).",
     custom_args=r"""
     loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` is given):
         The segmentation model's loss (UperNet's: cross-entropy plus the auxiliary head's), on the warped image
-        against the warped labels, pixels of the ignore index skipped.
+        against the warped labels, pixels of the ignore index skipped; with `segmentation_loss_grid="input"`, the
+        cross-entropy of `logits` against `labels` on the input grid instead.
     logits (`torch.FloatTensor` of shape `(batch_size, num_labels, height, width)`):
         Classification scores of every input pixel (before softmax), at the input's resolution: the segmentation
         model's logits warped back by the inverse of the warp.
@@ -326,11 +327,17 @@ class DartReshaperForSemanticSegmentation(DartReshaperPreTrainedModel):
             warped_labels = warp_labels(labels.to(warp.row_edges.device), warp.row_edges, warp.strip_edges,
                                         num_cols, self.reshaper.patch_size).long()
         warped = warp.warped_pixel_values.to(self.backbone.dtype)
-        outputs = self.backbone(pixel_values=warped, labels=warped_labels, return_dict=True, **kwargs)
+        loss_on_input = self.config.segmentation_loss_grid == "input"
+        outputs = self.backbone(pixel_values=warped, labels=None if loss_on_input else warped_labels, return_dict=True,
+                                **kwargs)
         height, width = pixel_values.shape[-2:]
         logits = unwarp(outputs.logits, warp.row_edges, warp.col_edges, self.reshaper.patch_size, height, width)
+        loss = outputs.get("loss")
+        if loss_on_input and labels is not None:
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels.to(logits.device).long(),
+                                                     ignore_index=self.ignore_index)
         return DartReshaperSemanticSegmenterOutput(
-            loss=outputs.get("loss"),
+            loss=loss,
             logits=logits,
             hidden_states=outputs.get("hidden_states"),
             attentions=outputs.get("attentions"),

@@ -644,3 +644,34 @@ def test_a_per_cell_grid_is_refused_with_the_saliency_head_and_kept_by_the_confi
     with torch.no_grad():
         out = model(torch.randn(1, 3, 96, 64))
     assert out.score_map.shape == (1, 6, 4) and out.logits.shape == (1, 4, 96, 64)
+
+
+def test_the_loss_on_the_input_grid_compares_the_logits_warped_back_with_the_labels_as_given(tmp_path):
+    """`segmentation_loss_grid="input"`: with the uniform warp, the loss is the cross-entropy of the warped logits
+    unwarped by hand against the labels (ignore index skipped); with a learned warp it reaches the scorer head and
+    differs from the warped-grid loss of the same weights; the field is checked and saved."""
+    from modeling_dart import DartReshaperConfig, DartReshaperForSemanticSegmentation
+
+    x, labels = pixels(batch=2, seed=6), label_maps(batch=2, seed=7)
+    model = segmenter(segmentation_config("convnext", segmentation_loss_grid="input")).train()
+    out = model(x, labels=labels)
+    by_hand = uniform_unwarp_by_hand(out.warped_logits)
+    kept = labels != IGNORE
+    log_probs = by_hand.log_softmax(dim=1).gather(1, labels.clamp(max=len(LABELS) - 1)[:, None])[:, 0]
+    assert torch.allclose(out.loss, -log_probs[kept].mean(), atol=1e-5)
+
+    learned = learned_segmentation_config("convnext", segmentation_loss_grid="input")
+    model = segmenter(learned).train()
+    out = model(x, labels=labels)
+    out.loss.backward()
+    assert model.reshaper.scorer.head.fc1.weight.grad is not None
+    assert model.reshaper.scorer.head.fc1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.backbone.auxiliary_head.parameters())  # no auxiliary loss added
+    warped_grid = DartReshaperForSemanticSegmentation(learned_segmentation_config("convnext")).train()
+    warped_grid.load_state_dict(model.state_dict())
+    assert not torch.allclose(warped_grid(x, labels=labels).loss, out.loss)
+
+    with pytest.raises(ValueError, match="segmentation_loss_grid"):
+        segmentation_config("convnext", segmentation_loss_grid="output")
+    model.save_pretrained(tmp_path)
+    assert DartReshaperConfig.from_pretrained(tmp_path).segmentation_loss_grid == "input"
