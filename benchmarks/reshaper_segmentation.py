@@ -46,9 +46,11 @@ import torch
 import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+for _path in (HERE, HERE.parent, HERE.parent / "examples" / "data"):  # the benchmarks, the package, the canvases
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
-import dart_vs_uniform as base  # puts the repository and examples/data on the path
+import dart_vs_uniform as base
 import reshaper_zoom as zoom
 from sparse_canvas_masks import ID2LABEL, SegmentationCanvases
 
