@@ -114,6 +114,9 @@ DART_RESHAPER_CALL_ARGS = r"""
         size divided by `config.downscale_factor`.
     score_normalization (`str`, *optional*):
         `"image"` or `"batch"`; overrides `config.score_normalization` for this call.
+    score_map (`torch.FloatTensor` of shape `(batch_size, score_grid_size, score_grid_size)`, *optional*):
+        Finite non-negative scores that place the warp instead of the scorer's (the scorer does not run); an all-zero
+        map gives the plain resize. Gradients flow into it.
 """
 
 
@@ -143,11 +146,13 @@ class DartReshaperForImageClassification(DartReshaperPreTrainedModel):
         labels: torch.LongTensor | None = None,
         output_size: int | tuple[int, int] | None = None,
         score_normalization: str | None = None,
+        score_map: torch.FloatTensor | None = None,
         **kwargs,
     ) -> DartReshaperImageClassifierOutput | tuple:
         if pixel_values is None:
             raise ValueError("You have to specify `pixel_values` of shape (batch, channels, height, width).")
-        warp = self.reshaper(pixel_values, output_size=output_size, score_normalization=score_normalization)
+        warp = self.reshaper(pixel_values, output_size=output_size, score_map=score_map,
+                             score_normalization=score_normalization)
         warped = warp.warped_pixel_values.to(self.backbone.dtype)
         outputs = self.backbone(pixel_values=warped, return_dict=True, **kwargs)
         logits = outputs.logits
@@ -313,6 +318,7 @@ class DartReshaperForSemanticSegmentation(DartReshaperPreTrainedModel):
         labels: torch.LongTensor | None = None,
         output_size: int | tuple[int, int] | None = None,
         score_normalization: str | None = None,
+        score_map: torch.FloatTensor | None = None,
         **kwargs,
     ) -> DartReshaperSemanticSegmenterOutput | tuple:
         if pixel_values is None:
@@ -320,7 +326,8 @@ class DartReshaperForSemanticSegmentation(DartReshaperPreTrainedModel):
         if labels is not None:  # before the scorer runs
             check_pixel_values(pixel_values, self.config.num_channels, 1)
             check_segmentation_labels(labels, pixel_values, self.config.num_labels, self.ignore_index)
-        warp = self.reshaper(pixel_values, output_size=output_size, score_normalization=score_normalization)
+        warp = self.reshaper(pixel_values, output_size=output_size, score_map=score_map,
+                             score_normalization=score_normalization)
         warped_labels = None
         if labels is not None:
             num_cols = warp.col_edges.shape[1] - 1

@@ -197,6 +197,27 @@ def test_learned_scorer_warps_and_a_training_step_reaches_the_head_and_the_backb
     assert fixed.warped_pixel_values.shape == (1, 3, 24, 40) and fixed.col_edges.shape == (1, 6)
 
 
+def test_a_given_score_map_places_the_warp_and_the_scorer_does_not_run(monkeypatch):
+    """`score_map=` replaces the scorer's map: an all-zero map is the plain resize, a map whose top row scores 4x
+    the others gives that row more warped rows (and leaves the columns, whose marginals are equal, uniform), and the
+    loss reaches the given map."""
+    model = tiny_model(learned("convnext"))
+    monkeypatch.setattr(model.reshaper.scorer, "forward", lambda *a, **k: pytest.fail("the scorer ran"))
+    x, labels = pixels(), torch.tensor([1, 4])
+    with torch.no_grad():
+        flat = model(x, score_map=torch.zeros(2, 4, 4))
+    # the general sampler, not the uniform scorer's exact shortcut: equal up to rounding
+    torch.testing.assert_close(flat.warped_pixel_values, x[:, :, ::2, ::2], atol=1e-5, rtol=0)
+    assert torch.equal(flat.row_edges, (torch.arange(5) * 16.0).expand(2, -1))
+    scores = torch.ones(2, 4, 4)
+    scores[:, 0] = 4.0
+    scores.requires_grad_(True)
+    out = model.train()(x, labels=labels, score_map=scores)
+    assert (out.row_edges[:, 1] < 16).all() and torch.allclose(out.col_edges, flat.col_edges)
+    out.loss.backward()
+    assert scores.grad is not None and scores.grad.abs().sum() > 0
+
+
 def test_a_coarse_score_grid_builds():
     """A learned scorer on a 3x3 grid: the reshaper's scorer configuration once asked for the token form's default of
     196 tokens, more than 16 per cell of such a grid, and refused it."""

@@ -459,6 +459,29 @@ def test_learned_warp_training_step_and_half_precision():
     assert torch.equal(half.row_edges, full.row_edges) and torch.equal(half.col_edges, full.col_edges)
 
 
+def test_a_given_score_map_places_the_warp_of_image_labels_and_logits(monkeypatch):
+    """`score_map=` replaces the scorer's map for the image, the labels and the way back: an all-zero map is the
+    plain resize (every other pixel, as the uniform scorer), a map whose left column scores 4x the others gives that
+    column more warped columns, and the loss reaches the given map."""
+    model = segmenter(learned_segmentation_config("convnext"))
+    monkeypatch.setattr(model.reshaper.scorer, "forward", lambda *a, **k: pytest.fail("the scorer ran"))
+    x, labels = pixels(), label_maps()
+    with torch.no_grad():
+        flat = model(x, labels=labels, score_map=torch.zeros(2, 4, 4))
+    # the general sampler, not the uniform scorer's exact shortcut: equal up to rounding (labels: exactly)
+    torch.testing.assert_close(flat.warped_pixel_values, x[:, :, ::2, ::2], atol=1e-5, rtol=0)
+    assert torch.equal(flat.warped_labels, labels[:, ::2, ::2])
+    torch.testing.assert_close(flat.logits, uniform_unwarp_by_hand(flat.warped_logits), atol=1e-6, rtol=0)
+    scores = torch.ones(2, 4, 4)
+    scores[:, :, 0] = 4.0
+    scores.requires_grad_(True)
+    out = model.train()(x, labels=labels, score_map=scores)
+    assert (out.col_edges[:, 1] < 16).all() and torch.allclose(out.row_edges, flat.row_edges)
+    assert torch.equal(out.logits, unwarp(out.warped_logits, out.row_edges, out.col_edges, 8, 64, 64))
+    out.loss.backward()
+    assert scores.grad is not None and scores.grad.abs().sum() > 0
+
+
 def test_the_ignore_index_stays_through_a_learned_warp_and_follows_the_models_config():
     """A block of ignored pixels (rows and columns 16..47) under a learned warp: the warped labels hold only the
     input's labels, and a warped row holds ignored pixels exactly where the input row it reads (row edges, nearest)
