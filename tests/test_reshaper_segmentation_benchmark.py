@@ -49,6 +49,25 @@ def test_confusion_matrix_refuses_bad_input():
         seg.confusion_matrix(torch.zeros(1, 1, 2, dtype=torch.long), torch.tensor([[[0, 11]]]))
 
 
+def test_the_background_weight_weighs_the_cross_entropy_by_hand():
+    assert seg.class_weights(SimpleNamespace(background_weight=1.0)) is None  # the model's own loss
+    weights = seg.class_weights(SimpleNamespace(background_weight=0.25))
+    assert weights.tolist() == [0.25] + [1.0] * 10
+    # three pixels on a 1x3 map, 3 classes: background (logits 0, 0, 0), class 2 (logits 0, 0, ln 2), one ignored
+    logits = torch.zeros(1, 3, 1, 3)
+    logits[0, :, 0, 1] = torch.tensor([1.0, 1.0, 2.0]).log()
+    logits[0, :, 0, 2] = torch.tensor([9.0, -9.0, 0.0])
+    labels = torch.tensor([[[0, 2, 255]]])
+    # -log p: background 1/3 -> ln 3; class 2 at 2 / (1 + 1 + 2) -> ln 2; weighted mean over the kept pixels
+    expected = (0.25 * torch.log(torch.tensor(3.0)) + 1.0 * torch.log(torch.tensor(2.0))) / 1.25
+    loss = seg.weighted_loss(logits, labels, torch.tensor([0.25, 1.0, 1.0]), ignore_index=255)
+    torch.testing.assert_close(loss, expected)
+    # logits at half the labels' size are upsampled first: a constant map stays constant
+    small = torch.zeros(1, 3, 1, 2)
+    torch.testing.assert_close(seg.weighted_loss(small, torch.zeros(1, 2, 4, dtype=torch.long), None, 255),
+                               torch.log(torch.tensor(3.0)))
+
+
 def test_oracle_warp_gives_the_box_more_area_than_the_plain_resize():
     images, masks, boxes = seg.load_split("validation", 2, seed=0)
     args = SimpleNamespace(max_ratio=1e4, temperature=1.5, warped_size=128, segmenter="upernet_convnext")
