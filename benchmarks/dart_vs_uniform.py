@@ -26,7 +26,10 @@ token's region on the score grid (detached; `--distill_power` sharpens it); `--t
 training tokens from `scores ** p` (evaluation uses the scores as they are); `--mil_weight` adds an auxiliary
 classifier on the trunk's cell features pooled with the scorer's density; `--evidence_weight` adds
 `KL(target || pdf)` with the target where a per-cell classifier of the trunk's cell features predicts the label
-(`--evidence_relative 1`: as a multiplicative update of the current density). `--unfreeze_trunk_blocks N` trains
+(`--evidence_relative 1`: as a multiplicative update of the current density); with `--evidence_model mil` the
+target is instead the attention of a gated-attention multiple-instance classifier (trained on the labels alone) on the
+frozen pretrained trunk's deeper features (`--evidence_depth`), spread onto the score grid with its mass conserved.
+`--unfreeze_trunk_blocks N` trains
 the pretrained arm's last N trunk entries at `--trunk_learning_rate` (their input is cached instead of the trunk's
 output). `--glimpse multiply` runs a uniform pass of `--glimpse_tokens` through the same backbone first (trained on
 its own loss as well) and multiplies the scores by its last-layer cls attention on the grid (`--glimpse_power`; two
@@ -68,7 +71,7 @@ sys.path.insert(0, str(REPO_ROOT / "examples" / "data"))
 import sparse_canvas  # noqa: E402
 
 from modeling_dart import DartConfig, DartForImageClassification, load_scorer_trunk_weights  # noqa: E402
-from modeling_dart.trunks_dart import ScorerTrunk  # noqa: E402
+from modeling_dart.trunks_dart import TRUNKS, ScorerTrunk  # noqa: E402
 
 CANVAS = sparse_canvas.CANVAS_SIZE
 GRID = 20  # score grid: 8-pixel cells on the 160-pixel canvas (--grid)
@@ -115,6 +118,7 @@ class Setting:
     glimpse_tokens: int = 64
     glimpse_power: float = 1.0
     glimpse_weight: float = 1.0
+    evidence_depth: int = 12  # --evidence_model mil: the pretrained trunk's depth its features come from
 
 
 # ------------------------------------------------------------------------------------------------------------ data
@@ -180,6 +184,18 @@ def trunk_features(images: torch.Tensor, trunk: torch.nn.Module, grid: int, keep
             **({"block_inputs": torch.cat(block_inputs)} if split else {})}
 
 
+@torch.no_grad()
+def deep_features(images: torch.Tensor, trunk: torch.nn.Module, batch: int = 10) -> torch.Tensor:
+    """The frozen trunk's output for all images, float16 `(n, channels, h, w)`, computed once (`--evidence_model
+    mil` reads the pretrained trunk's deeper features from it)."""
+    trunk.eval()
+    out = []
+    for i in range(0, len(images), batch):
+        chunk = normalize(images[i : i + batch]).permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+        out.append(trunk(chunk).half())
+    return torch.cat(out)
+
+
 def pretrained_trunk(depth: int) -> ScorerTrunk:
     trunk = ScorerTrunk("efficientnet_lite0", depth)
     load_scorer_trunk_weights(trunk, "efficientnet_lite0")
@@ -195,6 +211,78 @@ def random_trunk(depth: int, seed: int) -> ScorerTrunk:
     trunk = ScorerTrunk("efficientnet_lite0", depth)
     trunk.features.load_state_dict(DartForImageClassification(config).dart.embeddings.scorer.features.state_dict())
     return trunk
+
+
+# -------------------------------------------------------------------------------- multiple-instance evidence
+def _cell_overlap(cells_in: int, cells_out: int) -> torch.Tensor:
+    """`(cells_out, cells_in)`: the fraction of each input cell (along one axis of the same extent) that lies in each
+    output cell; every column sums to 1."""
+    edges_in = torch.arange(cells_in + 1, dtype=torch.float64) / cells_in
+    edges_out = torch.arange(cells_out + 1, dtype=torch.float64) / cells_out
+    lo = torch.maximum(edges_out[:-1, None], edges_in[None, :-1])
+    hi = torch.minimum(edges_out[1:, None], edges_in[None, 1:])
+    return (hi - lo).clamp(min=0) * cells_in
+
+
+def resample_mass(mass: torch.Tensor, size: int) -> torch.Tensor:
+    """A mass map `(batch, h, w)` on a regular grid -> `(batch, size, size)` on another grid over the same canvas:
+    each input cell's mass is shared among the output cells it overlaps, in proportion to the overlap (total mass
+    conserved per image; a finer output spreads a cell evenly, a coarser one sums)."""
+    if not isinstance(mass, torch.Tensor) or mass.dim() != 3:
+        raise ValueError(f"`mass` must be a (batch, h, w) tensor, got {getattr(mass, 'shape', type(mass))}.")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"`size` must be a positive int, got {size!r}.")
+    rows = _cell_overlap(mass.shape[1], size).to(mass.dtype)
+    columns = _cell_overlap(mass.shape[2], size).to(mass.dtype)
+    return rows @ mass @ columns.T
+
+
+class MilEvidence(torch.nn.Module):
+    """Gated-attention multiple-instance classifier (the cells of a feature map are the instances): each cell's
+    features are normalised and embedded, an attention weight per cell comes from `w . (tanh(V h) * sigmoid(U h))`
+    (softmax over the cells), and the class is predicted from the attention-weighted mean embedding. Trained on the
+    image labels alone; its attention says which cells the class was read from."""
+
+    def __init__(self, channels: int, hidden: int = 128, attention_hidden: int = 64, num_labels: int = 10):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(channels)
+        self.embed = torch.nn.Linear(channels, hidden)
+        self.attention_v = torch.nn.Linear(hidden, attention_hidden)
+        self.attention_u = torch.nn.Linear(hidden, attention_hidden)
+        self.attention_w = torch.nn.Linear(attention_hidden, 1)
+        self.classifier = torch.nn.Linear(hidden, num_labels)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(batch, channels, h, w)` -> logits `(batch, num_labels)` and attention `(batch, h, w)` (sums to 1)."""
+        h = F.relu(self.embed(self.norm(features.flatten(2).transpose(1, 2))))  # (batch, h*w, hidden)
+        gate = torch.tanh(self.attention_v(h)) * torch.sigmoid(self.attention_u(h))
+        attention = torch.softmax(self.attention_w(gate)[..., 0], dim=-1)
+        logits = self.classifier((attention[..., None] * h).sum(1))
+        return logits, attention.view(features.shape[0], *features.shape[2:])
+
+
+def mil_evidence(head: MilEvidence, features: torch.Tensor, labels: torch.Tensor, grid: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MIL head's own classification loss, and its attention spread onto the `grid` x grid score grid
+    `(batch, grid * grid)` with the mass conserved and detached: the scorer's target."""
+    logits, attention = head(features)
+    return F.cross_entropy(logits, labels), resample_mass(attention.detach(), grid).flatten(1)
+
+
+@torch.no_grad()
+def mil_evaluation(head: MilEvidence, features: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor
+                   ) -> tuple[float, float]:
+    """The MIL head's validation accuracy and the share of its attention (on the score grid) in the article's box."""
+    was_training = head.training
+    head.eval()
+    correct, share = 0, []
+    coverage = box_coverage(boxes).flatten(1)
+    for i in range(0, len(labels), 250):
+        logits, attention = head(features[i : i + 250].float())
+        correct += (logits.argmax(-1) == labels[i : i + 250]).sum().item()
+        share.append((resample_mass(attention, GRID).flatten(1) * coverage[i : i + 250]).sum(-1))
+    head.train(was_training)
+    return correct / len(labels), torch.cat(share).mean().item()
 
 
 # ----------------------------------------------------------------------------------------------------------- model
@@ -371,7 +459,9 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0, layouts
         # the cell's own), trained on every cell alike; the cells where it predicts the label best form the target
         # density for the scorer (training only, discarded after)
         channels = features["train"]["summaries"][1].shape[-1]
-        if setting.evidence_model == "conv":  # 3 convolutions on the cell grid: a 5x5-cell (40 px) receptive field
+        if setting.evidence_model == "mil":  # attention MIL on the pretrained trunk's deeper features (main caches)
+            evidence_head = MilEvidence(features["train"]["evidence"].shape[1])
+        elif setting.evidence_model == "conv":  # 3 convolutions on the cell grid: a 5x5-cell (40 px) receptive field
             evidence_head = torch.nn.Sequential(torch.nn.Conv2d(channels, 64, 3, padding=1), torch.nn.GELU(),
                                                 torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.GELU(),
                                                 torch.nn.Conv2d(64, 10, 1))
@@ -439,17 +529,22 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0, layouts
         if evidence_head is not None:
             from modeling_dart.self_distillation_dart import density_distillation_loss
 
-            cells = features["train"]["summaries"][1][index].float()  # (B, G, G, C)
-            if setting.evidence_model == "conv":
-                cell_logits = evidence_head(cells.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-            else:
-                context = F.avg_pool2d(cells.permute(0, 3, 1, 2), 3, 1, 1, count_include_pad=False)
-                cell_logits = evidence_head(torch.cat([cells, context.permute(0, 2, 3, 1)], -1))
-            log_probs = F.log_softmax(cell_logits.flatten(1, 2), -1)  # (B, G*G, 10)
             labels = train_labels[index]
-            label_log_prob = log_probs.gather(-1, labels[:, None, None].expand(-1, log_probs.shape[1], 1))[..., 0]
-            loss = loss - label_log_prob.mean()  # the evidence classifier's own loss (every cell)
-            target = torch.softmax(label_log_prob.detach() / setting.evidence_temperature, dim=-1)
+            if setting.evidence_model == "mil":  # the target: the MIL head's attention on the score grid
+                evidence_loss, target = mil_evidence(evidence_head, features["train"]["evidence"][index].float(),
+                                                     labels, GRID)
+            else:
+                cells = features["train"]["summaries"][1][index].float()  # (B, G, G, C)
+                if setting.evidence_model == "conv":
+                    cell_logits = evidence_head(cells.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+                else:
+                    context = F.avg_pool2d(cells.permute(0, 3, 1, 2), 3, 1, 1, count_include_pad=False)
+                    cell_logits = evidence_head(torch.cat([cells, context.permute(0, 2, 3, 1)], -1))
+                log_probs = F.log_softmax(cell_logits.flatten(1, 2), -1)  # (B, G*G, 10)
+                label_log_prob = log_probs.gather(-1, labels[:, None, None].expand(-1, log_probs.shape[1], 1))[..., 0]
+                evidence_loss = -label_log_prob.mean()  # the evidence classifier's own loss (every cell)
+                target = torch.softmax(label_log_prob.detach() / setting.evidence_temperature, dim=-1)
+            loss = loss + evidence_loss
             if setting.evidence_relative:  # a multiplicative update of the current density: flat evidence, no pull
                 target = target * embeddings.pdf.detach()
             loss = loss + setting.evidence_weight * density_distillation_loss(embeddings.pdf, target)
@@ -464,6 +559,7 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0, layouts
             torch.nn.utils.clip_grad_norm_(model.parameters(), setting.max_grad_norm)
         if log_every and (step + 1) % log_every == 0 and learned:
             diagnostics.append({"step": step + 1, "loss": loss.item(),
+                                **({"evidence_loss": evidence_loss.item()} if evidence_head is not None else {}),
                                 **scorer_diagnostics(model, features.get("train", {}), index, setting)})
         optimizer.step()
         if log_every and (step + 1) % log_every == 0:
@@ -480,6 +576,10 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0, layouts
         glimpse_accuracy, glimpse_box_share = glimpse_evaluation(model, data, setting)
     if layouts is not None:
         layouts["end"] = token_layouts(arm, model, num_tokens, data, features, setting)
+    evidence_accuracy, evidence_box_share = (None, None)
+    if evidence_head is not None and setting.evidence_model == "mil":
+        evidence_accuracy, evidence_box_share = mil_evaluation(evidence_head, features["validation"]["evidence"],
+                                                               val_labels, val_boxes)
     return {"arm": arm, "tokens": num_tokens, "seed": seed, "accuracy": accuracy, "box_share": box_share,
             "box_share_at_start": share_at_start, "train_seconds": train_seconds,
             "learned": learned, "distill": setting.distill if distill else "none",
@@ -489,6 +589,8 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0, layouts
             "evidence_weight": setting.evidence_weight if evidence_head is not None else 0.0,
             "evidence_temperature": setting.evidence_temperature, "evidence_relative": setting.evidence_relative,
             "evidence_learning_rate": setting.evidence_learning_rate, "evidence_model": setting.evidence_model,
+            "evidence_depth": setting.evidence_depth if setting.evidence_model == "mil" else None,
+            "evidence_accuracy": evidence_accuracy, "evidence_box_share": evidence_box_share,
             "scorer_learning_rate": setting.scorer_learning_rate, "steps": setting.steps,
             "unfreeze_trunk_blocks": unfreeze, "trunk_learning_rate": setting.trunk_learning_rate if unfreeze else 0.0,
             "glimpse": glimpse, "glimpse_tokens": setting.glimpse_tokens if glimpse != "none" else 0,
@@ -676,8 +778,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="1: the target multiplies the current density by the evidence (flat evidence: no pull)")
     parser.add_argument("--evidence_learning_rate", type=float, default=0.0,
                         help="the evidence classifier's own learning rate (default: the scorer's)")
-    parser.add_argument("--evidence_model", choices=("mlp", "conv"), default="mlp",
-                        help="the evidence classifier: an MLP on each cell (+ its 3x3 mean) or 3 convolutions")
+    parser.add_argument("--evidence_model", choices=("mlp", "conv", "mil"), default="mlp",
+                        help="the evidence classifier: an MLP on each cell (+ its 3x3 mean), 3 convolutions, or a "
+                             "gated-attention MIL classifier on the pretrained trunk's features at --evidence_depth "
+                             "(its attention is the target)")
+    parser.add_argument("--evidence_depth", type=int, default=None,
+                        help="--evidence_model mil: the pretrained trunk depth it reads (default 12: 112 channels at "
+                             "stride 16)")
     parser.add_argument("--train_score_power", type=float, default=1.0,
                         help="learned arms: training tokens from scores ** p (evaluation unchanged)")
     parser.add_argument("--unfreeze_trunk_blocks", type=int, default=0,
@@ -702,6 +809,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error("--photo_dir needs --background photo")
     if args.unfreeze_trunk_blocks < 0 or args.glimpse_tokens < 1:
         parser.error("--unfreeze_trunk_blocks must be >= 0 and --glimpse_tokens >= 1")
+    if args.evidence_depth is not None and args.evidence_model != "mil":
+        parser.error("--evidence_depth needs --evidence_model mil")
+    if args.evidence_depth is None:
+        args.evidence_depth = 12
+    entries = TRUNKS["efficientnet_lite0"].num_entries
+    if not 1 <= args.evidence_depth <= entries:
+        parser.error(f"--evidence_depth must be in [1, {entries}] (the efficientnet_lite0 trunk's entries)")
     for name in ("distill_power", "train_score_power", "evidence_temperature", "glimpse_power"):
         if not getattr(args, name) > 0:
             parser.error(f"--{name} must be positive")
@@ -720,7 +834,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       args.evidence_weight, args.evidence_temperature, bool(args.evidence_relative),
                       args.evidence_learning_rate, args.evidence_model, args.unfreeze_trunk_blocks,
                       args.trunk_learning_rate, args.glimpse, args.glimpse_tokens, args.glimpse_power,
-                      args.glimpse_weight)
+                      args.glimpse_weight, args.evidence_depth)
     depth = build_model("pretrained", 16, setting).config.resolved_scorer_trunk_depth()
     setting.trunk_depth = depth  # every learned arm (heads v1 and v2 too) scores from the same trunk features
     if args.unfreeze_trunk_blocks > depth:
@@ -742,12 +856,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
         split = args.unfreeze_trunk_blocks if any(arm in UNFREEZABLE_ARMS for arm in args.arms) else 0
         cached["pretrained"] = {"train": trunk_features(train[0], trunk, GRID, original_heads, split=split),
                                 "validation": trunk_features(validation[0], trunk, GRID, original_heads, split=split)}
+    evidence = {}
+    if args.evidence_model == "mil" and args.evidence_weight > 0 and {"pretrained", "random_trunk"} & set(args.arms):
+        trunk = pretrained_trunk(args.evidence_depth)  # the MIL head reads the pretrained trunk, whatever the arm
+        evidence = {"train": deep_features(train[0], trunk), "validation": deep_features(validation[0], trunk)}
+        for split in ("train", "validation"):
+            cached.get("pretrained", {}).get(split, {})["evidence"] = evidence[split]
+        print(f"[dart_vs_uniform] MIL evidence features: depth {args.evidence_depth}, "
+              f"{tuple(evidence['train'].shape[1:])} ({time.time() - start:.0f} s)", flush=True)
     results, layouts = [], {}
     for seed in args.seeds:
         if "random_trunk" in args.arms:
             trunk = random_trunk(depth, seed)
-            cached["random_trunk"] = {"train": trunk_features(train[0], trunk, GRID, False),
-                                      "validation": trunk_features(validation[0], trunk, GRID, False)}
+            cached["random_trunk"] = {"train": {**trunk_features(train[0], trunk, GRID, False),
+                                                **({"evidence": evidence["train"]} if evidence else {})},
+                                      "validation": {**trunk_features(validation[0], trunk, GRID, False),
+                                                     **({"evidence": evidence["validation"]} if evidence else {})}}
         for num_tokens in args.tokens:
             for arm in args.arms:  # interleaved, so that machine-load drifts touch every arm alike
                 features = cached.get("pretrained" if arm in PRETRAINED_ARMS else arm, {})

@@ -358,3 +358,114 @@ def test_glimpse_runs_and_reports_its_own_pass(monkeypatch, tiny_benchmark_data,
     assert 0.0 < result["glimpse_box_share"] < 1.0
     if mode == "distill":
         assert any(".scorer.head." in n for n in moved)
+
+
+# ----------------------------------------------------------------- #23.3: attention-MIL evidence on deeper features
+def test_resample_mass_matches_hand_made_cases_and_conserves_mass():
+    import dart_vs_uniform as benchmark
+
+    # 3x3 -> 2x2: along each axis input cell 0 lies in output 0, cell 1 half in each, cell 2 in output 1
+    centre = torch.zeros(1, 3, 3)
+    centre[0, 1, 1] = 1.0
+    torch.testing.assert_close(benchmark.resample_mass(centre, 2), torch.full((1, 2, 2), 0.25))
+    top = torch.zeros(1, 3, 3)
+    top[0, 0, 1] = 8.0
+    torch.testing.assert_close(benchmark.resample_mass(top, 2), torch.tensor([[[4.0, 4.0], [0.0, 0.0]]]))
+    # 2x2 -> 4x4: each cell's mass spread evenly over its four sub-cells; and back again
+    coarse = torch.tensor([[[1.0, 2.0], [3.0, 6.0]]])
+    fine = benchmark.resample_mass(coarse, 4)
+    torch.testing.assert_close(fine, torch.tensor([[[0.25, 0.25, 0.5, 0.5], [0.25, 0.25, 0.5, 0.5],
+                                                    [0.75, 0.75, 1.5, 1.5], [0.75, 0.75, 1.5, 1.5]]]))
+    torch.testing.assert_close(benchmark.resample_mass(fine, 2), coarse)
+    mass = torch.rand(3, 7, 7)
+    for size in (20, 5, 3):
+        torch.testing.assert_close(benchmark.resample_mass(mass, size).sum((-2, -1)), mass.sum((-2, -1)))
+    with pytest.raises(ValueError, match="`mass`"):
+        benchmark.resample_mass(mass[0], 4)
+    with pytest.raises(ValueError, match="`size`"):
+        benchmark.resample_mass(mass, 0)
+
+
+def test_mil_evidence_target_is_its_attention_detached_and_pulls_the_density_towards_it():
+    """The target is the MIL head's attention spread onto the score grid (here 5x5 -> 10x10: each cell's mass over
+    its 2x2 sub-cells), detached; the KL term's gradient on the density's logits is `pdf - target` (per image, over
+    the batch), so it raises the density where the attention is; only the head's own loss reaches the head."""
+    import dart_vs_uniform as benchmark
+
+    from modeling_dart.self_distillation_dart import density_distillation_loss
+
+    torch.manual_seed(0)
+    head = benchmark.MilEvidence(6)
+    features, labels = torch.randn(2, 6, 5, 5), torch.tensor([3, 7])
+    head_loss, target = benchmark.mil_evidence(head, features, labels, 10)
+    with torch.no_grad():
+        logits, attention = head(features)
+    expected = attention.repeat_interleave(2, 1).repeat_interleave(2, 2).flatten(1) / 4
+    torch.testing.assert_close(target, expected)
+    torch.testing.assert_close(target.sum(-1), torch.ones(2))
+    assert not target.requires_grad
+    torch.testing.assert_close(head_loss, torch.nn.functional.cross_entropy(logits, labels))
+    density_logits = torch.zeros(2, 100, requires_grad=True)
+    pdf = torch.softmax(density_logits, -1)
+    density_distillation_loss(pdf, target).backward()
+    torch.testing.assert_close(density_logits.grad, (pdf.detach() - expected) / 2)
+    assert all(p.grad is None for p in head.parameters())  # the KL term trains the scorer, not the head
+    head_loss.backward()
+    assert all(p.grad is not None for p in head.parameters())
+
+
+def test_mil_evidence_option_trains_its_head_and_pulls_the_density_towards_its_attention(monkeypatch,
+                                                                                         tiny_benchmark_data):
+    """`--evidence_model mil`: the MIL head (on cached deeper features, here a random trunk at depth 5: 20x20 cells
+    onto the 10x10 score grid) trains, and the scorer's density ends closer to the head's attention than the same run
+    without the option (same seed: only the KL term differs); the results report the head's own validation figures.
+    `prior_only` with the same options builds no head and trains no scorer parameter."""
+    import dataclasses
+
+    import dart_vs_uniform as benchmark
+
+    from modeling_dart.self_distillation_dart import density_distillation_loss
+
+    (images, *rest), features = tiny_benchmark_data
+    deep = benchmark.deep_features(images, benchmark.random_trunk(5, seed=0))
+    data = ((images, *rest), {"train": {**features["train"], "evidence": deep},
+                              "validation": {**features["validation"], "evidence": deep[:4]}})
+    heads = []
+
+    class Recorded(benchmark.MilEvidence):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            heads.append((self, {n: p.detach().clone() for n, p in self.named_parameters()}))
+
+    monkeypatch.setattr(benchmark, "MilEvidence", Recorded)
+    original = benchmark.Setting
+    options = {"evidence_weight": 10.0, "evidence_model": "mil", "evidence_learning_rate": 1e-2}
+    monkeypatch.setattr(benchmark, "Setting", lambda **kwargs: dataclasses.replace(original(**kwargs), **options))
+    models = []
+    result, moved = _tiny_benchmark_run(monkeypatch, "pretrained", data, models)
+    assert any(".scorer.head." in n for n in moved)
+    (head, before), = heads
+    assert head.embed.weight.shape[1] == deep.shape[1] == 40
+    assert all(not torch.equal(p, before[n]) for n, p in head.named_parameters())
+    assert result["evidence_model"] == "mil" and result["evidence_weight"] == 10.0 and result["evidence_depth"] == 12
+    assert 0.0 <= result["evidence_accuracy"] <= 1.0 and 0.0 < result["evidence_box_share"] < 1.0
+
+    options["evidence_weight"] = 0.0  # the same run without the pull
+    _tiny_benchmark_run(monkeypatch, "pretrained", data, models)
+    assert len(heads) == 1
+    with torch.no_grad():
+        target = benchmark.resample_mass(head(deep.float())[1], 10).flatten(1)
+
+        def distance(model):
+            scorer = model.dart.embeddings.scorer
+            prior, cells = features["train"]["summaries"]
+            scores = scorer.density(scorer.head.combine(prior.float(), cells.float()))
+            pdf = model.dart.embeddings(benchmark.normalize(images), num_tokens=16, score_map=scores).pdf
+            return density_distillation_loss(pdf, target).item()
+
+        assert distance(models[0]) < distance(models[1]) - 0.01
+
+    options["evidence_weight"] = 10.0
+    result, moved = _tiny_benchmark_run(monkeypatch, "prior_only", data)
+    assert len(heads) == 1 and not any(".scorer." in n for n in moved)
+    assert result["evidence_weight"] == 0.0 and result["evidence_accuracy"] is None
