@@ -17,8 +17,9 @@ differs between the arms; the segmenter, its initialisation (per seed), the batc
   cross-entropy of the logits warped back to the canvas against the canvas's mask, instead of the loss on the warped
   grid (where a warp that shrinks the article also shrinks its share of the loss).
 
-`--background_weight w` weighs the background's pixels by `w` in every arm's cross-entropy (the articles by 1), on
-the grid the arm's loss uses; the default 1 is the model's own loss.
+Every arm's cross-entropy weighs the background's pixels by `--background_weight` (default 0.1; the articles by 1),
+on the grid the arm's loss uses: the background is about 99% of the pixels, and unweighted the segmenter learns to
+predict it everywhere. `--background_weight 1` trains with the model's own loss.
 
 The segmenter (from scratch): UperNet (`hidden_size` 32, no auxiliary head) on a ConvNeXt of widths 24-160 and depths
 1-1-2-1, the ConvNeXt of `reshaper_zoom.py` (`--segmenter segformer`: a Segformer of the same depths, widths
@@ -435,9 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--train_canvases", type=int, default=None, help="default 800 (--quick: 480)")
     parser.add_argument("--validation_canvases", type=int, default=None, help="default 200 (--quick: 120)")
-    parser.add_argument("--background_weight", type=float, default=1.0,
-                        help="the background's weight in the cross-entropy, every article's 1 (default 1: the "
-                             "model's own loss)")
+    parser.add_argument("--background_weight", type=float, default=0.1,
+                        help="the background's weight in the cross-entropy, every article's 1 (1: the model's own "
+                             "loss)")
     zoom.add_training_arguments(parser)
     parser.add_argument("--plot", type=Path, default=None, help="write the mIoU / box-share plot to this PNG")
     parser.add_argument("--pictures", type=Path, default=None,

@@ -53,6 +53,8 @@ def test_the_background_weight_weighs_the_cross_entropy_by_hand():
     assert seg.class_weights(SimpleNamespace(background_weight=1.0)) is None  # the model's own loss
     weights = seg.class_weights(SimpleNamespace(background_weight=0.25))
     assert weights.tolist() == [0.25] + [1.0] * 10
+    with pytest.raises(ValueError, match="background_weight"):
+        seg.main(["--background_weight", "0"])
     # three pixels on a 1x3 map, 3 classes: background (logits 0, 0, 0), class 2 (logits 0, 0, ln 2), one ignored
     logits = torch.zeros(1, 3, 1, 3)
     logits[0, :, 0, 1] = torch.tensor([1.0, 1.0, 2.0]).log()
