@@ -71,6 +71,7 @@ sys.path.insert(0, str(REPO_ROOT / "examples" / "data"))
 import sparse_canvas  # noqa: E402
 
 from modeling_dart import DartConfig, DartForImageClassification, load_scorer_trunk_weights  # noqa: E402
+from modeling_dart.self_distillation_dart import MilEvidenceHead, resample_mass  # noqa: E402
 from modeling_dart.trunks_dart import TRUNKS, ScorerTrunk  # noqa: E402
 
 CANVAS = sparse_canvas.CANVAS_SIZE
@@ -214,54 +215,7 @@ def random_trunk(depth: int, seed: int) -> ScorerTrunk:
 
 
 # -------------------------------------------------------------------------------- multiple-instance evidence
-def _cell_overlap(cells_in: int, cells_out: int) -> torch.Tensor:
-    """`(cells_out, cells_in)`: the fraction of each input cell (along one axis of the same extent) that lies in each
-    output cell; every column sums to 1."""
-    edges_in = torch.arange(cells_in + 1, dtype=torch.float64) / cells_in
-    edges_out = torch.arange(cells_out + 1, dtype=torch.float64) / cells_out
-    lo = torch.maximum(edges_out[:-1, None], edges_in[None, :-1])
-    hi = torch.minimum(edges_out[1:, None], edges_in[None, 1:])
-    return (hi - lo).clamp(min=0) * cells_in
-
-
-def resample_mass(mass: torch.Tensor, size: int) -> torch.Tensor:
-    """A mass map `(batch, h, w)` on a regular grid -> `(batch, size, size)` on another grid over the same canvas:
-    each input cell's mass is shared among the output cells it overlaps, in proportion to the overlap (total mass
-    conserved per image; a finer output spreads a cell evenly, a coarser one sums)."""
-    if not isinstance(mass, torch.Tensor) or mass.dim() != 3:
-        raise ValueError(f"`mass` must be a (batch, h, w) tensor, got {getattr(mass, 'shape', type(mass))}.")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise ValueError(f"`size` must be a positive int, got {size!r}.")
-    rows = _cell_overlap(mass.shape[1], size).to(mass.dtype)
-    columns = _cell_overlap(mass.shape[2], size).to(mass.dtype)
-    return rows @ mass @ columns.T
-
-
-class MilEvidence(torch.nn.Module):
-    """Gated-attention multiple-instance classifier (the cells of a feature map are the instances): each cell's
-    features are normalised and embedded, an attention weight per cell comes from `w . (tanh(V h) * sigmoid(U h))`
-    (softmax over the cells), and the class is predicted from the attention-weighted mean embedding. Trained on the
-    image labels alone; its attention says which cells the class was read from."""
-
-    def __init__(self, channels: int, hidden: int = 128, attention_hidden: int = 64, num_labels: int = 10):
-        super().__init__()
-        self.norm = torch.nn.LayerNorm(channels)
-        self.embed = torch.nn.Linear(channels, hidden)
-        self.attention_v = torch.nn.Linear(hidden, attention_hidden)
-        self.attention_u = torch.nn.Linear(hidden, attention_hidden)
-        self.attention_w = torch.nn.Linear(attention_hidden, 1)
-        self.classifier = torch.nn.Linear(hidden, num_labels)
-
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(batch, channels, h, w)` -> logits `(batch, num_labels)` and attention `(batch, h, w)` (sums to 1)."""
-        h = F.relu(self.embed(self.norm(features.flatten(2).transpose(1, 2))))  # (batch, h*w, hidden)
-        gate = torch.tanh(self.attention_v(h)) * torch.sigmoid(self.attention_u(h))
-        attention = torch.softmax(self.attention_w(gate)[..., 0], dim=-1)
-        logits = self.classifier((attention[..., None] * h).sum(1))
-        return logits, attention.view(features.shape[0], *features.shape[2:])
-
-
-def mil_evidence(head: MilEvidence, features: torch.Tensor, labels: torch.Tensor, grid: int
+def mil_evidence(head: MilEvidenceHead, features: torch.Tensor, labels: torch.Tensor, grid: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """The MIL head's own classification loss, and its attention spread onto the `grid` x grid score grid
     `(batch, grid * grid)` with the mass conserved and detached: the scorer's target."""
@@ -270,7 +224,7 @@ def mil_evidence(head: MilEvidence, features: torch.Tensor, labels: torch.Tensor
 
 
 @torch.no_grad()
-def mil_evaluation(head: MilEvidence, features: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor
+def mil_evaluation(head: MilEvidenceHead, features: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor
                    ) -> tuple[float, float]:
     """The MIL head's validation accuracy and the share of its attention (on the score grid) in the article's box."""
     was_training = head.training
@@ -460,7 +414,7 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0, layouts
         # density for the scorer (training only, discarded after)
         channels = features["train"]["summaries"][1].shape[-1]
         if setting.evidence_model == "mil":  # attention MIL on the pretrained trunk's deeper features (main caches)
-            evidence_head = MilEvidence(features["train"]["evidence"].shape[1])
+            evidence_head = MilEvidenceHead(features["train"]["evidence"].shape[1], 10)
         elif setting.evidence_model == "conv":  # 3 convolutions on the cell grid: a 5x5-cell (40 px) receptive field
             evidence_head = torch.nn.Sequential(torch.nn.Conv2d(channels, 64, 3, padding=1), torch.nn.GELU(),
                                                 torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.GELU(),

@@ -10,6 +10,10 @@ target density on the score grid, so that a KL term can pull the scorer's densit
    straddles rows) and integrates it over the score cells: mass is conserved;
 3. `density_distillation_loss`: `KL(target || pdf)`, the target detached.
 
+A target from outside the backbone: `MilEvidenceHead`, a gated-attention multiple-instance classifier on a feature
+map (trained on the image labels alone), whose attention over the cells, moved onto the score grid by
+`resample_mass` (mass conserved), says where the class was read from (`DartConfig.scorer_evidence_weight`).
+
 A token's region shrinks where the scorer's density is high, so a uniform attention mapped back gives the scorer's
 own (token-averaged) density: the target differs from the current placement only where the backbone attends to
 some tokens more than to others. None of this runs at inference; it is a training option
@@ -19,6 +23,7 @@ some tokens more than to others. None of this runs at inference; it is a trainin
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from .partition_dart import interval_overlap
 
@@ -142,5 +147,76 @@ def density_distillation_loss(pdf: torch.Tensor, target: torch.Tensor) -> torch.
     return (torch.xlogy(target, target) - target * pdf.log()).sum(dim=-1).mean()
 
 
-__all__ = ["cls_attention_mass", "density_distillation_loss", "gradient_mass", "rollout_mass", "sharpen",
-           "token_mass_to_grid"]
+def _cell_overlap(cells_in: int, cells_out: int) -> torch.Tensor:
+    """`(cells_out, cells_in)` float64: the fraction of each input cell (along one axis, both grids spanning the same
+    extent) that lies in each output cell; every column sums to 1."""
+    edges_in = torch.arange(cells_in + 1, dtype=torch.float64) / cells_in
+    edges_out = torch.arange(cells_out + 1, dtype=torch.float64) / cells_out
+    lo = torch.maximum(edges_out[:-1, None], edges_in[None, :-1])
+    hi = torch.minimum(edges_out[1:, None], edges_in[None, 1:])
+    return (hi - lo).clamp(min=0) * cells_in
+
+
+def resample_mass(mass: torch.Tensor, size: int) -> torch.Tensor:
+    """Move a mass map from one regular grid onto another over the same canvas.
+
+    Args:
+        mass (`(batch, h, w)`): a mass per cell of an `h x w` grid.
+        size (`int`): the side of the output grid.
+
+    Returns:
+        `(batch, size, size)`, in `mass`'s dtype and device: each input cell's mass shared among the output cells it
+        overlaps, in proportion to the overlapping area, so the total per image is conserved (a finer output spreads
+        a cell evenly over its sub-cells, a coarser one sums the cells it covers).
+    """
+    if not isinstance(mass, torch.Tensor) or mass.dim() != 3:
+        raise ValueError(f"`mass` must be a (batch, h, w) tensor, got {getattr(mass, 'shape', type(mass))}.")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"`size` must be a positive int, got {size!r}.")
+    rows = _cell_overlap(mass.shape[1], size).to(device=mass.device, dtype=mass.dtype)
+    columns = _cell_overlap(mass.shape[2], size).to(device=mass.device, dtype=mass.dtype)
+    return rows @ mass @ columns.T
+
+
+class MilEvidenceHead(nn.Module):
+    """Gated-attention multiple-instance classifier whose instances are the cells of a feature map.
+
+    Each cell's features are layer-normalised and embedded (`relu(embed(norm(x)))`, `hidden` channels); each cell
+    gets an attention logit `attention_w . (tanh(attention_v h) * sigmoid(attention_u h))`, softmax over the cells;
+    the class logits come from `classifier` applied to the attention-weighted mean embedding. Trained on the image
+    labels alone, its attention says which cells the class was read from, which makes it a target for the scorer's
+    density (`resample_mass` onto the score grid, then `density_distillation_loss`).
+
+    Args:
+        channels (`int`): the feature map's channels.
+        num_labels (`int`): the number of classes.
+        hidden (`int`, defaults to 128): the cell embedding's width.
+        attention_hidden (`int`, defaults to 64): the width of the gated attention's two branches.
+    """
+
+    def __init__(self, channels: int, num_labels: int, hidden: int = 128, attention_hidden: int = 64):
+        super().__init__()
+        for name, value in (("channels", channels), ("num_labels", num_labels), ("hidden", hidden),
+                            ("attention_hidden", attention_hidden)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+        self.norm = nn.LayerNorm(channels)
+        self.embed = nn.Linear(channels, hidden)
+        self.attention_v = nn.Linear(hidden, attention_hidden)
+        self.attention_u = nn.Linear(hidden, attention_hidden)
+        self.attention_w = nn.Linear(attention_hidden, 1)
+        self.classifier = nn.Linear(hidden, num_labels)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`features` `(batch, channels, h, w)` -> class logits `(batch, num_labels)` and the attention over the
+        cells `(batch, h, w)` (each image's sums to 1)."""
+        _check_tensor(features, "features", 4)
+        h = torch.relu(self.embed(self.norm(features.flatten(2).transpose(1, 2))))  # (batch, h * w, hidden)
+        gate = torch.tanh(self.attention_v(h)) * torch.sigmoid(self.attention_u(h))
+        attention = torch.softmax(self.attention_w(gate)[..., 0], dim=-1)
+        logits = self.classifier((attention[..., None] * h).sum(1))
+        return logits, attention.view(features.shape[0], *features.shape[2:])
+
+
+__all__ = ["MilEvidenceHead", "cls_attention_mass", "density_distillation_loss", "gradient_mass", "resample_mass",
+           "rollout_mass", "sharpen", "token_mass_to_grid"]

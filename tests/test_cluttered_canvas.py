@@ -20,6 +20,7 @@ import sparse_canvas  # noqa: E402
 from modeling_dart.self_distillation_dart import (  # noqa: E402
     cls_attention_mass,
     density_distillation_loss,
+    resample_mass,
     rollout_mass,
     token_mass_to_grid,
 )
@@ -362,28 +363,26 @@ def test_glimpse_runs_and_reports_its_own_pass(monkeypatch, tiny_benchmark_data,
 
 # ----------------------------------------------------------------- #23.3: attention-MIL evidence on deeper features
 def test_resample_mass_matches_hand_made_cases_and_conserves_mass():
-    import dart_vs_uniform as benchmark
-
     # 3x3 -> 2x2: along each axis input cell 0 lies in output 0, cell 1 half in each, cell 2 in output 1
     centre = torch.zeros(1, 3, 3)
     centre[0, 1, 1] = 1.0
-    torch.testing.assert_close(benchmark.resample_mass(centre, 2), torch.full((1, 2, 2), 0.25))
+    torch.testing.assert_close(resample_mass(centre, 2), torch.full((1, 2, 2), 0.25))
     top = torch.zeros(1, 3, 3)
     top[0, 0, 1] = 8.0
-    torch.testing.assert_close(benchmark.resample_mass(top, 2), torch.tensor([[[4.0, 4.0], [0.0, 0.0]]]))
+    torch.testing.assert_close(resample_mass(top, 2), torch.tensor([[[4.0, 4.0], [0.0, 0.0]]]))
     # 2x2 -> 4x4: each cell's mass spread evenly over its four sub-cells; and back again
     coarse = torch.tensor([[[1.0, 2.0], [3.0, 6.0]]])
-    fine = benchmark.resample_mass(coarse, 4)
+    fine = resample_mass(coarse, 4)
     torch.testing.assert_close(fine, torch.tensor([[[0.25, 0.25, 0.5, 0.5], [0.25, 0.25, 0.5, 0.5],
                                                     [0.75, 0.75, 1.5, 1.5], [0.75, 0.75, 1.5, 1.5]]]))
-    torch.testing.assert_close(benchmark.resample_mass(fine, 2), coarse)
+    torch.testing.assert_close(resample_mass(fine, 2), coarse)
     mass = torch.rand(3, 7, 7)
     for size in (20, 5, 3):
-        torch.testing.assert_close(benchmark.resample_mass(mass, size).sum((-2, -1)), mass.sum((-2, -1)))
+        torch.testing.assert_close(resample_mass(mass, size).sum((-2, -1)), mass.sum((-2, -1)))
     with pytest.raises(ValueError, match="`mass`"):
-        benchmark.resample_mass(mass[0], 4)
+        resample_mass(mass[0], 4)
     with pytest.raises(ValueError, match="`size`"):
-        benchmark.resample_mass(mass, 0)
+        resample_mass(mass, 0)
 
 
 def test_mil_evidence_target_is_its_attention_detached_and_pulls_the_density_towards_it():
@@ -395,7 +394,7 @@ def test_mil_evidence_target_is_its_attention_detached_and_pulls_the_density_tow
     from modeling_dart.self_distillation_dart import density_distillation_loss
 
     torch.manual_seed(0)
-    head = benchmark.MilEvidence(6)
+    head = benchmark.MilEvidenceHead(6, 10)
     features, labels = torch.randn(2, 6, 5, 5), torch.tensor([3, 7])
     head_loss, target = benchmark.mil_evidence(head, features, labels, 10)
     with torch.no_grad():
@@ -432,12 +431,12 @@ def test_mil_evidence_option_trains_its_head_and_pulls_the_density_towards_its_a
                               "validation": {**features["validation"], "evidence": deep[:4]}})
     heads = []
 
-    class Recorded(benchmark.MilEvidence):
+    class Recorded(benchmark.MilEvidenceHead):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             heads.append((self, {n: p.detach().clone() for n, p in self.named_parameters()}))
 
-    monkeypatch.setattr(benchmark, "MilEvidence", Recorded)
+    monkeypatch.setattr(benchmark, "MilEvidenceHead", Recorded)
     original = benchmark.Setting
     options = {"evidence_weight": 10.0, "evidence_model": "mil", "evidence_learning_rate": 1e-2}
     monkeypatch.setattr(benchmark, "Setting", lambda **kwargs: dataclasses.replace(original(**kwargs), **options))
