@@ -277,6 +277,13 @@ def _is_tracing() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
+def _is_exporting() -> bool:
+    """True under torch.export. A function of this module, so that a test can force the exported path by replacing
+    it here: replacing `torch.compiler.is_exporting` itself while dynamo builds its caches breaks later compiles in
+    the same process."""
+    return torch.compiler.is_exporting()
+
+
 # Time steps per block of the compiled scan (torch.compile, torch.jit.trace; exported graphs use
 # `_selective_scan_exported`): the graph holds one block of closed-form operations per `_TRACED_BLOCK` steps instead
 # of one per step (197 steps: 13 blocks, not 197), which keeps compile times small; a block's pairwise decays
@@ -390,7 +397,7 @@ def _selective_scan_time_major(
     tensors = [u, delta, A, B, C, D, z]
     u, delta, A, B, C, D, z = (None if t is None else t.to(compute_dtype) for t in tensors)
     if _is_tracing():  # before the chunk size, which depends on the batch size (a guard on a dynamic batch)
-        if torch.compiler.is_exporting():
+        if _is_exporting():
             return _selective_scan_exported(u, delta, A, B, C, D, z).to(input_dtype)
         return _selective_scan_functional(u, delta, A, B, C, D, z).to(input_dtype)
     if chunk_size is None:
