@@ -104,6 +104,15 @@ class DartConfig(PreTrainedConfig):  # trf-ignore: TRF010
         `"batch"` uses statistics over the whole batch, as the original code does.
     freeze_scorer_trunk (`bool`, *optional*, defaults to `True`):
         Keep the MobileNetV3 trunk frozen (no gradients, run under `no_grad`), as in the original.
+    scorer_evidence_weight (`float`, *optional*, defaults to 0.0):
+        Training option of the learned scorer (image models; 0 turns it off). When positive,
+        [`DartForImageClassification`] holds an `evidence_head`: a gated-attention multiple-instance classifier
+        (`self_distillation_dart.MilEvidenceHead`) on the scorer trunk's features (the ones the scorer already
+        computes, detached), trained by its own classification loss on the labels. Its attention over the feature
+        cells, moved onto the score grid with the mass conserved, is a detached target for the scorer's density:
+        in training mode with `labels`, the loss adds the head's loss and `scorer_evidence_weight * KL(attention ||
+        pdf)`. The scorer thereby learns where the class can be read from, without box labels. Evaluation and
+        inference ignore the head (one pass, the same logits).
     token_geometry_embedding (`bool`, *optional*, defaults to `False`):
         Add to each token a learned embedding of its own geometry (not in the original, nor in the released
         models): the centre of its region, the logarithms of its width and height (inputs' fractions) and its rank
@@ -180,6 +189,7 @@ class DartConfig(PreTrainedConfig):  # trf-ignore: TRF010
         scorer_temperature: float = 1.5,
         score_normalization: str = "image",
         freeze_scorer_trunk: bool = True,
+        scorer_evidence_weight: float = 0.0,
         token_geometry_embedding: bool = False,
         hidden_size: int = 192,
         num_hidden_layers: int = 12,
@@ -222,6 +232,7 @@ class DartConfig(PreTrainedConfig):  # trf-ignore: TRF010
         self.scorer_temperature = scorer_temperature
         self.score_normalization = score_normalization
         self.freeze_scorer_trunk = freeze_scorer_trunk
+        self.scorer_evidence_weight = scorer_evidence_weight
         self.token_geometry_embedding = token_geometry_embedding
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
@@ -326,6 +337,7 @@ class DartConfig(PreTrainedConfig):  # trf-ignore: TRF010
                                     _positive_float))
         checks.update(dict.fromkeys(cls._bools, _boolean))
         checks["scorer_max_density_ratio"] = _density_ratio
+        checks["scorer_evidence_weight"] = _non_negative_float
         return checks
 
     _positive_ints = (
@@ -365,6 +377,11 @@ class DartConfig(PreTrainedConfig):  # trf-ignore: TRF010
                     f"{name}: `scorer_trunk_depth` must be None or an integer in [2, {most}] (the `features` "
                     f"entries of {self.scorer_trunk}), got {depth!r}."
                 )
+        if self.scorer_evidence_weight > 0 and self.scorer != "learned":
+            raise ValueError(
+                f"{name}: `scorer_evidence_weight` trains the learned scorer and needs `scorer='learned'`, got "
+                f"scorer={self.scorer!r} with scorer_evidence_weight={self.scorer_evidence_weight!r}."
+            )
         if self.backbone == "vit" and self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"{name}: `hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
@@ -478,6 +495,10 @@ class DartVideoConfig(DartConfig):
         if self.motion_tokens and self.num_frames < 2:
             raise ValueError(f"DartVideoConfig: the motion tokeniser scores the change between consecutive frames and "
                              f"needs `num_frames` >= 2, got {self.num_frames}.")
+        if self.scorer_evidence_weight > 0:
+            raise ValueError(f"DartVideoConfig: `scorer_evidence_weight` is an option of the image models "
+                             f"(DartForImageClassification); the video models do not support it, got "
+                             f"{self.scorer_evidence_weight!r}.")
         if self.tubelet_size != 1:
             raise ValueError(f"DartVideoConfig: only `tubelet_size=1` is supported, got {self.tubelet_size}.")
         if self.cls_token_position != "head":
@@ -519,6 +540,12 @@ def _optional_positive_float(config, name):
     value = getattr(config, name)
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf):
         raise ValueError(f"{type(config).__name__}: `{name}` must be None or a positive finite number, got {value!r}.")
+
+
+def _non_negative_float(config, name):
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ValueError(f"{type(config).__name__}: `{name}` must be a finite number >= 0, got {value!r}.")
 
 
 def _boolean(config, name):

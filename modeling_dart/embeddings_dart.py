@@ -111,6 +111,8 @@ class DartEmbeddingsOutput:
         row_edges (`(batch, num_rows + 1)`): token-row boundaries in input pixels.
         regions (`(batch, num_tokens, 4)`): each token's source box `(x0, y0, x1, y1)` in input pixels (for a token
             that straddles two rows, its widest piece).
+        scorer_features (`(batch, channels, h, w)` or None): the learned scorer trunk's features from the pass that
+            scored the image, when asked for (`return_scorer_features=True`).
     """
 
     embeddings: torch.Tensor
@@ -124,6 +126,7 @@ class DartEmbeddingsOutput:
     token_edges: torch.Tensor
     row_edges: torch.Tensor
     regions: torch.Tensor
+    scorer_features: torch.Tensor | None = None
 
 
 def check_pixel_values(pixel_values, num_channels: int, min_size: int, name: str = "pixel_values") -> None:
@@ -215,19 +218,24 @@ class DartEmbeddings(nn.Module):
         table = self.position_embeddings[0]
         return torch.cat([table[: self.cls_row], table[self.cls_row + 1 :]], dim=0)
 
-    def compute_scores(self, pixel_values: torch.Tensor, normalization: str | None = None) -> torch.Tensor:
-        """Score map `(batch, grid, grid)` (constant 1 for the uniform scorer)."""
+    def compute_scores(self, pixel_values: torch.Tensor, normalization: str | None = None,
+                       return_features: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        """Score map `(batch, grid, grid)` (constant 1 for the uniform scorer); with `return_features=True` the pair
+        `(score map, the scorer trunk's features (batch, channels, h, w) from the same pass)`, None for the uniform
+        scorer."""
         normalization = normalization or self.config.score_normalization
         if self.scorer is None:
-            return pixel_values.new_ones(pixel_values.shape[0], self.grid_size, self.grid_size)
+            ones = pixel_values.new_ones(pixel_values.shape[0], self.grid_size, self.grid_size)
+            return (ones, None) if return_features else ones
         if not any(p.dtype in _HALF_DTYPES for p in self.scorer.parameters()) and pixel_values.dtype not in _HALF_DTYPES:
-            return self.scorer(pixel_values, normalization)
+            return self.scorer(pixel_values, normalization, return_features=return_features)
         # the regions move by whole pixels when the scores move by a half-precision rounding step (and with them
         # every token's content), so scoring always runs in float32 (see `DartScorer._apply`); should the scorer's
         # weights have been made half precision by hand, they are upcast on the fly (gradients flow through the cast)
         upcast = {name: tensor.float() if tensor.is_floating_point() else tensor
                   for name, tensor in (*self.scorer.named_parameters(), *self.scorer.named_buffers())}
-        return torch.func.functional_call(self.scorer, upcast, (pixel_values.float(), normalization))
+        return torch.func.functional_call(self.scorer, upcast, (pixel_values.float(), normalization),
+                                          {"return_features": return_features})
 
     def project(self, patches: torch.Tensor) -> torch.Tensor:
         """Patches side by side `(batch, channels, patch, num_tokens * patch)` -> tokens `(batch, num_tokens, hidden)`
@@ -247,6 +255,7 @@ class DartEmbeddings(nn.Module):
         num_tokens: int | None = None,
         score_map: torch.Tensor | None = None,
         score_normalization: str | None = None,
+        return_scorer_features: bool = False,
     ) -> DartEmbeddingsOutput:
         """
         Args:
@@ -255,6 +264,9 @@ class DartEmbeddings(nn.Module):
             score_map (`torch.Tensor` of shape `(batch, grid, grid)`, *optional*): use these scores instead of the
                 scorer's (e.g. one score map shared by all frames of a clip).
             score_normalization (`str`, *optional*): overrides `config.score_normalization`.
+            return_scorer_features (`bool`, *optional*, defaults to `False`): also return the learned scorer trunk's
+                features from the pass that scored the image (`scorer_features`; None when `score_map` is given or
+                the scorer is uniform).
         """
         config = self.config
         check_pixel_values(pixel_values, config.num_channels, self.patch_size)
@@ -264,7 +276,10 @@ class DartEmbeddings(nn.Module):
         num_rows = max(1, round(math.sqrt(num_tokens)))
 
         uniform = score_map is None
-        if score_map is None:
+        scorer_features = None
+        if score_map is None and return_scorer_features:
+            score_map, scorer_features = self.compute_scores(pixel_values, score_normalization, return_features=True)
+        elif score_map is None:
             score_map = self.compute_scores(pixel_values, score_normalization)
         # The geometry (densities, cumulative sums, quantiles, edges) is computed in float64 and returned in float32:
         # a cut lies at `(level - cumulative mass) / cell mass`, so in float32 the rounding of the cumulative mass
@@ -336,4 +351,5 @@ class DartEmbeddings(nn.Module):
             token_edges=token_edges,
             row_edges=row_edges,
             regions=regions,
+            scorer_features=scorer_features,
         )

@@ -37,7 +37,10 @@ from .configuration_dart import DartConfig
 from .embeddings_dart import DartEmbeddings, DartEmbeddingsOutput, DartTokenGeometryEmbedding
 from .layers_dart import DartDropPath, check_classification_labels
 from .mamba_dart import DartBiMambaMixer, DartMambaAddNorm, DartMambaBlock, DartRMSNorm
+from .partition_dart import score_density
 from .scorer_dart import DartSaliencyHead, DartScorer
+from .self_distillation_dart import MilEvidenceHead, density_distillation_loss, resample_mass
+from .trunk_tables_dart import TRUNKS
 
 
 # ------------------------------------------------------------------------------------------------------- outputs
@@ -65,6 +68,8 @@ DART_MODEL_OUTPUT_FIELDS = r"""
         Per layer `(batch_size, num_heads, num_tokens + 1, num_tokens + 1)`.
     cls_token_index (`int`):
         Position of the cls token in the sequence.
+    scorer_features (`torch.FloatTensor` of shape `(batch_size, channels, height, width)`, *optional*, returned when `return_scorer_features=True` with a learned scorer):
+        The scorer trunk's features from the pass that placed the tokens.
 """
 DART_CLASSIFIER_OUTPUT_FIELDS = r"""
     loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` is given):
@@ -91,6 +96,7 @@ class DartModelOutput(ModelOutput):
     token_edges: torch.FloatTensor | None = None
     row_edges: torch.FloatTensor | None = None
     cls_token_index: int | None = None
+    scorer_features: torch.FloatTensor | None = None
 
 
 @auto_docstring(
@@ -428,6 +434,13 @@ DART_CALL_ARGS = r"""
 """
 
 
+DART_SCORER_FEATURES_ARG = r"""
+    return_scorer_features (`bool`, *optional*, defaults to `False`):
+        Also return the learned scorer trunk's features from the pass that placed the tokens (`scorer_features`;
+        no second trunk pass).
+"""
+
+
 @auto_docstring(custom_intro="The bare DART model: adaptive tokens and a DeiT or bidirectional Mamba backbone, no head.")
 class DartModel(DartPreTrainedModel):
 
@@ -450,12 +463,13 @@ class DartModel(DartPreTrainedModel):
         return self.embeddings.projection
 
     @capture_outputs(tie_last_hidden_states=False)  # the last hidden state is the one before the final norm
-    @auto_docstring(custom_args=DART_CALL_ARGS)
+    @auto_docstring(custom_args=DART_CALL_ARGS + DART_SCORER_FEATURES_ARG)
     def forward(
         self,
         pixel_values: torch.FloatTensor | None = None,
         num_tokens: int | None = None,
         score_normalization: str | None = None,
+        return_scorer_features: bool = False,
         **kwargs,
     ) -> DartModelOutput | tuple:
         if pixel_values is None:
@@ -466,7 +480,8 @@ class DartModel(DartPreTrainedModel):
             pixel_values = pixel_values.to(self.embeddings.projection.weight.dtype)
 
         emb: DartEmbeddingsOutput = self.embeddings(
-            pixel_values, num_tokens=num_tokens, score_normalization=score_normalization
+            pixel_values, num_tokens=num_tokens, score_normalization=score_normalization,
+            return_scorer_features=return_scorer_features,
         )
         sequence = self.encoder(emb.embeddings, **kwargs).last_hidden_state
         return DartModelOutput(
@@ -477,6 +492,7 @@ class DartModel(DartPreTrainedModel):
             token_edges=emb.token_edges,
             row_edges=emb.row_edges,
             cls_token_index=emb.cls_index,
+            scorer_features=emb.scorer_features,
         )
 
 
@@ -510,6 +526,17 @@ class DartForImageClassification(DartPreTrainedModel):
         self.num_labels = config.num_labels
         self.dart = DartModel(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        # training option (`config.scorer_evidence_weight`): a multiple-instance classifier on the scorer trunk's
+        # features whose attention is the scorer density's target; unused in evaluation and inference
+        self.evidence_head = None
+        # CODEPATH: released checkpoints (darvit_*, darvim_*) have no evidence head (weight 0); new models trained
+        # with the recommended scorer (`examples/run_image_classification.py`) take it
+        if config.scorer_evidence_weight > 0:
+            if config.num_labels < 1:
+                raise ValueError(f"`scorer_evidence_weight` needs a classifier (`num_labels` >= 1), got "
+                                 f"num_labels={config.num_labels}.")
+            channels = TRUNKS[config.scorer_trunk].output_channels(config.resolved_scorer_trunk_depth())
+            self.evidence_head = MilEvidenceHead(channels, config.num_labels)
         self.post_init()
 
     @can_return_tuple
@@ -522,10 +549,30 @@ class DartForImageClassification(DartPreTrainedModel):
         score_normalization: str | None = None,
         **kwargs,
     ) -> DartImageClassifierOutput | tuple:
+        evidence = self.evidence_head is not None and self.training and labels is not None
         outputs = self.dart(
-            pixel_values, num_tokens=num_tokens, score_normalization=score_normalization, return_dict=True, **kwargs
+            pixel_values, num_tokens=num_tokens, score_normalization=score_normalization, return_dict=True,
+            return_scorer_features=evidence, **kwargs
         )
-        return classify(self, outputs, labels, DartImageClassifierOutput)
+        output = classify(self, outputs, labels, DartImageClassifierOutput)
+        if evidence:
+            output.loss = output.loss + self.evidence_loss(outputs.scorer_features, outputs.score_map, labels)
+        return output
+
+    def evidence_loss(self, features: torch.Tensor, score_map: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The `scorer_evidence_weight` training term: the evidence head's own classification loss on the scorer
+        trunk's `features` `(batch, channels, h, w)` (detached: the head does not train the trunk), plus
+        `scorer_evidence_weight * KL(target || pdf)`, the target being the head's attention over the feature cells
+        moved onto the score grid with the mass conserved (detached: only the scorer learns from it) and the pdf the
+        `score_map` `(batch, grid, grid)` normalised to sum 1."""
+        head = self.evidence_head
+        logits, attention = head(features.detach().to(head.embed.weight.dtype))
+        labels, _ = check_classification_labels(labels, logits, self.config)
+        head_loss = self.loss_function(labels.to(logits.device), logits, self.config)
+        grid = score_map.shape[-1]
+        target = resample_mass(attention.detach().float(), grid).flatten(1)
+        pdf = score_density(score_map.reshape(score_map.shape[0], -1).float())
+        return head_loss + self.config.scorer_evidence_weight * density_distillation_loss(pdf, target.to(pdf.device))
 
     @classmethod
     def from_pretrained_backbone(cls, source, **options) -> DartForImageClassification:

@@ -241,11 +241,16 @@ class DartScorer(nn.Module):
         return bounded_exp_density(raw, self.log_temperature.to(raw.dtype).exp(), self.max_density_ratio)
 
     def forward(self, pixel_values: torch.Tensor, normalization: str = "image", features: torch.Tensor | None = None,
-                grid: tuple[int, int] | None = None):
+                grid: tuple[int, int] | None = None, return_features: bool = False):
         """Score map `(batch, grid, grid)`; `features` (the trunk's output for `pixel_values`) skips the trunk; `grid`
-        (`(rows, cols)`, heads v1 and v2) overrides the map's size."""
+        (`(rows, cols)`, heads v1 and v2) overrides the map's size. `return_features=True` returns the pair
+        `(score map, trunk features (batch, channels, h, w))`, the features from the same trunk pass."""
         if features is None:
             features = self.extract_features(pixel_values)
+        scores = self._score(features, normalization, grid)
+        return (scores, features) if return_features else scores
+
+    def _score(self, features: torch.Tensor, normalization: str, grid: tuple[int, int] | None) -> torch.Tensor:
         if grid is None:
             grid = (self.grid_size, self.grid_size)
         elif self.version == "saliency" and tuple(grid) != (self.grid_size, self.grid_size):
