@@ -34,8 +34,10 @@ as `backbone_config.FIELD=value`, its classifier's:
         --train_dir data/train --validation_dir data/validation --output_dir outputs/my-reshaper --do_train --do_eval
 
 On a new model, `--scorer_trunk_weights efficientnet_lite0` also brings the recommended scorer: that trunk, frozen,
-with the `saliency` head (and, for token models, `token_geometry_embedding`); fields given in `--config_overrides` or
-`--config_name` win (`implied_scorer_fields`).
+with the `saliency` head (and, for token models, `token_geometry_embedding`, the trunk cut at depth 12 and the evidence
+head that teaches the scorer where to look, `scorer_evidence_weight`, with the scorer at `--scorer_learning_rate`,
+by default 10x `--learning_rate`); fields given in `--config_overrides` or `--config_name` win
+(`implied_scorer_fields`).
 
 Fine-tune a saved DART folder (token or reshaper form) on your own data with a new head:
 
@@ -171,15 +173,23 @@ QUICKSTART_CONFIG = {
 }
 
 
+# what the recommended scorer adds for a token model (`dart`): the embedding of each token's centre, size and rank,
+# and the scorer trained towards the attention of a multiple-instance classifier on its trunk's depth-12 features
+# (`DartConfig.scorer_evidence_weight`; benchmarks/README.md, "#23 third round")
+TOKEN_MODEL_SCORER_FIELDS = {"token_geometry_embedding": True, "scorer_trunk_depth": 12, "scorer_evidence_weight": 1.0}
+
+
 def implied_scorer_fields(weights: str | None, model_type: str, *given: dict[str, Any]) -> dict[str, Any]:
     """The recommended scorer that packaged `--scorer_trunk_weights` bring to a NEW model (`recommended_scorer_fields`:
-    that trunk, frozen, the `saliency` head), and for a token model (`dart`) the embedding of each token's centre,
-    size and rank (`token_geometry_embedding`); less the fields of `given` (the user's overrides, `--config_name`'s
-    fields), and nothing at all where they choose the trunk or a scorer other than a learned one: their choice then
-    stands, and `check_model_options` refuses weights that do not fit it."""
+    that trunk, frozen, the `saliency` head), and for a token model (`dart`) `TOKEN_MODEL_SCORER_FIELDS`: the token
+    geometry embedding, the trunk cut at depth 12 and the evidence head's pull on the scorer
+    (`scorer_evidence_weight`); less the fields of `given` (the user's overrides, `--config_name`'s fields), and
+    nothing at all where they choose the trunk or a scorer other than a learned one: their choice then stands, and
+    `check_model_options` refuses weights that do not fit it."""
     fields = recommended_scorer_fields(weights, *given)
-    if fields and model_type == DartConfig.model_type and not any("token_geometry_embedding" in g for g in given):
-        fields["token_geometry_embedding"] = True
+    if fields and model_type == DartConfig.model_type:
+        fields.update({key: value for key, value in TOKEN_MODEL_SCORER_FIELDS.items()
+                       if not any(key in chosen for chosen in given)})
     return fields
 
 
@@ -439,7 +449,8 @@ class ModelArguments:
         default=None,
         metadata={"help": "Pretrained weights for the scorer's trunk: `efficientnet_lite0` (the ImageNet weights of "
                   "the `pretrained` extra; a new model then gets the recommended scorer: that trunk, frozen, the "
-                  "`saliency` head and token geometry, unless `--config_overrides` says otherwise) or a .pth state "
+                  "`saliency` head and, for token models, token geometry, trunk depth 12 and the evidence head, "
+                  "unless `--config_overrides` says otherwise) or a .pth state "
                   "dict (torchvision MobileNetV3 `features.*` names, or EfficientNet-PyTorch Lite0 names)."},
     )
 
@@ -472,6 +483,12 @@ class DartTrainingArguments(TrainingArguments):
         metadata={"help": "Scale --learning_rate by total batch / --base_batch_size (DeiT's linear scaling rule)."},
     )
     base_batch_size: int = field(default=512, metadata={"help": "Batch size --learning_rate is given for (DeiT: 512)."})
+    scorer_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the scorer's trainable parameters and of the evidence head (their own "
+                  "optimizer group, no weight decay). Default: 10x --learning_rate for a new token model trained "
+                  "with `scorer_evidence_weight` > 0 (the recommended scorer), else --learning_rate."},
+    )
     total_train_batch_size: int | None = field(
         default=None,
         metadata={"help": "Total training batch over all processes and accumulation steps; sets "
@@ -493,6 +510,8 @@ class DartTrainingArguments(TrainingArguments):
             raise UsageError(f"`--layer_decay` must be in (0, 1], got {self.layer_decay}.")
         if self.base_batch_size < 1:
             raise UsageError(f"`--base_batch_size` must be a positive integer, got {self.base_batch_size}.")
+        if self.scorer_learning_rate is not None and not 0.0 <= self.scorer_learning_rate < float("inf"):
+            raise UsageError(f"`--scorer_learning_rate` must be a finite number >= 0, got {self.scorer_learning_rate}.")
         if self.total_train_batch_size is not None:
             shards = self.world_size * self.gradient_accumulation_steps
             if self.total_train_batch_size < 1 or self.total_train_batch_size % shards:
@@ -1047,6 +1066,32 @@ def collate_fn(examples: list[dict]) -> dict[str, torch.Tensor]:
     }
 
 
+def is_scorer_parameter(name: str) -> bool:
+    """Whether the parameter `name` belongs to the scorer (token and reshaper models) or to the evidence head."""
+    return ".scorer." in f".{name}" or name.startswith("evidence_head.")
+
+
+def split_scorer_group(groups: list[dict[str, Any]], scorer_lr: float) -> list[dict[str, Any]]:
+    """`groups` (each with `params` and `param_names`) less the scorer's parameters (`is_scorer_parameter`), which
+    move to one group of their own at `scorer_lr` without weight decay (`--scorer_learning_rate`)."""
+    rest, scorer, scorer_names = [], [], []
+    for group in groups:
+        keep = [(n, p) for n, p in zip(group["param_names"], group["params"]) if not is_scorer_parameter(n)]
+        scorer += [p for n, p in zip(group["param_names"], group["params"]) if is_scorer_parameter(n)]
+        scorer_names += [n for n in group["param_names"] if is_scorer_parameter(n)]
+        rest.append({**group, "params": [p for _, p in keep], "param_names": [n for n, _ in keep]})
+    return [*rest, {"params": scorer, "param_names": scorer_names, "lr": scorer_lr, "weight_decay": 0.0}]
+
+
+def default_scorer_learning_rate(learning_rate: float, config: Any, new_model: bool) -> float:
+    """`--scorer_learning_rate`'s default: 10x `learning_rate` for a new token model trained with the evidence head
+    (`scorer_evidence_weight` > 0, as the recommended scorer is), else `learning_rate`."""
+    if new_model and getattr(config, "model_type", None) == DartConfig.model_type and getattr(
+            config, "scorer_evidence_weight", 0.0) > 0:
+        return 10.0 * learning_rate
+    return learning_rate
+
+
 class DartTrainer(Trainer):
     """A Trainer with DART model cards (written on `push_to_hub` and at the end of training) and the DeiT recipe's
     training-side pieces: mixup/cutmix soft-target loss, the keyed repeated-augmentation sampler, and DeiT's parameter
@@ -1102,26 +1147,49 @@ class DartTrainer(Trainer):
             self.args.dataloader_drop_last = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # the evidence head (`scorer_evidence_weight`) needs the labels in the model's call; where the loss is
+        # computed here instead (label smoothing, mixup), its part (`evidence_loss`) is added to it
+        evidence = model.training and getattr(self.accelerator.unwrap_model(model), "evidence_head", None) is not None
         if self.mixup is None or not model.training:
+            if evidence and self.label_smoother is not None and "labels" in inputs:
+                outputs = model(**inputs)
+                loss = self.label_smoother(outputs, inputs["labels"]) + outputs.evidence_loss
+                return (loss, outputs) if return_outputs else loss
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if self.state.global_step != self._mix_step:  # micro-batches of one optimizer step are numbered from 0
             self._mix_step, self._mix_calls = self.state.global_step, 0
         rng = np.random.default_rng([self.data_seed, self.args.process_index, self.state.global_step, self._mix_calls])
         self._mix_calls += 1
         pixel_values, targets = self.mixup(inputs["pixel_values"], inputs["labels"], rng)
-        outputs = model(pixel_values=pixel_values)
+        if evidence:  # the evidence head learns the class that dominates each mixed image
+            outputs = model(pixel_values=pixel_values, labels=targets.argmax(-1))
+        else:
+            outputs = model(pixel_values=pixel_values)
         loss = soft_target_cross_entropy(outputs.logits, targets.to(outputs.logits.device))
+        if evidence:
+            loss = loss + outputs.evidence_loss
         return (loss, outputs) if return_outputs else loss
 
     def create_optimizer(self, model=None):
-        if self.args.layer_decay is None or self.optimizer is not None:
+        scorer_lr = self.args.scorer_learning_rate
+        own_scorer_rate = scorer_lr is not None and scorer_lr != self.args.learning_rate
+        if (self.args.layer_decay is None and not own_scorer_rate) or self.optimizer is not None:
             return super().create_optimizer(model)
         opt_model = self.model if model is None else model
-        # a dart_reshaper model has no DART blocks: its --layer_decay is 1.0 (check_model_options), all at one depth
-        groups = parameter_groups(opt_model, self.args.learning_rate, self.args.weight_decay, self.args.layer_decay,
-                                  num_layers=getattr(opt_model.config, "num_hidden_layers", 0))
+        if self.args.layer_decay is not None:
+            # a dart_reshaper model has no DART blocks: its --layer_decay is 1.0 (check_model_options), all at one depth
+            groups = parameter_groups(opt_model, self.args.learning_rate, self.args.weight_decay, self.args.layer_decay,
+                                      num_layers=getattr(opt_model.config, "num_hidden_layers", 0))
+        else:  # the Trainer's own rule: weight decay on the parameters `get_decay_parameter_names` lists
+            decay = set(self.get_decay_parameter_names(opt_model))
+            named = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad]
+            groups = [{"params": [p for n, p in named if (n in decay) == wanted],
+                       "param_names": [n for n, p in named if (n in decay) == wanted],
+                       "weight_decay": self.args.weight_decay if wanted else 0.0} for wanted in (True, False)]
+        if own_scorer_rate:
+            groups = split_scorer_group(groups, scorer_lr)
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        self.optimizer = optimizer_cls([g for g in groups if g["params"]], **optimizer_kwargs)
         return self.optimizer
 
     def create_model_card(self, model_name: str | None = None, finetuned_from: str | None = None, dataset=None,
@@ -1493,6 +1561,9 @@ def train_and_evaluate(model_args, data_args, training_args, checkpoint: str | N
             + f" with `examples/run_image_classification.py` on {dataset_label}."
         ),
     }
+    if training_args.scorer_learning_rate is None:
+        training_args.scorer_learning_rate = default_scorer_learning_rate(
+            training_args.learning_rate, model.config, new_model=not model_args.model_name_or_path)
     mixup = MixupCutmix(len(labels), data_args.mixup, data_args.cutmix, data_args.mixup_prob,
                         data_args.mixup_switch_prob, training_args.label_smoothing_factor)
     ema = ModelEmaCallback(training_args.model_ema_decay, resume_from=checkpoint) if training_args.model_ema else None

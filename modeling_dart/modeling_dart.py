@@ -101,7 +101,11 @@ class DartModelOutput(ModelOutput):
 
 @auto_docstring(
     custom_intro="Output of [`DartForImageClassification`]: the logits, the loss and the token geometry.",
-    custom_args=DART_CLASSIFIER_OUTPUT_FIELDS + DART_GEOMETRY_FIELDS,
+    custom_args=DART_CLASSIFIER_OUTPUT_FIELDS + DART_GEOMETRY_FIELDS + r"""
+    evidence_loss (`torch.FloatTensor` of shape `()`, *optional*, returned in training with `labels` when `config.scorer_evidence_weight > 0`):
+        The part of `loss` that the evidence head adds (its own loss and the scorer's KL term), for a caller that
+        replaces the classification loss with its own (label smoothing, mixup) and keeps this part.
+""",
 )
 @dataclass
 class DartImageClassifierOutput(ModelOutput):
@@ -113,6 +117,7 @@ class DartImageClassifierOutput(ModelOutput):
     score_map: torch.FloatTensor | None = None
     token_edges: torch.FloatTensor | None = None
     row_edges: torch.FloatTensor | None = None
+    evidence_loss: torch.FloatTensor | None = None
 
 
 # ----------------------------------------------------------------------------------------------------- ViT parts
@@ -556,7 +561,8 @@ class DartForImageClassification(DartPreTrainedModel):
         )
         output = classify(self, outputs, labels, DartImageClassifierOutput)
         if evidence:
-            output.loss = output.loss + self.evidence_loss(outputs.scorer_features, outputs.score_map, labels)
+            output["evidence_loss"] = self.evidence_loss(outputs.scorer_features, outputs.score_map, labels)
+            output.loss = output.loss + output.evidence_loss
         return output
 
     def evidence_loss(self, features: torch.Tensor, score_map: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

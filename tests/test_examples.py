@@ -103,11 +103,13 @@ def test_single_process_run_saves_a_complete_folder(trained_folder):
     # the preset names no scorer field: --scorer_trunk_weights efficientnet_lite0 brings the recommended scorer
     assert (config["scorer_trunk"], config["scorer_head"]) == ("efficientnet_lite0", "saliency")
     assert config["token_geometry_embedding"] is True
+    assert (config["scorer_trunk_depth"], config["scorer_evidence_weight"]) == (12, 1.0)
     # --scorer_trunk_weights efficientnet_lite0: the trunk holds the packaged ImageNet weights (frozen, kept)
     from tests.test_trunks import lite0_state
 
     saved = load_file(trained_folder / "model.safetensors")
     assert torch.equal(saved["dart.embeddings.scorer.features.0.0.weight"], lite0_state()["_conv_stem.weight"])
+    assert saved["evidence_head.embed.weight"].shape == (128, 112)  # depth 12: 112 channels
     assert torch.equal(saved["dart.embeddings.scorer.features.3.block.1.1.running_var"],
                        lite0_state()["_blocks.2._bn1.running_var"])
     processor = json.loads((trained_folder / "preprocessor_config.json").read_text())
@@ -227,20 +229,26 @@ def test_packaged_trunk_weights_bring_the_recommended_scorer_to_a_new_model(runn
     config = runner.build_config_from_scratch(None, dict(tiny), scorer_trunk_weights="efficientnet_lite0")
     assert (config.scorer, config.scorer_trunk, config.scorer_head) == ("learned", "efficientnet_lite0", "saliency")
     assert config.freeze_scorer_trunk is True and config.token_geometry_embedding is True
-    # without the weights: the config's own defaults (MobileNetV3-Small, head v1, no geometry)
+    # token models: the trunk cut at depth 12 and the evidence head's pull on the scorer
+    assert (config.scorer_trunk_depth, config.scorer_evidence_weight) == (12, 1.0)
+    # without the weights: the config's own defaults (MobileNetV3-Small, head v1, no geometry, no evidence head)
     plain = runner.build_config_from_scratch(None, dict(tiny))
     assert (plain.scorer_trunk, plain.scorer_head, plain.token_geometry_embedding) == (
         "mobilenet_v3_small", "v1", False)
+    assert (plain.scorer_trunk_depth, plain.scorer_evidence_weight) == (None, 0.0)
     # the user's fields win over the recommended ones
     config = runner.build_config_from_scratch(
-        None, {**tiny, "scorer_head": "v2", "token_geometry_embedding": False}, scorer_trunk_weights="efficientnet_lite0")
+        None, {**tiny, "scorer_head": "v2", "token_geometry_embedding": False, "scorer_trunk_depth": 8,
+               "scorer_evidence_weight": 0.0}, scorer_trunk_weights="efficientnet_lite0")
     assert (config.scorer_trunk, config.scorer_head, config.token_geometry_embedding) == (
         "efficientnet_lite0", "v2", False)
+    assert (config.scorer_trunk_depth, config.scorer_evidence_weight) == (8, 0.0)
     # a trunk of the user's choosing, a uniform scorer, or a .pth file: nothing implied
     for extra, weights in (({"scorer_trunk": "mobilenet_v3_small"}, "efficientnet_lite0"),
                            ({"scorer": "uniform"}, "efficientnet_lite0"), ({}, str(tmp_path / "trunk.pth"))):
         config = runner.build_config_from_scratch(None, {**tiny, **extra}, scorer_trunk_weights=weights)
         assert config.scorer_head == "v1" and config.token_geometry_embedding is False, extra
+        assert config.scorer_evidence_weight == 0.0 and config.scorer_trunk_depth is None, extra
     # --config_name's own trunk stands too
     DartConfig(**tiny, scorer_trunk="mobilenet_v3_large").save_pretrained(tmp_path / "named")
     config = runner.build_config_from_scratch(str(tmp_path / "named"), {}, scorer_trunk_weights="efficientnet_lite0")
@@ -251,6 +259,73 @@ def test_packaged_trunk_weights_bring_the_recommended_scorer_to_a_new_model(runn
     assert (reshaper.scorer_trunk, reshaper.scorer_head, reshaper.freeze_scorer_trunk) == (
         "efficientnet_lite0", "saliency", True)
     assert not hasattr(reshaper, "token_geometry_embedding")
+    assert not hasattr(reshaper, "scorer_evidence_weight") and reshaper.scorer_trunk_depth is None
+
+
+def _evidence_model():
+    from modeling_dart import DartConfig, DartForImageClassification
+
+    torch.manual_seed(0)
+    return DartForImageClassification(DartConfig(
+        image_size=64, patch_size=8, score_grid_size=4, num_tokens=16, hidden_size=32, num_hidden_layers=1,
+        num_attention_heads=4, num_labels=3, scorer_trunk="efficientnet_lite0", scorer_head="saliency",
+        scorer_trunk_depth=5, scorer_evidence_weight=1.0))
+
+
+def _trainer(runner, tmp_path, model, **options):
+    training_args = runner.DartTrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.05,
+                                                 report_to="none", use_cpu=True, **options)
+    return runner.DartTrainer(model=model, args=training_args, mixup=None)
+
+
+def test_scorer_learning_rate_default_and_its_own_optimizer_group(runner, tmp_path):
+    """`--scorer_learning_rate`: by default 10x --learning_rate for a new token model with the evidence head, else
+    the same; given, the scorer's trainable parameters and the evidence head form one group at that rate without
+    weight decay, and every other trainable parameter keeps --learning_rate and the Trainer's decay rule."""
+    model = _evidence_model()
+    assert runner.default_scorer_learning_rate(1e-3, model.config, new_model=True) == pytest.approx(1e-2)
+    assert runner.default_scorer_learning_rate(1e-3, model.config, new_model=False) == 1e-3
+    model.config.scorer_evidence_weight = 0.0
+    assert runner.default_scorer_learning_rate(1e-3, model.config, new_model=True) == 1e-3
+    model.config.scorer_evidence_weight = 1.0
+    with pytest.raises(ValueError, match="--scorer_learning_rate"):
+        runner.DartTrainingArguments(output_dir=str(tmp_path), scorer_learning_rate=-1.0)
+
+    optimizer = _trainer(runner, tmp_path, model, scorer_learning_rate=0.02).create_optimizer()
+    names = {id(p): n for n, p in model.named_parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    seen = set()
+    for group in optimizer.param_groups:
+        group_names = {names[id(p)] for p in group["params"]}
+        seen |= group_names
+        scorer = {n for n in group_names if ".scorer." in n or n.startswith("evidence_head.")}
+        if scorer:
+            assert scorer == group_names and group["lr"] == 0.02 and group["weight_decay"] == 0.0
+        else:
+            assert group["lr"] == 1e-3
+            assert group["weight_decay"] == (0.05 if "classifier.weight" in group_names else 0.0)
+    assert seen == trainable
+    assert {n for n in trainable if n.startswith("evidence_head.")} and {n for n in trainable if ".scorer.head." in n}
+    assert not any(".scorer.features." in n for n in trainable)
+    # the same rate as --learning_rate: the Trainer's own optimizer, one rate
+    plain = _trainer(runner, tmp_path, _evidence_model(), scorer_learning_rate=1e-3).create_optimizer()
+    assert {group["lr"] for group in plain.param_groups} == {1e-3}
+
+
+def test_label_smoothing_keeps_the_evidence_loss(runner, tmp_path):
+    """The Trainer computes a smoothed loss without handing the labels to the model; the evidence head's part of the
+    loss is added to it (a model without the head gets the smoothed loss alone)."""
+    import torch.nn.functional as F
+
+    model = _evidence_model().train()
+    trainer = _trainer(runner, tmp_path, model, label_smoothing_factor=0.1)
+    pixels, labels = torch.randn(2, 3, 64, 64), torch.tensor([0, 2])
+    loss = trainer.compute_loss(model, {"pixel_values": pixels, "labels": labels})
+    with torch.no_grad():
+        outputs = model(pixel_values=pixels, labels=labels)
+    smoothed = F.cross_entropy(outputs.logits, labels, label_smoothing=0.1)
+    assert outputs.evidence_loss > 0
+    torch.testing.assert_close(loss.detach(), smoothed + outputs.evidence_loss, rtol=1e-5, atol=1e-6)
 
 
 def test_set_scorer_trunk_frozen(runner):

@@ -68,6 +68,9 @@ def test_training_loss_adds_the_head_loss_and_the_kl_pull_and_nothing_else_chang
         expected = F.cross_entropy(out.logits, labels) + F.cross_entropy(head_logits, labels) + weight * kl
     assert kl > 1e-4  # a real pull: the density is not the target already
     torch.testing.assert_close(out.loss.detach(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.evidence_loss.detach(), expected - F.cross_entropy(out.logits, labels),
+                               rtol=1e-5, atol=1e-6)
+    assert out.to_tuple()[-1] is out.evidence_loss and plain.evidence_loss is None
     torch.testing.assert_close(plain.loss.detach(), F.cross_entropy(plain.logits, labels).detach())
     # training without labels, and evaluation with them: the plain loss, the same logits
     assert model(pixels).loss is None
@@ -76,6 +79,7 @@ def test_training_loss_adds_the_head_loss_and_the_kl_pull_and_nothing_else_chang
     evaluated = model(pixels, labels=labels)
     torch.testing.assert_close(evaluated.logits, without(pixels).logits, rtol=0, atol=0)
     torch.testing.assert_close(evaluated.loss, F.cross_entropy(evaluated.logits, labels))
+    assert evaluated.evidence_loss is None
 
 
 def test_eval_runs_the_trunk_once_and_never_calls_the_head(monkeypatch):
