@@ -1068,7 +1068,7 @@ def collate_fn(examples: list[dict]) -> dict[str, torch.Tensor]:
 
 def is_scorer_parameter(name: str) -> bool:
     """Whether the parameter `name` belongs to the scorer (token and reshaper models) or to the evidence head."""
-    return ".scorer." in f".{name}" or name.startswith("evidence_head.")
+    return ".scorer." in f".{name}" or ".evidence_head." in f".{name}"  # any wrapper's prefix before the names
 
 
 def split_scorer_group(groups: list[dict[str, Any]], scorer_lr: float) -> list[dict[str, Any]]:

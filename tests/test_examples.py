@@ -282,6 +282,10 @@ def test_scorer_learning_rate_default_and_its_own_optimizer_group(runner, tmp_pa
     """`--scorer_learning_rate`: by default 10x --learning_rate for a new token model with the evidence head, else
     the same; given, the scorer's trainable parameters and the evidence head form one group at that rate without
     weight decay, and every other trainable parameter keeps --learning_rate and the Trainer's decay rule."""
+    for name, scorer in (("dart.embeddings.scorer.head.fc1.weight", True), ("evidence_head.embed.weight", True),
+                         ("_fsdp_wrapped_module.evidence_head.norm.bias", True), ("classifier.weight", False),
+                         ("dart.embeddings.projection.weight", False), ("other_evidence_head.weight", False)):
+        assert runner.is_scorer_parameter(name) is scorer, name
     model = _evidence_model()
     assert runner.default_scorer_learning_rate(1e-3, model.config, new_model=True) == pytest.approx(1e-2)
     assert runner.default_scorer_learning_rate(1e-3, model.config, new_model=False) == 1e-3
