@@ -277,9 +277,10 @@ class DartEmbeddings(nn.Module):
 
         uniform = score_map is None
         scorer_features = None
-        if score_map is None:
-            score_map, features = self.compute_scores(pixel_values, score_normalization, return_features=True)
-            scorer_features = features if return_scorer_features else None
+        if score_map is None and return_scorer_features:
+            score_map, scorer_features = self.compute_scores(pixel_values, score_normalization, return_features=True)
+        elif score_map is None:
+            score_map = self.compute_scores(pixel_values, score_normalization)
         # The geometry (densities, cumulative sums, quantiles, edges) is computed in float64 and returned in float32:
         # a cut lies at `(level - cumulative mass) / cell mass`, so in float32 the rounding of the cumulative mass
         # (~1e-7) over a light cell (mass ~5e-4) moved the edges by ~1e-3 pixels, differently for every kernel order
