@@ -120,6 +120,7 @@ class Setting:
     glimpse_power: float = 1.0
     glimpse_weight: float = 1.0
     evidence_depth: int = 12  # --evidence_model mil: the pretrained trunk's depth its features come from
+    evidence_pretrain_steps: int = 0  # --evidence_model mil: steps of head and scorer alone before the backbone's
 
 
 # ------------------------------------------------------------------------------------------------------------ data
@@ -449,6 +450,13 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0, layouts
     share_at_start = evaluate(arm, model, num_tokens, data, features, setting)[1]
     if layouts is not None:
         layouts["start"] = token_layouts(arm, model, num_tokens, data, features, setting)
+    pretrain_seconds, share_after_pretrain = 0.0, None
+    if evidence_head is not None and setting.evidence_model == "mil" and setting.evidence_pretrain_steps:
+        pretrain_seconds = pretrain_evidence(arm, model, evidence_head, features["train"], train_labels,
+                                             train_boxes, setting, generator)
+        share_after_pretrain = evaluate(arm, model, num_tokens, data, features, setting)[1]
+        print(f"    evidence pre-training: box share {share_at_start:.3f} -> {share_after_pretrain:.3f} "
+              f"({pretrain_seconds:.0f} s)", flush=True)
     start = time.time()
     model.train()
     for step in range(setting.steps):
@@ -545,6 +553,8 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0, layouts
             "evidence_learning_rate": setting.evidence_learning_rate, "evidence_model": setting.evidence_model,
             "evidence_depth": setting.evidence_depth if setting.evidence_model == "mil" else None,
             "evidence_accuracy": evidence_accuracy, "evidence_box_share": evidence_box_share,
+            "evidence_pretrain_steps": setting.evidence_pretrain_steps if evidence_head is not None else 0,
+            "pretrain_seconds": pretrain_seconds, "box_share_after_pretrain": share_after_pretrain,
             "scorer_learning_rate": setting.scorer_learning_rate, "steps": setting.steps,
             "unfreeze_trunk_blocks": unfreeze, "trunk_learning_rate": setting.trunk_learning_rate if unfreeze else 0.0,
             "glimpse": glimpse, "glimpse_tokens": setting.glimpse_tokens if glimpse != "none" else 0,
@@ -552,6 +562,35 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0, layouts
             "glimpse_weight": setting.glimpse_weight if glimpse != "none" else 0.0,
             "glimpse_accuracy": glimpse_accuracy, "glimpse_box_share": glimpse_box_share,
             **({"diagnostics": diagnostics} if diagnostics else {})}
+
+
+def pretrain_evidence(arm, model, head, features, labels, boxes, setting, generator) -> float:
+    """`--evidence_pretrain_steps`: train the MIL head and the scorer alone on the cached features (no backbone pass),
+    the head on the labels and the scorer towards the head's attention, so that the backbone's training starts on a
+    placement that already follows the evidence. Each part at its own learning rate, with the run's warm-up and
+    cosine over these steps; returns the seconds spent."""
+    from modeling_dart.partition_dart import score_density
+    from modeling_dart.self_distillation_dart import density_distillation_loss
+
+    start = time.time()
+    scorer = [p for p in model.dart.embeddings.scorer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([
+        {"params": scorer, "lr": setting.scorer_learning_rate},
+        {"params": list(head.parameters()), "lr": setting.evidence_learning_rate or setting.scorer_learning_rate},
+    ], weight_decay=0.0)
+    base = [group["lr"] for group in optimizer.param_groups]
+    steps = setting.evidence_pretrain_steps
+    for step in range(steps):
+        index = torch.randint(len(labels), (setting.batch_size,), generator=generator)
+        for group, lr in zip(optimizer.param_groups, base):
+            group["lr"] = lr * warmup_cosine(step, steps, setting.warmup_fraction)
+        head_loss, target = mil_evidence(head, features["evidence"][index].float(), labels[index], GRID)
+        pdf = score_density(scores_for(arm, model, index, features, boxes, setting).flatten(1).double())
+        loss = head_loss + setting.evidence_weight * density_distillation_loss(pdf, target.double())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return time.time() - start
 
 
 @torch.no_grad()
@@ -739,6 +778,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--evidence_depth", type=int, default=None,
                         help="--evidence_model mil: the pretrained trunk depth it reads (default 12: 112 channels at "
                              "stride 16)")
+    parser.add_argument("--evidence_pretrain_steps", type=int, default=0,
+                        help="--evidence_model mil: steps that train the MIL head and the scorer alone (on the cached "
+                             "features, no backbone) before the main run")
     parser.add_argument("--train_score_power", type=float, default=1.0,
                         help="learned arms: training tokens from scores ** p (evaluation unchanged)")
     parser.add_argument("--unfreeze_trunk_blocks", type=int, default=0,
@@ -765,6 +807,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error("--unfreeze_trunk_blocks must be >= 0 and --glimpse_tokens >= 1")
     if args.evidence_depth is not None and args.evidence_model != "mil":
         parser.error("--evidence_depth needs --evidence_model mil")
+    if args.evidence_pretrain_steps and (args.evidence_model != "mil" or args.evidence_weight <= 0):
+        parser.error("--evidence_pretrain_steps needs --evidence_model mil and --evidence_weight > 0")
+    if args.evidence_pretrain_steps < 0:
+        parser.error("--evidence_pretrain_steps must be at least 0")
     if args.evidence_depth is None:
         args.evidence_depth = 12
     entries = TRUNKS["efficientnet_lite0"].num_entries
@@ -788,7 +834,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       args.evidence_weight, args.evidence_temperature, bool(args.evidence_relative),
                       args.evidence_learning_rate, args.evidence_model, args.unfreeze_trunk_blocks,
                       args.trunk_learning_rate, args.glimpse, args.glimpse_tokens, args.glimpse_power,
-                      args.glimpse_weight, args.evidence_depth)
+                      args.glimpse_weight, args.evidence_depth, args.evidence_pretrain_steps)
     depth = build_model("pretrained", 16, setting).config.resolved_scorer_trunk_depth()
     setting.trunk_depth = depth  # every learned arm (heads v1 and v2 too) scores from the same trunk features
     if args.unfreeze_trunk_blocks > depth:

@@ -468,3 +468,72 @@ def test_mil_evidence_option_trains_its_head_and_pulls_the_density_towards_its_a
     result, moved = _tiny_benchmark_run(monkeypatch, "prior_only", data)
     assert len(heads) == 1 and not any(".scorer." in n for n in moved)
     assert result["evidence_weight"] == 0.0 and result["evidence_accuracy"] is None
+
+
+def test_evidence_pretraining_trains_the_head_and_the_scorer_alone(monkeypatch, tiny_benchmark_data):
+    """`--evidence_pretrain_steps`: before the backbone's steps, the MIL head and the scorer train on the cached
+    features alone; the backbone does not move in that phase, the scorer ends closer to the head's attention than the
+    untrained scorer, and the run's results report the phase."""
+    import dataclasses
+
+    import dart_vs_uniform as benchmark
+
+    from modeling_dart.partition_dart import score_density
+    from modeling_dart.self_distillation_dart import density_distillation_loss
+
+    monkeypatch.setattr(benchmark, "GRID", 10)
+    (images, labels, boxes, *_), features = tiny_benchmark_data
+    deep = benchmark.deep_features(images, benchmark.random_trunk(5, seed=0))
+    train = {**features["train"], "evidence": deep}
+    setting = benchmark.Setting(steps=3, batch_size=4, learning_rate=1e-2, scorer_learning_rate=1e-1,
+                                weight_decay=0.0, warmup_fraction=0.0, max_ratio=100.0, temperature=1.5,
+                                trunk_depth=3, scorer_delay=0.0, hidden_size=16, num_layers=1, evidence_weight=1.0,
+                                evidence_model="mil", evidence_learning_rate=1e-2, evidence_pretrain_steps=30)
+    torch.manual_seed(0)
+    model = benchmark.build_model("pretrained", 16, setting)
+    head = benchmark.MilEvidenceHead(deep.shape[1], 10)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    head_before = {n: p.detach().clone() for n, p in head.named_parameters()}
+
+    def distance() -> float:
+        with torch.no_grad():
+            _, target = benchmark.mil_evidence(head, deep.float(), labels, 10)
+            pdf = score_density(benchmark.scores_for("pretrained", model, torch.arange(8), train, boxes,
+                                                     setting).flatten(1))
+            return density_distillation_loss(pdf, target).item()
+
+    seconds = benchmark.pretrain_evidence("pretrained", model, head, train, labels, boxes, setting,
+                                          torch.Generator().manual_seed(0))
+    assert seconds >= 0
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all(".scorer." in n for n in moved), moved
+    assert all(not torch.equal(p, head_before[n]) for n, p in head.named_parameters())
+    trained = distance()
+    model.dart.embeddings.scorer.load_state_dict({n.removeprefix("dart.embeddings.scorer."): t for n, t in
+                                                  before.items() if n.startswith("dart.embeddings.scorer.")},
+                                                 strict=False)
+    assert trained < distance() - 0.01  # the untrained scorer, against the same (trained) head
+
+    data = ((images, labels, boxes, images[:4], labels[:4], boxes[:4]),
+            {"train": train, "validation": {**features["validation"], "evidence": deep[:4]}})
+    original = benchmark.Setting
+    options = {"evidence_weight": 1.0, "evidence_model": "mil", "evidence_pretrain_steps": 5}
+    monkeypatch.setattr(benchmark, "Setting", lambda **kwargs: dataclasses.replace(original(**kwargs), **options))
+    result, _ = _tiny_benchmark_run(monkeypatch, "pretrained", data)
+    assert result["evidence_pretrain_steps"] == 5 and 0.0 < result["box_share_after_pretrain"] < 1.0
+    options["evidence_pretrain_steps"] = 0
+    result, _ = _tiny_benchmark_run(monkeypatch, "pretrained", data)
+    assert result["evidence_pretrain_steps"] == 0 and result["box_share_after_pretrain"] is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--evidence_pretrain_steps", "5"], "needs --evidence_model mil"),
+    (["--evidence_model", "mil", "--evidence_pretrain_steps", "5"], "needs --evidence_model mil"),
+    (["--evidence_model", "mil", "--evidence_weight", "1", "--evidence_pretrain_steps", "-1"], "at least 0"),
+])
+def test_evidence_pretraining_options_are_checked(argv, message, capsys):
+    import dart_vs_uniform as benchmark
+
+    with pytest.raises(SystemExit) as stop:
+        benchmark.main(["--quick", *argv])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
