@@ -123,6 +123,7 @@ from modeling_dart.conversion_utils import (
 )
 from modeling_dart.image_processing_dart import PerWorkerGenerator
 from modeling_dart.model_card import write_model_card
+from modeling_dart.self_distillation_dart import pretrain_scorer_on_evidence
 from modeling_dart.trunks_dart import PACKAGED_WEIGHTS, TRUNKS, recommended_scorer_fields
 
 if str(EXAMPLES_DIR) not in sys.path:
@@ -169,7 +170,10 @@ QUICKSTART_CONFIG = {
     "num_hidden_layers": 4,
     "num_attention_heads": 4,
     # the scorer and token geometry come from the preset's `--scorer_trunk_weights efficientnet_lite0`
-    # (implied_scorer_fields)
+    # (implied_scorer_fields), except the evidence head and its depth-12 trunk cut: on these smooth canvases the
+    # trunk's saliency prior already finds the article, and the deeper trunk pass would triple the training time
+    "scorer_trunk_depth": 4,
+    "scorer_evidence_weight": 0.0,
 }
 
 
@@ -489,6 +493,14 @@ class DartTrainingArguments(TrainingArguments):
                   "optimizer group, no weight decay). Default: 10x --learning_rate for a new token model trained "
                   "with `scorer_evidence_weight` > 0 (the recommended scorer), else --learning_rate."},
     )
+    scorer_pretrain_steps: int | None = field(
+        default=None,
+        metadata={"help": "Steps that train the scorer and the evidence head alone (`pretrain_scorer_on_evidence`: "
+                  "no backbone pass) before the training starts, at --scorer_learning_rate, so that the backbone "
+                  "trains on a placement that already follows the evidence. Needs `scorer_evidence_weight` > 0. "
+                  "Default: 300 for a new token model with the evidence head (the recommended scorer), else 0; "
+                  "skipped when resuming from a checkpoint."},
+    )
     total_train_batch_size: int | None = field(
         default=None,
         metadata={"help": "Total training batch over all processes and accumulation steps; sets "
@@ -512,6 +524,8 @@ class DartTrainingArguments(TrainingArguments):
             raise UsageError(f"`--base_batch_size` must be a positive integer, got {self.base_batch_size}.")
         if self.scorer_learning_rate is not None and not 0.0 <= self.scorer_learning_rate < float("inf"):
             raise UsageError(f"`--scorer_learning_rate` must be a finite number >= 0, got {self.scorer_learning_rate}.")
+        if self.scorer_pretrain_steps is not None and self.scorer_pretrain_steps < 0:
+            raise UsageError(f"`--scorer_pretrain_steps` must be an integer >= 0, got {self.scorer_pretrain_steps}.")
         if self.total_train_batch_size is not None:
             shards = self.world_size * self.gradient_accumulation_steps
             if self.total_train_batch_size < 1 or self.total_train_batch_size % shards:
@@ -1092,6 +1106,37 @@ def default_scorer_learning_rate(learning_rate: float, config: Any, new_model: b
     return learning_rate
 
 
+# the evidence pre-training's length for the recommended scorer (benchmarks/README.md, "#23 fourth round")
+DEFAULT_SCORER_PRETRAIN_STEPS = 300
+
+
+def default_scorer_pretrain_steps(config: Any, new_model: bool) -> int:
+    """`--scorer_pretrain_steps`'s default: `DEFAULT_SCORER_PRETRAIN_STEPS` for a new token model trained with the
+    evidence head (`scorer_evidence_weight` > 0), else 0."""
+    if new_model and getattr(config, "model_type", None) == DartConfig.model_type and getattr(
+            config, "scorer_evidence_weight", 0.0) > 0:
+        return DEFAULT_SCORER_PRETRAIN_STEPS
+    return 0
+
+
+def pretrain_scorer(trainer: Trainer, steps: int) -> list[float]:
+    """`--scorer_pretrain_steps`: the scorer and the evidence head of `trainer.model` train alone on the training
+    batches (each process on its own), at `--scorer_learning_rate`; with several processes the first one's result is
+    then copied to the others, so that all of them start the training from the same weights."""
+    model = trainer.model
+    losses = pretrain_scorer_on_evidence(model, trainer.get_train_dataloader(), steps,
+                                         trainer.args.scorer_learning_rate)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        on_gpu = torch.distributed.get_backend() == "nccl"  # NCCL moves CUDA tensors only (a model held on the CPU
+        for name, parameter in model.named_parameters():  # until FSDP wraps it goes through its GPU)
+            if is_scorer_parameter(name) and parameter.requires_grad:
+                buffer = parameter.data.cuda() if on_gpu and not parameter.is_cuda else parameter.data
+                torch.distributed.broadcast(buffer, src=0)
+                if buffer is not parameter.data:
+                    parameter.data.copy_(buffer)
+    return losses
+
+
 class DartTrainer(Trainer):
     """A Trainer with DART model cards (written on `push_to_hub` and at the end of training) and the DeiT recipe's
     training-side pieces: mixup/cutmix soft-target loss, the keyed repeated-augmentation sampler, and DeiT's parameter
@@ -1564,6 +1609,13 @@ def train_and_evaluate(model_args, data_args, training_args, checkpoint: str | N
     if training_args.scorer_learning_rate is None:
         training_args.scorer_learning_rate = default_scorer_learning_rate(
             training_args.learning_rate, model.config, new_model=not model_args.model_name_or_path)
+    pretrain_steps = training_args.scorer_pretrain_steps
+    if pretrain_steps is None:
+        pretrain_steps = default_scorer_pretrain_steps(model.config, new_model=not model_args.model_name_or_path)
+    elif pretrain_steps and getattr(model, "evidence_head", None) is None:
+        raise UsageError("`--scorer_pretrain_steps` trains the scorer towards the evidence head's attention: the model "
+                         "needs `scorer_evidence_weight` > 0 (a token model with a learned scorer), got "
+                         f"{getattr(model.config, 'scorer_evidence_weight', None)!r}.")
     mixup = MixupCutmix(len(labels), data_args.mixup, data_args.cutmix, data_args.mixup_prob,
                         data_args.mixup_switch_prob, training_args.label_smoothing_factor)
     ema = ModelEmaCallback(training_args.model_ema_decay, resume_from=checkpoint) if training_args.model_ema else None
@@ -1585,6 +1637,11 @@ def train_and_evaluate(model_args, data_args, training_args, checkpoint: str | N
     all_metrics: dict[str, float] = {"world_size": training_args.world_size,
                                      "learning_rate": training_args.learning_rate}
     if training_args.do_train:
+        if pretrain_steps and checkpoint is None:
+            losses = pretrain_scorer(trainer, pretrain_steps)
+            logger.info(f"scorer pre-training: {pretrain_steps} steps, evidence loss {losses[0]:.3f} -> "
+                        f"{losses[-1]:.3f}")
+            all_metrics["scorer_pretrain_loss"] = losses[-1]
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()  # model.safetensors + config.json + preprocessor_config.json (+ modeling code)
         train_metrics = dict(train_result.metrics)

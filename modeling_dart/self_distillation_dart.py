@@ -22,6 +22,8 @@ some tokens more than to others. None of this runs at inference; it is a trainin
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -218,5 +220,76 @@ class MilEvidenceHead(nn.Module):
         return logits, attention.view(features.shape[0], *features.shape[2:])
 
 
-__all__ = ["MilEvidenceHead", "cls_attention_mass", "density_distillation_loss", "gradient_mass", "resample_mass",
-           "rollout_mass", "sharpen", "token_mass_to_grid"]
+def pretrain_scorer_on_evidence(model, batches, steps: int, learning_rate: float,
+                                evidence_learning_rate: float | None = None, warmup_fraction: float = 0.1,
+                                ) -> list[float]:
+    """Train the scorer and the evidence head of a `DartForImageClassification` with `scorer_evidence_weight > 0`
+    alone, before the backbone's training: the head on the labels, the scorer towards the head's attention
+    (`model.evidence_loss`). The backbone never runs and no other parameter changes, so the backbone then trains on a
+    placement that already follows the evidence instead of one that moves while the head learns.
+
+    Args:
+        model (`DartForImageClassification`): with an `evidence_head` (`config.scorer_evidence_weight > 0`).
+        batches (iterable of dicts): `pixel_values` `(batch, 3, height, width)` and integer `labels` `(batch,)`, e.g.
+            a `DataLoader`; iterated again from its start when it runs out.
+        steps (`int`): optimizer steps (0: nothing happens).
+        learning_rate (`float`): the scorer's AdamW rate (no weight decay), after a linear warm-up over
+            `warmup_fraction` of the steps and a cosine decay to 0.
+        evidence_learning_rate (`float`, *optional*): the evidence head's rate; defaults to `learning_rate`.
+        warmup_fraction (`float`, defaults to 0.1): the warm-up's share of the steps, in [0, 1).
+
+    Returns:
+        `list[float]`: the loss of every step. The model is left in the training mode it had, with no gradients.
+    """
+    if getattr(model, "evidence_head", None) is None:
+        raise ValueError("`model` must be a DartForImageClassification with an evidence head "
+                         "(`config.scorer_evidence_weight` > 0).")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"`steps` must be an int >= 0, got {steps!r}.")
+    rates = {"learning_rate": learning_rate,
+             "evidence_learning_rate": learning_rate if evidence_learning_rate is None else evidence_learning_rate}
+    for name, value in rates.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
+    if not isinstance(warmup_fraction, (int, float)) or not 0 <= warmup_fraction < 1:
+        raise ValueError(f"`warmup_fraction` must be in [0, 1), got {warmup_fraction!r}.")
+    embeddings = model.dart.embeddings
+    scorer = [p for p in embeddings.scorer.parameters() if p.requires_grad] if embeddings.scorer is not None else []
+    groups = [{"params": list(model.evidence_head.parameters()), "lr": rates["evidence_learning_rate"]}]
+    if scorer:
+        groups.append({"params": scorer, "lr": rates["learning_rate"]})
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+    base = [group["lr"] for group in optimizer.param_groups]
+    warmup = int(warmup_fraction * steps)
+    device = model.evidence_head.embed.weight.device
+    was_training = model.training
+    model.train()
+    losses, iterator = [], iter(batches)
+    try:
+        for step in range(steps):
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                iterator = iter(batches)
+                batch = next(iterator)
+            if step < warmup:
+                factor = (step + 1) / (warmup + 1)
+            else:
+                factor = 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+            for group, rate in zip(optimizer.param_groups, base):
+                group["lr"] = rate * factor
+            pixel_values = batch["pixel_values"].to(device)
+            score_map, features = embeddings.compute_scores(pixel_values, return_features=True)
+            loss = model.evidence_loss(features, score_map, batch["labels"].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return losses
+
+
+__all__ = ["MilEvidenceHead", "cls_attention_mass", "density_distillation_loss", "gradient_mass",
+           "pretrain_scorer_on_evidence", "resample_mass", "rollout_mass", "sharpen", "token_mass_to_grid"]

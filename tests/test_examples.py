@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import shutil
 import socket
@@ -100,10 +101,11 @@ def trained_folder(tmp_path_factory, offline_env) -> Path:
 def test_single_process_run_saves_a_complete_folder(trained_folder):
     config = _check_saved_folder(trained_folder)
     assert config["freeze_scorer_trunk"] is True and config["num_tokens"] == 36 and config["image_size"] == 160
-    # the preset names no scorer field: --scorer_trunk_weights efficientnet_lite0 brings the recommended scorer
+    # the preset names no scorer trunk or head: --scorer_trunk_weights efficientnet_lite0 brings the recommended scorer
     assert (config["scorer_trunk"], config["scorer_head"]) == ("efficientnet_lite0", "saliency")
     assert config["token_geometry_embedding"] is True
-    assert (config["scorer_trunk_depth"], config["scorer_evidence_weight"]) == (12, 1.0)
+    # except the evidence head and its depth-12 cut, which the quick start's preset turns off for speed
+    assert (config["scorer_trunk_depth"], config["scorer_evidence_weight"]) == (4, 0.0)
     # --scorer_trunk_weights efficientnet_lite0: the trunk holds the packaged ImageNet weights (frozen, kept)
     from tests.test_trunks import lite0_state
 
@@ -314,6 +316,42 @@ def test_scorer_learning_rate_default_and_its_own_optimizer_group(runner, tmp_pa
     # the same rate as --learning_rate: the Trainer's own optimizer, one rate
     plain = _trainer(runner, tmp_path, _evidence_model(), scorer_learning_rate=1e-3).create_optimizer()
     assert {group["lr"] for group in plain.param_groups} == {1e-3}
+
+
+def test_scorer_pretraining_default_and_what_it_trains(runner, tmp_path):
+    """`--scorer_pretrain_steps`: by default `DEFAULT_SCORER_PRETRAIN_STEPS` for a new token model with the evidence
+    head, else 0; `pretrain_scorer` trains the scorer and the evidence head on the Trainer's training batches and
+    leaves every other weight as it was."""
+    model = _evidence_model()
+    assert runner.DEFAULT_SCORER_PRETRAIN_STEPS > 0
+    assert runner.default_scorer_pretrain_steps(model.config, new_model=True) == runner.DEFAULT_SCORER_PRETRAIN_STEPS
+    assert runner.default_scorer_pretrain_steps(model.config, new_model=False) == 0
+    model.config.scorer_evidence_weight = 0.0
+    assert runner.default_scorer_pretrain_steps(model.config, new_model=True) == 0
+    model.config.scorer_evidence_weight = 1.0
+    with pytest.raises(ValueError, match="--scorer_pretrain_steps"):
+        runner.DartTrainingArguments(output_dir=str(tmp_path), scorer_pretrain_steps=-1)
+
+    generator = torch.Generator().manual_seed(0)
+    dataset = [{"pixel_values": torch.randn(3, 64, 64, generator=generator), "labels": i % 3} for i in range(8)]
+    training_args = runner.DartTrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, report_to="none",
+                                                 use_cpu=True, per_device_train_batch_size=4,
+                                                 scorer_learning_rate=1e-2)
+    trainer = runner.DartTrainer(model=model, args=training_args, train_dataset=dataset, mixup=None)
+    before = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    losses = runner.pretrain_scorer(trainer, 3)  # two batches per pass over the data: the second pass starts again
+    assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
+    changed = {n for n, t in model.state_dict().items() if not torch.equal(t, before[n])}
+    assert {n for n in changed if n.startswith("evidence_head.")} and {n for n in changed if ".scorer.head." in n}
+    assert all(runner.is_scorer_parameter(n) and ".scorer.features." not in n for n in changed), changed
+
+
+def test_scorer_pretraining_is_refused_without_the_evidence_head(runner, tmp_path):
+    """The quick start's preset trains no evidence head: asking for the pre-training there is a usage error, raised
+    before any training."""
+    with pytest.raises(ValueError, match="--scorer_pretrain_steps.*scorer_evidence_weight"):
+        runner.main([*TINY_RUN, "--scorer_pretrain_steps", "5", "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
 def test_label_smoothing_keeps_the_evidence_loss(runner, tmp_path):

@@ -166,3 +166,65 @@ def test_a_model_that_cannot_use_it_refuses_it():
                         num_hidden_layers=1, num_frames=2, scorer_evidence_weight=1.0)
     with pytest.raises(ValueError, match="`scorer_evidence_weight`.*`num_labels`"):
         DartForImageClassification(tiny_config(**EVIDENCE, scorer_evidence_weight=1.0, num_labels=0))
+
+
+# -------------------------------------------------- pre-training the scorer on the evidence (`pretrain_scorer_on_evidence`)
+def _kl_to_the_head(model, pixels) -> float:
+    """KL(head attention on the score grid || scorer density) for these images, without the head's own loss."""
+    from modeling_dart.self_distillation_dart import density_distillation_loss, resample_mass
+
+    with torch.no_grad():
+        score_map, features = model.dart.embeddings.compute_scores(pixels, return_features=True)
+        _, attention = model.evidence_head(features)
+        target = resample_mass(attention, score_map.shape[-1]).flatten(1)
+        pdf = score_map.flatten(1) / score_map.flatten(1).sum(-1, keepdim=True)
+        return density_distillation_loss(pdf, target).item()
+
+
+def test_pretraining_moves_only_the_scorer_and_the_head_towards_each_other():
+    from modeling_dart.self_distillation_dart import pretrain_scorer_on_evidence
+
+    model, _ = _pair()
+    model.eval()
+    pixels, labels = _inputs()
+    before = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    kl_before = _kl_to_the_head(model, pixels)
+    batches = [{"pixel_values": pixels, "labels": labels}]  # one batch: iterated again for every step
+    losses = pretrain_scorer_on_evidence(model, batches, steps=40, learning_rate=3e-2, warmup_fraction=0.0)
+    assert len(losses) == 40 and losses[-1] < losses[0]
+    assert not model.training and all(p.grad is None for p in model.parameters())
+    changed = {n for n, t in model.state_dict().items() if not torch.equal(t, before[n])}
+    assert changed and all(n.startswith(("evidence_head.", "dart.embeddings.scorer.")) for n in changed), changed
+    assert not any(n.startswith("dart.embeddings.scorer.features.") for n in changed)  # the frozen trunk
+    assert any(n.startswith("evidence_head.") for n in changed)
+    assert any(n.startswith("dart.embeddings.scorer.head.") for n in changed)
+    # the head learned a new attention and the scorer followed it: the scorer is closer to the head's attention than
+    # the untrained scorer is to it
+    trained = _kl_to_the_head(model, pixels)
+    untrained, _ = _pair()
+    untrained.evidence_head.load_state_dict(model.evidence_head.state_dict())
+    assert trained < _kl_to_the_head(untrained, pixels) - 0.01
+    assert kl_before > 0
+
+
+def test_pretraining_zero_steps_changes_nothing_and_bad_arguments_are_refused():
+    from modeling_dart.self_distillation_dart import pretrain_scorer_on_evidence
+
+    model, without = _pair()
+    pixels, labels = _inputs()
+    batches = [{"pixel_values": pixels, "labels": labels}]
+    before = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    assert pretrain_scorer_on_evidence(model, batches, steps=0, learning_rate=1e-2) == []
+    assert all(torch.equal(t, before[n]) for n, t in model.state_dict().items())
+    with pytest.raises(ValueError, match="`model`"):
+        pretrain_scorer_on_evidence(without, batches, steps=1, learning_rate=1e-2)
+    for steps in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="`steps`"):
+            pretrain_scorer_on_evidence(model, batches, steps=steps, learning_rate=1e-2)
+    for rate in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="`learning_rate`"):
+            pretrain_scorer_on_evidence(model, batches, steps=1, learning_rate=rate)
+        with pytest.raises(ValueError, match="`evidence_learning_rate`"):
+            pretrain_scorer_on_evidence(model, batches, steps=1, learning_rate=1e-2, evidence_learning_rate=rate)
+    with pytest.raises(ValueError, match="`warmup_fraction`"):
+        pretrain_scorer_on_evidence(model, batches, steps=1, learning_rate=1e-2, warmup_fraction=1.0)
