@@ -1637,11 +1637,10 @@ def train_and_evaluate(model_args, data_args, training_args, checkpoint: str | N
     all_metrics: dict[str, float] = {"world_size": training_args.world_size,
                                      "learning_rate": training_args.learning_rate}
     if training_args.do_train:
-        if pretrain_steps and checkpoint is None:
-            losses = pretrain_scorer(trainer, pretrain_steps)
-            logger.info(f"scorer pre-training: {pretrain_steps} steps, evidence loss {losses[0]:.3f} -> "
-                        f"{losses[-1]:.3f}")
-            all_metrics["scorer_pretrain_loss"] = losses[-1]
+        pretrain_losses = pretrain_scorer(trainer, pretrain_steps) if pretrain_steps and checkpoint is None else []
+        if pretrain_losses:
+            logger.info(f"scorer pre-training: {len(pretrain_losses)} steps, evidence loss {pretrain_losses[0]:.3f} "
+                        f"-> {pretrain_losses[-1]:.3f}")
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()  # model.safetensors + config.json + preprocessor_config.json (+ modeling code)
         train_metrics = dict(train_result.metrics)
@@ -1649,6 +1648,10 @@ def train_and_evaluate(model_args, data_args, training_args, checkpoint: str | N
             train_metrics["train_samples"] = len(train_dataset)
         train_metrics["world_size"] = training_args.world_size
         train_metrics["learning_rate"] = training_args.learning_rate
+        if pretrain_losses:  # --scorer_pretrain_steps: the evidence loss at its first and last step
+            train_metrics["scorer_pretrain_steps"] = len(pretrain_losses)
+            train_metrics["scorer_pretrain_loss_first"] = pretrain_losses[0]
+            train_metrics["scorer_pretrain_loss_last"] = pretrain_losses[-1]
         trainer.log_metrics("train", train_metrics)
         trainer.save_metrics("train", train_metrics)
         trainer.save_state()
