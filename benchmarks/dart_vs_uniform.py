@@ -71,7 +71,7 @@ sys.path.insert(0, str(REPO_ROOT / "examples" / "data"))
 import sparse_canvas  # noqa: E402
 
 from modeling_dart import DartConfig, DartForImageClassification, load_scorer_trunk_weights  # noqa: E402
-from modeling_dart.self_distillation_dart import MilEvidenceHead, resample_mass  # noqa: E402
+from modeling_dart.self_distillation_dart import MilEvidenceHead, resample_mass, sharpen  # noqa: E402
 from modeling_dart.trunks_dart import TRUNKS, ScorerTrunk  # noqa: E402
 
 CANVAS = sparse_canvas.CANVAS_SIZE
@@ -121,6 +121,7 @@ class Setting:
     glimpse_weight: float = 1.0
     evidence_depth: int = 12  # --evidence_model mil: the pretrained trunk's depth its features come from
     evidence_pretrain_steps: int = 0  # --evidence_model mil: steps of head and scorer alone before the backbone's
+    evidence_power: float = 1.0  # --evidence_model mil: the target is the head's attention ** power, renormalised
 
 
 # ------------------------------------------------------------------------------------------------------------ data
@@ -495,6 +496,8 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0, layouts
             if setting.evidence_model == "mil":  # the target: the MIL head's attention on the score grid
                 evidence_loss, target = mil_evidence(evidence_head, features["train"]["evidence"][index].float(),
                                                      labels, GRID)
+                if setting.evidence_power != 1.0:
+                    target = sharpen(target, setting.evidence_power)
             else:
                 cells = features["train"]["summaries"][1][index].float()  # (B, G, G, C)
                 if setting.evidence_model == "conv":
@@ -555,6 +558,7 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0, layouts
             "evidence_accuracy": evidence_accuracy, "evidence_box_share": evidence_box_share,
             "evidence_pretrain_steps": setting.evidence_pretrain_steps if evidence_head is not None else 0,
             "pretrain_seconds": pretrain_seconds, "box_share_after_pretrain": share_after_pretrain,
+            "evidence_power": setting.evidence_power if evidence_head is not None else 1.0,
             "scorer_learning_rate": setting.scorer_learning_rate, "steps": setting.steps,
             "unfreeze_trunk_blocks": unfreeze, "trunk_learning_rate": setting.trunk_learning_rate if unfreeze else 0.0,
             "glimpse": glimpse, "glimpse_tokens": setting.glimpse_tokens if glimpse != "none" else 0,
@@ -585,6 +589,8 @@ def pretrain_evidence(arm, model, head, features, labels, boxes, setting, genera
         for group, lr in zip(optimizer.param_groups, base):
             group["lr"] = lr * warmup_cosine(step, steps, setting.warmup_fraction)
         head_loss, target = mil_evidence(head, features["evidence"][index].float(), labels[index], GRID)
+        if setting.evidence_power != 1.0:
+            target = sharpen(target, setting.evidence_power)
         pdf = score_density(scores_for(arm, model, index, features, boxes, setting).flatten(1).double())
         loss = head_loss + setting.evidence_weight * density_distillation_loss(pdf, target.double())
         optimizer.zero_grad(set_to_none=True)
@@ -781,6 +787,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--evidence_pretrain_steps", type=int, default=0,
                         help="--evidence_model mil: steps that train the MIL head and the scorer alone (on the cached "
                              "features, no backbone) before the main run")
+    parser.add_argument("--evidence_power", type=float, default=1.0,
+                        help="--evidence_model mil: sharpen the target (the head's attention ** power, renormalised)")
     parser.add_argument("--train_score_power", type=float, default=1.0,
                         help="learned arms: training tokens from scores ** p (evaluation unchanged)")
     parser.add_argument("--unfreeze_trunk_blocks", type=int, default=0,
@@ -816,7 +824,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     entries = TRUNKS["efficientnet_lite0"].num_entries
     if not 1 <= args.evidence_depth <= entries:
         parser.error(f"--evidence_depth must be in [1, {entries}] (the efficientnet_lite0 trunk's entries)")
-    for name in ("distill_power", "train_score_power", "evidence_temperature", "glimpse_power"):
+    for name in ("distill_power", "train_score_power", "evidence_temperature", "glimpse_power", "evidence_power"):
         if not getattr(args, name) > 0:
             parser.error(f"--{name} must be positive")
     defaults = dict(tokens=[16], seeds=[0], train_canvases=2000, validation_canvases=500) if args.quick else dict(
@@ -834,7 +842,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       args.evidence_weight, args.evidence_temperature, bool(args.evidence_relative),
                       args.evidence_learning_rate, args.evidence_model, args.unfreeze_trunk_blocks,
                       args.trunk_learning_rate, args.glimpse, args.glimpse_tokens, args.glimpse_power,
-                      args.glimpse_weight, args.evidence_depth, args.evidence_pretrain_steps)
+                      args.glimpse_weight, args.evidence_depth, args.evidence_pretrain_steps, args.evidence_power)
     depth = build_model("pretrained", 16, setting).config.resolved_scorer_trunk_depth()
     setting.trunk_depth = depth  # every learned arm (heads v1 and v2 too) scores from the same trunk features
     if args.unfreeze_trunk_blocks > depth:

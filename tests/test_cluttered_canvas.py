@@ -530,6 +530,7 @@ def test_evidence_pretraining_trains_the_head_and_the_scorer_alone(monkeypatch, 
     (["--evidence_pretrain_steps", "5"], "needs --evidence_model mil"),
     (["--evidence_model", "mil", "--evidence_pretrain_steps", "5"], "needs --evidence_model mil"),
     (["--evidence_model", "mil", "--evidence_weight", "1", "--evidence_pretrain_steps", "-1"], "at least 0"),
+    (["--evidence_model", "mil", "--evidence_weight", "1", "--evidence_power", "0"], "--evidence_power must be positive"),
 ])
 def test_evidence_pretraining_options_are_checked(argv, message, capsys):
     import dart_vs_uniform as benchmark
