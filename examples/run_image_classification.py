@@ -179,8 +179,8 @@ QUICKSTART_CONFIG = {
 
 # what the recommended scorer adds for a token model (`dart`): the embedding of each token's centre, size and rank,
 # and the scorer trained towards the attention of a multiple-instance classifier on its trunk's depth-12 features
-# (`DartConfig.scorer_evidence_weight`; benchmarks/README.md, "#23 third round")
-TOKEN_MODEL_SCORER_FIELDS = {"token_geometry_embedding": True, "scorer_trunk_depth": 12, "scorer_evidence_weight": 1.0}
+# (`DartConfig.scorer_evidence_weight`; benchmarks/README.md, "#23 third round" and "#23 fourth round")
+TOKEN_MODEL_SCORER_FIELDS = {"token_geometry_embedding": True, "scorer_trunk_depth": 12, "scorer_evidence_weight": 3.0}
 
 
 def implied_scorer_fields(weights: str | None, model_type: str, *given: dict[str, Any]) -> dict[str, Any]:

@@ -232,7 +232,7 @@ def test_packaged_trunk_weights_bring_the_recommended_scorer_to_a_new_model(runn
     assert (config.scorer, config.scorer_trunk, config.scorer_head) == ("learned", "efficientnet_lite0", "saliency")
     assert config.freeze_scorer_trunk is True and config.token_geometry_embedding is True
     # token models: the trunk cut at depth 12 and the evidence head's pull on the scorer
-    assert (config.scorer_trunk_depth, config.scorer_evidence_weight) == (12, 1.0)
+    assert (config.scorer_trunk_depth, config.scorer_evidence_weight) == (12, 3.0)
     # without the weights: the config's own defaults (MobileNetV3-Small, head v1, no geometry, no evidence head)
     plain = runner.build_config_from_scratch(None, dict(tiny))
     assert (plain.scorer_trunk, plain.scorer_head, plain.token_geometry_embedding) == (
@@ -369,7 +369,7 @@ def test_a_new_token_model_trains_with_the_recommended_scorer_end_to_end(runner,
                  "--do_train", "true", "--do_eval", "true", "--save_strategy", "no", "--report_to", "none",
                  "--use_cpu", "true", "--output_dir", str(output)])
     config = json.loads((output / "config.json").read_text())
-    assert (config["scorer_trunk_depth"], config["scorer_evidence_weight"]) == (12, 1.0)
+    assert (config["scorer_trunk_depth"], config["scorer_evidence_weight"]) == (12, 3.0)
     results = json.loads((output / "all_results.json").read_text())
     assert results["scorer_pretrain_steps"] == 2
     assert math.isfinite(results["scorer_pretrain_loss_first"]) and math.isfinite(results["scorer_pretrain_loss_last"])
