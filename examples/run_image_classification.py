@@ -1616,6 +1616,9 @@ def train_and_evaluate(model_args, data_args, training_args, checkpoint: str | N
         raise UsageError("`--scorer_pretrain_steps` trains the scorer towards the evidence head's attention: the model "
                          "needs `scorer_evidence_weight` > 0 (a token model with a learned scorer), got "
                          f"{getattr(model.config, 'scorer_evidence_weight', None)!r}.")
+    if pretrain_steps and not training_args.scorer_learning_rate > 0:
+        raise UsageError(f"`--scorer_pretrain_steps` {pretrain_steps} trains the scorer at `--scorer_learning_rate`, "
+                         f"which must then be > 0, got {training_args.scorer_learning_rate}.")
     mixup = MixupCutmix(len(labels), data_args.mixup, data_args.cutmix, data_args.mixup_prob,
                         data_args.mixup_switch_prob, training_args.label_smoothing_factor)
     ema = ModelEmaCallback(training_args.model_ema_decay, resume_from=checkpoint) if training_args.model_ema else None

@@ -352,6 +352,11 @@ def test_scorer_pretraining_is_refused_without_the_evidence_head(runner, tmp_pat
     with pytest.raises(ValueError, match="--scorer_pretrain_steps.*scorer_evidence_weight"):
         runner.main([*TINY_RUN, "--scorer_pretrain_steps", "5", "--output_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out" / "model.safetensors").exists()
+    # with the evidence head but a scorer rate of 0, the pre-training could not move the scorer
+    with pytest.raises(ValueError, match="--scorer_pretrain_steps.*--scorer_learning_rate"):
+        runner.main([*TINY_RUN, "--config_overrides", "scorer_evidence_weight=1.0,scorer_trunk_depth=5",
+                     "--scorer_learning_rate", "0", "--output_dir", str(tmp_path / "zero")])
+    assert not (tmp_path / "zero" / "model.safetensors").exists()
 
 
 def test_a_new_token_model_trains_with_the_recommended_scorer_end_to_end(runner, tmp_path):
