@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """DART quick start: train a DART classifier whose tokens land on the object, use it, and look at its tokens.
 
-    python examples/quickstart.py            # about 20 minutes on 2 CPU cores (benchmarks/README.md, Quick start)
+    python examples/quickstart.py            # 6-13 minutes on 2 CPU cores (benchmarks/README.md, Quick start)
 
 1. writes sparse-object canvases (`examples/data/sparse_canvas.py`: real Fashion-MNIST articles of 28-42 pixels on
    160x160 textured backgrounds, 4000 train / 1000 validation, the same for every run) as an `imagefolder` tree under
