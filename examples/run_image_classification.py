@@ -170,10 +170,7 @@ QUICKSTART_CONFIG = {
     "num_hidden_layers": 4,
     "num_attention_heads": 4,
     # the scorer and token geometry come from the preset's `--scorer_trunk_weights efficientnet_lite0`
-    # (implied_scorer_fields), except the evidence head and its depth-12 trunk cut: on these smooth canvases the
-    # trunk's saliency prior already finds the article, and the deeper trunk pass would triple the training time
-    "scorer_trunk_depth": 4,
-    "scorer_evidence_weight": 0.0,
+    # (implied_scorer_fields); `examples/quickstart.py` leaves the evidence head out for speed (QUICKSTART_DEMO_SCORER)
 }
 
 

@@ -24,7 +24,8 @@ SCRIPT = EXAMPLES / "run_image_classification.py"
 DATA = EXAMPLES / "data" / "sparse_fashion"
 CLASSES = sorted(p.name for p in (DATA / "train").iterdir() if p.is_dir())
 TINY_RUN = ["--preset", "quickstart", "--max_train_samples", "40", "--max_eval_samples", "20",
-            "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "20", "--logging_steps", "1"]
+            "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "20", "--logging_steps", "1",
+            "--scorer_pretrain_steps", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -104,20 +105,19 @@ def test_single_process_run_saves_a_complete_folder(trained_folder):
     # the preset names no scorer trunk or head: --scorer_trunk_weights efficientnet_lite0 brings the recommended scorer
     assert (config["scorer_trunk"], config["scorer_head"]) == ("efficientnet_lite0", "saliency")
     assert config["token_geometry_embedding"] is True
-    # except the evidence head and its depth-12 cut, which the quick start's preset turns off for speed
-    assert (config["scorer_trunk_depth"], config["scorer_evidence_weight"]) == (4, 0.0)
+    assert (config["scorer_trunk_depth"], config["scorer_evidence_weight"]) == (12, 3.0)
     # --scorer_trunk_weights efficientnet_lite0: the trunk holds the packaged ImageNet weights (frozen, kept)
     from tests.test_trunks import lite0_state
 
     saved = load_file(trained_folder / "model.safetensors")
     assert torch.equal(saved["dart.embeddings.scorer.features.0.0.weight"], lite0_state()["_conv_stem.weight"])
-    assert not any(key.startswith("evidence_head.") for key in saved)
+    assert saved["evidence_head.embed.weight"].shape == (128, 112)  # depth 12: 112 channels
     assert torch.equal(saved["dart.embeddings.scorer.features.3.block.1.1.running_var"],
                        lite0_state()["_blocks.2._bn1.running_var"])
     processor = json.loads((trained_folder / "preprocessor_config.json").read_text())
     assert processor["image_mean"] == [0.5, 0.5, 0.5] and processor["image_std"] == [0.5, 0.5, 0.5]
     results = json.loads((trained_folder / "all_results.json").read_text())
-    assert results["world_size"] == 1
+    assert results["world_size"] == 1 and results["scorer_pretrain_steps"] == 2
     assert 0.0 <= results["eval_accuracy"] <= 1.0 and results["eval_samples"] == 20 and results["train_samples"] == 40
     state = json.loads((trained_folder / "trainer_state.json").read_text())
     assert state["global_step"] == 3
@@ -347,10 +347,12 @@ def test_scorer_pretraining_default_and_what_it_trains(runner, tmp_path):
 
 
 def test_scorer_pretraining_is_refused_without_the_evidence_head(runner, tmp_path):
-    """The quick start's preset trains no evidence head: asking for the pre-training there is a usage error, raised
-    before any training."""
+    """A model without the evidence head: asking for the pre-training is a usage error, raised before any
+    training."""
+    no_head = ",".join(f"{k}={v}" for k, v in {**runner.QUICKSTART_CONFIG, "scorer_evidence_weight": 0.0}.items())
     with pytest.raises(ValueError, match="--scorer_pretrain_steps.*scorer_evidence_weight"):
-        runner.main([*TINY_RUN, "--scorer_pretrain_steps", "5", "--output_dir", str(tmp_path / "out")])
+        runner.main([*TINY_RUN, "--config_overrides", no_head, "--scorer_pretrain_steps", "5",
+                     "--output_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out" / "model.safetensors").exists()
     # with the evidence head but a scorer rate of 0, the pre-training could not move the scorer
     with pytest.raises(ValueError, match="--scorer_pretrain_steps.*--scorer_learning_rate"):
@@ -481,6 +483,11 @@ def test_quickstart_runs_end_to_end(runner, tmp_path, capsys):
     assert 0 <= metrics["finest_token_on_article"] <= 6 and 0.0 <= metrics["eval_accuracy"] <= 1.0
     picture = Image.open(output / "token_regions.png")
     assert picture.width > 6 * 240 and picture.height > 2 * 240
+    # the demo's scorer: the preset's recommended one less the evidence head (QUICKSTART_DEMO_SCORER)
+    config = json.loads((output / "config.json").read_text())
+    assert (config["scorer_trunk"], config["scorer_head"]) == ("efficientnet_lite0", "saliency")
+    assert (config["scorer_trunk_depth"], config["scorer_evidence_weight"], config["num_tokens"]) == (4, 0.0, 36)
+    assert "scorer_pretrain_steps" not in json.loads((output / "all_results.json").read_text())
 
 
 def test_quickstart_writes_its_canvases_once(tmp_path):
