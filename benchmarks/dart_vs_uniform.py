@@ -217,12 +217,14 @@ def random_trunk(depth: int, seed: int) -> ScorerTrunk:
 
 
 # -------------------------------------------------------------------------------- multiple-instance evidence
-def mil_evidence(head: MilEvidenceHead, features: torch.Tensor, labels: torch.Tensor, grid: int
+def mil_evidence(head: MilEvidenceHead, features: torch.Tensor, labels: torch.Tensor, grid: int, power: float = 1.0
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """The MIL head's own classification loss, and its attention spread onto the `grid` x grid score grid
-    `(batch, grid * grid)` with the mass conserved and detached: the scorer's target."""
+    `(batch, grid * grid)` with the mass conserved and detached: the scorer's target (sharpened by `power` when it is
+    not 1, `--evidence_power`)."""
     logits, attention = head(features)
-    return F.cross_entropy(logits, labels), resample_mass(attention.detach(), grid).flatten(1)
+    target = resample_mass(attention.detach(), grid).flatten(1)
+    return F.cross_entropy(logits, labels), target if power == 1.0 else sharpen(target, power)
 
 
 @torch.no_grad()
@@ -495,9 +497,7 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0, layouts
             labels = train_labels[index]
             if setting.evidence_model == "mil":  # the target: the MIL head's attention on the score grid
                 evidence_loss, target = mil_evidence(evidence_head, features["train"]["evidence"][index].float(),
-                                                     labels, GRID)
-                if setting.evidence_power != 1.0:
-                    target = sharpen(target, setting.evidence_power)
+                                                     labels, GRID, setting.evidence_power)
             else:
                 cells = features["train"]["summaries"][1][index].float()  # (B, G, G, C)
                 if setting.evidence_model == "conv":
@@ -588,9 +588,8 @@ def pretrain_evidence(arm, model, head, features, labels, boxes, setting, genera
         index = torch.randint(len(labels), (setting.batch_size,), generator=generator)
         for group, lr in zip(optimizer.param_groups, base):
             group["lr"] = lr * warmup_cosine(step, steps, setting.warmup_fraction)
-        head_loss, target = mil_evidence(head, features["evidence"][index].float(), labels[index], GRID)
-        if setting.evidence_power != 1.0:
-            target = sharpen(target, setting.evidence_power)
+        head_loss, target = mil_evidence(head, features["evidence"][index].float(), labels[index], GRID,
+                                         setting.evidence_power)
         pdf = score_density(scores_for(arm, model, index, features, boxes, setting).flatten(1).double())
         loss = head_loss + setting.evidence_weight * density_distillation_loss(pdf, target.double())
         optimizer.zero_grad(set_to_none=True)

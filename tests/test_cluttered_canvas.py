@@ -403,6 +403,9 @@ def test_mil_evidence_target_is_its_attention_detached_and_pulls_the_density_tow
     torch.testing.assert_close(target, expected)
     torch.testing.assert_close(target.sum(-1), torch.ones(2))
     assert not target.requires_grad
+    # `--evidence_power 2`: the same attention squared, renormalised
+    squared = expected**2 / (expected**2).sum(-1, keepdim=True)
+    torch.testing.assert_close(benchmark.mil_evidence(head, features, labels, 10, 2.0)[1], squared)
     torch.testing.assert_close(head_loss, torch.nn.functional.cross_entropy(logits, labels))
     density_logits = torch.zeros(2, 100, requires_grad=True)
     pdf = torch.softmax(density_logits, -1)
