@@ -1094,13 +1094,17 @@ def split_scorer_group(groups: list[dict[str, Any]], scorer_lr: float) -> list[d
     return [*rest, {"params": scorer, "param_names": scorer_names, "lr": scorer_lr, "weight_decay": 0.0}]
 
 
+def _new_model_with_evidence_head(config: Any, new_model: bool) -> bool:
+    """Whether the run trains a new token model with the evidence head (`scorer_evidence_weight` > 0, as the
+    recommended scorer has): the case the scorer's own training defaults are for."""
+    return new_model and getattr(config, "model_type", None) == DartConfig.model_type and getattr(
+        config, "scorer_evidence_weight", 0.0) > 0
+
+
 def default_scorer_learning_rate(learning_rate: float, config: Any, new_model: bool) -> float:
     """`--scorer_learning_rate`'s default: 10x `learning_rate` for a new token model trained with the evidence head
     (`scorer_evidence_weight` > 0, as the recommended scorer is), else `learning_rate`."""
-    if new_model and getattr(config, "model_type", None) == DartConfig.model_type and getattr(
-            config, "scorer_evidence_weight", 0.0) > 0:
-        return 10.0 * learning_rate
-    return learning_rate
+    return 10.0 * learning_rate if _new_model_with_evidence_head(config, new_model) else learning_rate
 
 
 # the evidence pre-training's length for the recommended scorer (benchmarks/README.md, "#23 fourth round")
@@ -1110,10 +1114,7 @@ DEFAULT_SCORER_PRETRAIN_STEPS = 300
 def default_scorer_pretrain_steps(config: Any, new_model: bool) -> int:
     """`--scorer_pretrain_steps`'s default: `DEFAULT_SCORER_PRETRAIN_STEPS` for a new token model trained with the
     evidence head (`scorer_evidence_weight` > 0), else 0."""
-    if new_model and getattr(config, "model_type", None) == DartConfig.model_type and getattr(
-            config, "scorer_evidence_weight", 0.0) > 0:
-        return DEFAULT_SCORER_PRETRAIN_STEPS
-    return 0
+    return DEFAULT_SCORER_PRETRAIN_STEPS if _new_model_with_evidence_head(config, new_model) else 0
 
 
 def pretrain_scorer(trainer: Trainer, steps: int) -> list[float]:
