@@ -29,7 +29,7 @@ from .trunk_tables_dart import TRUNKS, default_scorer_hidden_size
 
 _IMAGE_BACKBONES = ("vit", "vim")
 _VIDEO_BACKBONES = ("videomamba",)
-_HEADS = ("v1", "v2", "saliency")
+_HEADS = ("v1", "v2", "saliency", "mil")
 _NORMALIZATIONS = ("image", "batch")
 _CLS_POSITIONS = ("head", "middle")
 _VIDEO_POOLING = ("frame", "clip")
@@ -81,10 +81,16 @@ class DartConfig(PreTrainedConfig):  # trf-ignore: TRF010
         `"v1"` (per-position MLP, `sigmoid(s) + 0.1`), `"v2"` (channel gating, `sigmoid(2 s)`), or `"saliency"`
         (feature-saliency prior + per-position MLP, density `exp` of a bounded logit with a learnable temperature;
         not in the released models). After standardisation v1 and v2 allow an object/background density ratio of
-        only about 2.0x / 2.7x; `"saliency"` allows up to `scorer_max_density_ratio`.
+        only about 2.0x / 2.7x; `"saliency"` allows up to `scorer_max_density_ratio`. `"mil"` (image models with
+        `num_labels` >= 1): a gated-attention multiple-instance classifier on the trunk's cells whose attention,
+        moved onto the score grid and raised to `scorer_attention_power`, is the score map (ratio up to
+        `scorer_max_density_ratio`), detached from the backbone's loss; [`DartForImageClassification`] trains it in
+        training mode with `labels` by adding its own classification loss (`evidence_loss`), so the scorer learns
+        where the class can be read from, without box labels.
     scorer_hidden_size (`int`, *optional*):
         Hidden width of the head's MLP. Defaults to the trunk's width at the v1 cut for head v1
-        (`trunk_tables_dart.default_scorer_hidden_size`) and 96 for v2 and saliency.
+        (`trunk_tables_dart.default_scorer_hidden_size`), 96 for v2 and saliency, and 128 for mil (its cell
+        embedding).
     scorer_trunk_depth (`int`, *optional*):
         How many of the trunk's `features` entries the scorer keeps (the first convolution counts as one). Defaults
         to the original's for heads v1/v2: 11 (Small) / 15 (Large) / 16 (Lite0) for v1 and 13 / 17 / 18 for v2,
@@ -93,12 +99,16 @@ class DartConfig(PreTrainedConfig):  # trf-ignore: TRF010
         stride 8, 12x12 for 96 pixels). For the saliency head the default follows the input size: the deepest
         trunk whose output stride is at most `max(4, image_size / (4 * score_grid_size))`, so that every score
         cell averages about 4x4 feature positions or more (e.g. stride 4 for 160-pixel inputs on a 10x10 grid,
-        stride 8 for 448 on 14x14).
+        stride 8 for 448 on 14x14). For the mil head: the deepest trunk at output stride 16 or less (12 entries of
+        Lite0, 112 channels).
     scorer_max_density_ratio (`float`, *optional*, defaults to 1e4):
         Saliency head: the largest ratio between the scores (hence the token densities) of two cells. The
         density is `exp(b * tanh(t * z / b))` of the standardised logit `z`, with `b = log(ratio) / 2`.
     scorer_temperature (`float`, *optional*, defaults to 1.5):
         Saliency head: initial value of the learnable temperature that multiplies the standardised logits.
+    scorer_attention_power (`float`, *optional*, defaults to 1.0):
+        Mil head: the power its attention mass on the score grid is raised to (< 1 spreads the tokens from the
+        attention's peak over its neighbours).
     score_normalization (`str`, *optional*, defaults to `"image"`):
         `"image"` standardises each image's score map on its own (predictions never depend on batching);
         `"batch"` uses statistics over the whole batch, as the original code does.
@@ -187,6 +197,7 @@ class DartConfig(PreTrainedConfig):  # trf-ignore: TRF010
         scorer_trunk_depth: int | None = None,
         scorer_max_density_ratio: float = 1e4,
         scorer_temperature: float = 1.5,
+        scorer_attention_power: float = 1.0,
         score_normalization: str = "image",
         freeze_scorer_trunk: bool = True,
         scorer_evidence_weight: float = 0.0,
@@ -230,6 +241,7 @@ class DartConfig(PreTrainedConfig):  # trf-ignore: TRF010
         self.scorer_trunk_depth = scorer_trunk_depth
         self.scorer_max_density_ratio = scorer_max_density_ratio
         self.scorer_temperature = scorer_temperature
+        self.scorer_attention_power = scorer_attention_power
         self.score_normalization = score_normalization
         self.freeze_scorer_trunk = freeze_scorer_trunk
         self.scorer_evidence_weight = scorer_evidence_weight
@@ -284,6 +296,8 @@ class DartConfig(PreTrainedConfig):  # trf-ignore: TRF010
         if self.scorer_trunk_depth is not None:
             return self.scorer_trunk_depth
         spec = TRUNKS[self.scorer_trunk]
+        if self.scorer_head == "mil":
+            return max(depth for depth in range(2, spec.num_entries + 1) if spec.output_stride(depth) <= 16)
         if self.scorer_head != "saliency":
             return spec.head_depths[self.scorer_head]
         most = max(4, self.image_size // (4 * self.score_grid_size), spec.output_stride(2))
@@ -333,8 +347,8 @@ class DartConfig(PreTrainedConfig):  # trf-ignore: TRF010
         checks = {name: _choice(allowed) for name, allowed in cls._choices().items()}
         checks.update(dict.fromkeys(cls._positive_ints, _positive_int))
         checks.update(dict.fromkeys(("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"), _rate))
-        checks.update(dict.fromkeys(("initializer_range", "layer_norm_eps", "layer_norm_epsilon", "scorer_temperature"),
-                                    _positive_float))
+        checks.update(dict.fromkeys(("initializer_range", "layer_norm_eps", "layer_norm_epsilon", "scorer_temperature",
+                                     "scorer_attention_power"), _positive_float))
         checks.update(dict.fromkeys(cls._bools, _boolean))
         checks["scorer_max_density_ratio"] = _density_ratio
         checks["scorer_evidence_weight"] = _non_negative_float
@@ -381,6 +395,11 @@ class DartConfig(PreTrainedConfig):  # trf-ignore: TRF010
             raise ValueError(
                 f"{name}: `scorer_evidence_weight` trains the learned scorer and needs `scorer='learned'`, got "
                 f"scorer={self.scorer!r} with scorer_evidence_weight={self.scorer_evidence_weight!r}."
+            )
+        if self.scorer_evidence_weight > 0 and self.scorer_head == "mil":
+            raise ValueError(
+                f"{name}: the mil head is its own evidence (its attention places the tokens): "
+                f"`scorer_evidence_weight` must be 0 with `scorer_head='mil'`, got {self.scorer_evidence_weight!r}."
             )
         if self.backbone == "vit" and self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
@@ -499,6 +518,9 @@ class DartVideoConfig(DartConfig):
             raise ValueError(f"DartVideoConfig: `scorer_evidence_weight` is an option of the image models "
                              f"(DartForImageClassification); the video models do not support it, got "
                              f"{self.scorer_evidence_weight!r}.")
+        if self.scorer_head == "mil":
+            raise ValueError("DartVideoConfig: `scorer_head='mil'` is trained by DartForImageClassification's loss; "
+                             "the video models do not support it.")
         if self.tubelet_size != 1:
             raise ValueError(f"DartVideoConfig: only `tubelet_size=1` is supported, got {self.tubelet_size}.")
         if self.cls_token_position != "head":

@@ -102,9 +102,10 @@ class DartModelOutput(ModelOutput):
 @auto_docstring(
     custom_intro="Output of [`DartForImageClassification`]: the logits, the loss and the token geometry.",
     custom_args=DART_CLASSIFIER_OUTPUT_FIELDS + DART_GEOMETRY_FIELDS + r"""
-    evidence_loss (`torch.FloatTensor` of shape `()`, *optional*, returned in training with `labels` when `config.scorer_evidence_weight > 0`):
-        The part of `loss` that the evidence head adds (its own loss and the scorer's KL term), for a caller that
-        replaces the classification loss with its own (label smoothing, mixup) and keeps this part.
+    evidence_loss (`torch.FloatTensor` of shape `()`, *optional*, returned in training with `labels` when `config.scorer_evidence_weight > 0` or `config.scorer_head == "mil"`):
+        The part of `loss` that the evidence head adds (its own loss and the scorer's KL term; for the mil scorer
+        head, that head's own classification loss), for a caller that replaces the classification loss with its own
+        (label smoothing, mixup) and keeps this part.
 """,
 )
 @dataclass
@@ -554,7 +555,7 @@ class DartForImageClassification(DartPreTrainedModel):
         score_normalization: str | None = None,
         **kwargs,
     ) -> DartImageClassifierOutput | tuple:
-        evidence = self.evidence_head is not None and self.training and labels is not None
+        evidence = self.evidence_module() is not None and self.training and labels is not None
         outputs = self.dart(
             pixel_values, num_tokens=num_tokens, score_normalization=score_normalization, return_dict=True,
             return_scorer_features=evidence, **kwargs
@@ -565,16 +566,30 @@ class DartForImageClassification(DartPreTrainedModel):
             output.loss = output.loss + output.evidence_loss
         return output
 
+    def evidence_module(self) -> MilEvidenceHead | None:
+        """The multiple-instance classifier that learns from the labels where the class can be read from: the
+        `evidence_head` (`scorer_evidence_weight` > 0), the scorer's own head when it is the mil head, else None."""
+        if self.evidence_head is not None:
+            return self.evidence_head
+        scorer = self.dart.embeddings.scorer
+        return scorer.head if scorer is not None and scorer.version == "mil" else None
+
     def evidence_loss(self, features: torch.Tensor, score_map: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The `scorer_evidence_weight` training term: the evidence head's own classification loss on the scorer
-        trunk's `features` `(batch, channels, h, w)` (detached: the head does not train the trunk), plus
-        `scorer_evidence_weight * KL(target || pdf)`, the target being the head's attention over the feature cells
-        moved onto the score grid with the mass conserved (detached: only the scorer learns from it) and the pdf the
-        `score_map` `(batch, grid, grid)` normalised to sum 1."""
-        head = self.evidence_head
+        """The evidence training term: the evidence module's (`evidence_module`) own classification loss on the
+        scorer trunk's `features` `(batch, channels, h, w)` (detached: the head does not train the trunk). With the
+        `evidence_head` (`scorer_evidence_weight` > 0) it adds `scorer_evidence_weight * KL(target || pdf)`, the
+        target being the head's attention over the feature cells moved onto the score grid with the mass conserved
+        (detached: only the scorer learns from it) and the pdf the `score_map` `(batch, grid, grid)` normalised to
+        sum 1. The mil scorer head's attention is the score map itself, so its term is its classification loss."""
+        head = self.evidence_module()
+        if head is None:
+            raise ValueError("`evidence_loss` needs an evidence head (`scorer_evidence_weight` > 0) or the mil scorer "
+                             "head (`scorer_head='mil'`).")
         logits, attention = head(features.detach().to(head.embed.weight.dtype))
         labels, _ = check_classification_labels(labels, logits, self.config)
         head_loss = self.loss_function(labels.to(logits.device), logits, self.config)
+        if self.evidence_head is None:
+            return head_loss
         grid = score_map.shape[-1]
         target = resample_mass(attention.detach().float(), grid).flatten(1)
         pdf = score_density(score_map.reshape(score_map.shape[0], -1).float())

@@ -26,6 +26,7 @@ from torch import nn
 
 from .cpu_tuning_dart import channels_last_on_cpu, trunk_chunk_size
 from .configuration_dart import DartConfig
+from .self_distillation_dart import MilEvidenceHead, attention_scores
 from .trunks_dart import ScorerTrunk, wide_dtype
 
 STANDARDIZE_EPS = 1e-8
@@ -153,6 +154,11 @@ class DartScorer(nn.Module):
     Head saliency: feature-saliency prior + per-cell MLP on the grid ([`DartSaliencyHead`]) -> standardise ->
     [`bounded_exp_density`] with a learnable temperature: the density ratio between two cells reaches
     `config.scorer_max_density_ratio`.
+    Head mil: a gated-attention multiple-instance classifier on the trunk's cells (`MilEvidenceHead`, with
+    `config.num_labels` classes); its attention, moved onto the grid, raised to `config.scorer_attention_power` and
+    floored at `1 / config.scorer_max_density_ratio` of the peak (`attention_scores`), is the score map, detached:
+    the head learns from its own classification loss on the labels ([`DartForImageClassification`] adds it in
+    training), not from the backbone's loss through the token placement.
     """
 
     def __init__(self, config: DartConfig):
@@ -163,6 +169,13 @@ class DartScorer(nn.Module):
             self.head = DartSaliencyHead(channels, config.scorer_hidden_size, self.grid_size)
             self.log_temperature = nn.Parameter(torch.full((1,), math.log(config.scorer_temperature)))
             self.max_density_ratio = float(config.scorer_max_density_ratio)
+        elif self.version == "mil":
+            if config.num_labels < 1:
+                raise ValueError(f"`scorer_head='mil'` is a classifier and needs `num_labels` >= 1, got "
+                                 f"num_labels={config.num_labels}.")
+            self.head = MilEvidenceHead(channels, config.num_labels, hidden=config.scorer_hidden_size)
+            self.max_density_ratio = float(config.scorer_max_density_ratio)
+            self.attention_power = float(config.scorer_attention_power)
         else:
             self.head = DartScoreHead(channels, config.scorer_hidden_size, 1 if self.version == "v1" else channels)
         if self.freeze_trunk:
@@ -253,11 +266,19 @@ class DartScorer(nn.Module):
     def _score(self, features: torch.Tensor, normalization: str, grid: tuple[int, int] | None) -> torch.Tensor:
         if grid is None:
             grid = (self.grid_size, self.grid_size)
-        elif self.version == "saliency" and tuple(grid) != (self.grid_size, self.grid_size):
-            raise ValueError(f"`grid` must be ({self.grid_size}, {self.grid_size}) for the saliency head, got {grid}.")
+        elif self.version in ("saliency", "mil") and tuple(grid) != (self.grid_size, self.grid_size):
+            raise ValueError(f"`grid` must be ({self.grid_size}, {self.grid_size}) for the {self.version} head, got "
+                             f"{grid}.")
         grid = tuple(grid)
         if self.version == "saliency":
             return self.density(self.head(features), normalization)
+        if self.version == "mil":
+            if normalization != "image":
+                raise ValueError(f"The mil head scores each image on its own: `score_normalization` must be 'image', "
+                                 f"got {normalization!r}.")
+            _, attention = self.head(features.to(self.head.embed.weight.dtype))
+            return attention_scores(attention.float(), self.grid_size, self.max_density_ratio,
+                                    self.attention_power).detach()
         if self.version == "v1":
             raw = self.head(features.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, 1, h, w)
         else:

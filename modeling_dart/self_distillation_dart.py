@@ -180,6 +180,28 @@ def resample_mass(mass: torch.Tensor, size: int) -> torch.Tensor:
     return rows @ mass @ columns.T
 
 
+def attention_scores(attention: torch.Tensor, grid: int, max_ratio: float, power: float = 1.0) -> torch.Tensor:
+    """A score map from an attention over feature cells (the `"mil"` scorer head's density).
+
+    Args:
+        attention (`(batch, h, w)`): non-negative, e.g. `MilEvidenceHead`'s attention (each image's sums to 1).
+        grid (`int`): the side of the score grid.
+        max_ratio (`float`): the largest ratio between two cells' scores (> 1).
+        power (`float`, defaults to 1.0): the mass on the grid is raised to this power (< 1 flattens the peak over
+            its neighbours, > 1 sharpens it).
+
+    Returns:
+        `(batch, grid, grid)`: `m ** power` with `m` the attention moved onto the grid by `resample_mass` (mass
+        conserved), floored at `1 / max_ratio` of each image's largest cell.
+    """
+    if isinstance(power, bool) or not isinstance(power, (int, float)) or not power > 0:
+        raise ValueError(f"`power` must be a positive number, got {power!r}.")
+    if isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, float)) or not 1 < max_ratio < float("inf"):
+        raise ValueError(f"`max_ratio` must be a finite number > 1, got {max_ratio!r}.")
+    mass = resample_mass(attention, grid).clamp(min=0) ** power
+    return torch.maximum(mass, mass.amax((-2, -1), keepdim=True) / max_ratio)
+
+
 class MilEvidenceHead(nn.Module):
     """Gated-attention multiple-instance classifier whose instances are the cells of a feature map.
 
@@ -223,13 +245,14 @@ class MilEvidenceHead(nn.Module):
 def pretrain_scorer_on_evidence(model, batches, steps: int, learning_rate: float,
                                 evidence_learning_rate: float | None = None, warmup_fraction: float = 0.1,
                                 ) -> list[float]:
-    """Train the scorer and the evidence head of a `DartForImageClassification` with `scorer_evidence_weight > 0`
-    alone, before the backbone's training: the head on the labels, the scorer towards the head's attention
-    (`model.evidence_loss`). The backbone never runs and no other parameter changes, so the backbone then trains on a
-    placement that already follows the evidence instead of one that moves while the head learns.
+    """Train the scorer and the evidence head of a `DartForImageClassification` alone, before the backbone's
+    training: the head on the labels, the scorer towards the head's attention (`model.evidence_loss`); with the mil
+    scorer head, that head on the labels. The backbone never runs and no other parameter changes, so the backbone then
+    trains on a placement that already follows the evidence instead of one that moves while the head learns.
 
     Args:
-        model (`DartForImageClassification`): with an `evidence_head` (`config.scorer_evidence_weight > 0`).
+        model (`DartForImageClassification`): with an `evidence_head` (`config.scorer_evidence_weight > 0`) or the
+            mil scorer head (`config.scorer_head == "mil"`, whose parameters then train at `evidence_learning_rate`).
         batches (iterable of dicts): `pixel_values` `(batch, 3, height, width)` and integer `labels` `(batch,)`, e.g.
             a `DataLoader`; iterated again from its start when it runs out.
         steps (`int`): optimizer steps (0: nothing happens).
@@ -241,9 +264,10 @@ def pretrain_scorer_on_evidence(model, batches, steps: int, learning_rate: float
     Returns:
         `list[float]`: the loss of every step. The model is left in the training mode it had, with no gradients.
     """
-    if getattr(model, "evidence_head", None) is None:
+    head = model.evidence_module() if callable(getattr(model, "evidence_module", None)) else None
+    if head is None:
         raise ValueError("`model` must be a DartForImageClassification with an evidence head "
-                         "(`config.scorer_evidence_weight` > 0).")
+                         "(`config.scorer_evidence_weight` > 0) or the mil scorer head (`config.scorer_head='mil'`).")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"`steps` must be an int >= 0, got {steps!r}.")
     rates = {"learning_rate": learning_rate,
@@ -254,14 +278,15 @@ def pretrain_scorer_on_evidence(model, batches, steps: int, learning_rate: float
     if not isinstance(warmup_fraction, (int, float)) or not 0 <= warmup_fraction < 1:
         raise ValueError(f"`warmup_fraction` must be in [0, 1), got {warmup_fraction!r}.")
     embeddings = model.dart.embeddings
-    scorer = [p for p in embeddings.scorer.parameters() if p.requires_grad] if embeddings.scorer is not None else []
-    groups = [{"params": list(model.evidence_head.parameters()), "lr": rates["evidence_learning_rate"]}]
+    in_head = {id(p) for p in head.parameters()}
+    scorer = [p for p in embeddings.scorer.parameters() if p.requires_grad and id(p) not in in_head]
+    groups = [{"params": list(head.parameters()), "lr": rates["evidence_learning_rate"]}]
     if scorer:
         groups.append({"params": scorer, "lr": rates["learning_rate"]})
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     base = [group["lr"] for group in optimizer.param_groups]
     warmup = int(warmup_fraction * steps)
-    device = model.evidence_head.embed.weight.device
+    device = head.embed.weight.device
     was_training = model.training
     model.train()
     losses, iterator = [], iter(batches)
@@ -291,5 +316,5 @@ def pretrain_scorer_on_evidence(model, batches, steps: int, learning_rate: float
     return losses
 
 
-__all__ = ["MilEvidenceHead", "cls_attention_mass", "density_distillation_loss", "gradient_mass",
+__all__ = ["MilEvidenceHead", "attention_scores", "cls_attention_mass", "density_distillation_loss", "gradient_mass",
            "pretrain_scorer_on_evidence", "resample_mass", "rollout_mass", "sharpen", "token_mass_to_grid"]

@@ -193,7 +193,9 @@ TRUNKS: dict[str, TrunkSpec] = {
 
 def default_scorer_hidden_size(trunk: str, head: str) -> int:
     """Hidden width of a score head's MLP: for head v1 the original's choice (the trunk's width at the v1 cut, or the
-    trunk's `v1_hidden_size`), 96 for the v2 and saliency heads."""
+    trunk's `v1_hidden_size`), 96 for the v2 and saliency heads, 128 for the mil head's cell embedding."""
+    if head == "mil":
+        return 128
     if head != "v1":
         return 96
     spec = TRUNKS[trunk]

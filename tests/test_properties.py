@@ -46,7 +46,7 @@ CONFIG_FIELDS = sorted(
     if name != "self" and parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
 )
 NAMED_CHOICES = ["vit", "vim", "videomamba", "learned", "uniform", "mobilenet_v3_small", "mobilenet_v3_large",
-                 "efficientnet_lite0", "v1", "v2", "saliency", "image", "batch", "head", "middle", "frame", "clip",
+                 "efficientnet_lite0", "v1", "v2", "saliency", "mil", "image", "batch", "head", "middle", "frame", "clip",
                  "auto", "gelu", "relu", "silu", "true", "false", "1", ""]
 
 CHOICES = {**DartConfig._choices(), **DartVideoConfig._choices(), "backbone": ("vit", "vim", "videomamba")}
