@@ -71,7 +71,9 @@ sys.path.insert(0, str(REPO_ROOT / "examples" / "data"))
 import sparse_canvas  # noqa: E402
 
 from modeling_dart import DartConfig, DartForImageClassification, load_scorer_trunk_weights  # noqa: E402
-from modeling_dart.self_distillation_dart import MilEvidenceHead, resample_mass, sharpen  # noqa: E402
+from modeling_dart.self_distillation_dart import (  # noqa: E402
+    MilEvidenceHead, attention_scores, resample_mass, sharpen,
+)
 from modeling_dart.trunks_dart import TRUNKS, ScorerTrunk  # noqa: E402
 
 CANVAS = sparse_canvas.CANVAS_SIZE
@@ -122,6 +124,9 @@ class Setting:
     evidence_depth: int = 12  # --evidence_model mil: the pretrained trunk's depth its features come from
     evidence_pretrain_steps: int = 0  # --evidence_model mil: steps of head and scorer alone before the backbone's
     evidence_power: float = 1.0  # --evidence_model mil: the target is the head's attention ** power, renormalised
+    evidence_placement: int = 0  # --evidence_model mil: the tokens follow the head's attention (2: detached)
+    placement_blur: int = 1  # --evidence_placement: the attention averaged over k x k feature cells first
+    placement_power: float = 1.0  # --evidence_placement: the attention raised to this power
 
 
 # ------------------------------------------------------------------------------------------------------------ data
@@ -346,6 +351,10 @@ def scores_for(arm, model, index, features, boxes, setting):
         return torch.ones(len(index), GRID, GRID)
     if arm == "oracle":
         return oracle_scores(boxes[index], setting.max_ratio)
+    if model.__dict__.get("evidence_placement") is not None:  # --evidence_placement: the MIL head places the tokens
+        scores = evidence_scores(model.__dict__["evidence_placement"], features["evidence"][index].float(),
+                                 setting.max_ratio, setting.placement_blur, setting.placement_power)
+        return scores.detach() if setting.evidence_placement == 2 else scores
     scorer = model.dart.embeddings.scorer
     if scorer.version != "saliency":
         return scorer(None, features=features["features"][index].float())
@@ -354,6 +363,16 @@ def scores_for(arm, model, index, features, boxes, setting):
         return scorer.density(scorer.head(tail(features["block_inputs"][index].float())))
     prior, cells = features["summaries"]  # the saliency head's parameter-free part, computed once
     return scorer.density(scorer.head.combine(prior[index].float(), cells[index].float()))
+
+
+def evidence_scores(head: MilEvidenceHead, features: torch.Tensor, max_ratio: float, blur: int = 1,
+                    power: float = 1.0) -> torch.Tensor:
+    """`--evidence_placement`: the MIL head's attention as the score map `(batch, GRID, GRID)`, as the `"mil"` scorer
+    head makes it (`attention_scores`); `blur` (odd) first averages the attention over blur x blur feature cells."""
+    attention = head(features)[1]
+    if blur > 1:
+        attention = F.avg_pool2d(attention[:, None], blur, 1, blur // 2, count_include_pad=False)[:, 0]
+    return attention_scores(attention, GRID, max_ratio, power)
 
 
 def warmup_cosine(step: int, total: int, warmup_fraction: float) -> float:
@@ -446,6 +465,8 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0, layouts
         starts.append(0)
     optimizer = torch.optim.AdamW(groups, weight_decay=setting.weight_decay)
     base = [group["lr"] for group in optimizer.param_groups]
+    if setting.evidence_placement and evidence_head is not None:  # held outside the module tree (own optimizer group)
+        model.__dict__["evidence_placement"] = evidence_head
     diagnostics = []
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(train_labels), generator=generator)
@@ -559,6 +580,8 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0, layouts
             "evidence_pretrain_steps": setting.evidence_pretrain_steps if evidence_head is not None else 0,
             "pretrain_seconds": pretrain_seconds, "box_share_after_pretrain": share_after_pretrain,
             "evidence_power": setting.evidence_power if evidence_head is not None else 1.0,
+            "evidence_placement": setting.evidence_placement if evidence_head is not None else 0,
+            "placement_blur": setting.placement_blur, "placement_power": setting.placement_power,
             "scorer_learning_rate": setting.scorer_learning_rate, "steps": setting.steps,
             "unfreeze_trunk_blocks": unfreeze, "trunk_learning_rate": setting.trunk_learning_rate if unfreeze else 0.0,
             "glimpse": glimpse, "glimpse_tokens": setting.glimpse_tokens if glimpse != "none" else 0,
@@ -788,6 +811,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
                              "features, no backbone) before the main run")
     parser.add_argument("--evidence_power", type=float, default=1.0,
                         help="--evidence_model mil: sharpen the target (the head's attention ** power, renormalised)")
+    parser.add_argument("--evidence_placement", type=int, choices=(0, 1, 2), default=0,
+                        help="--evidence_model mil, 1: the tokens follow the MIL head's attention (floored at "
+                             "1/--max_ratio of its peak) instead of the scorer's density, and the head also trains "
+                             "on the task loss through the token placement; 2: the same with the placement "
+                             "detached (the head trains on its own loss alone)")
+    parser.add_argument("--placement_blur", type=int, default=1,
+                        help="--evidence_placement: average the attention over k x k feature cells first (odd k)")
+    parser.add_argument("--placement_power", type=float, default=1.0,
+                        help="--evidence_placement: raise the attention to this power")
     parser.add_argument("--train_score_power", type=float, default=1.0,
                         help="learned arms: training tokens from scores ** p (evaluation unchanged)")
     parser.add_argument("--unfreeze_trunk_blocks", type=int, default=0,
@@ -816,6 +848,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error("--evidence_depth needs --evidence_model mil")
     if args.evidence_pretrain_steps and (args.evidence_model != "mil" or args.evidence_weight <= 0):
         parser.error("--evidence_pretrain_steps needs --evidence_model mil and --evidence_weight > 0")
+    if args.evidence_placement and (args.evidence_model != "mil" or args.evidence_weight <= 0):
+        parser.error("--evidence_placement needs --evidence_model mil and --evidence_weight > 0")
+    if args.placement_blur < 1 or args.placement_blur % 2 == 0 or not args.placement_power > 0:
+        parser.error("--placement_blur must be a positive odd int and --placement_power positive")
     if args.evidence_pretrain_steps < 0:
         parser.error("--evidence_pretrain_steps must be at least 0")
     if args.evidence_depth is None:
@@ -841,7 +877,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       args.evidence_weight, args.evidence_temperature, bool(args.evidence_relative),
                       args.evidence_learning_rate, args.evidence_model, args.unfreeze_trunk_blocks,
                       args.trunk_learning_rate, args.glimpse, args.glimpse_tokens, args.glimpse_power,
-                      args.glimpse_weight, args.evidence_depth, args.evidence_pretrain_steps, args.evidence_power)
+                      args.glimpse_weight, args.evidence_depth, args.evidence_pretrain_steps, args.evidence_power,
+                      args.evidence_placement, args.placement_blur, args.placement_power)
     depth = build_model("pretrained", 16, setting).config.resolved_scorer_trunk_depth()
     setting.trunk_depth = depth  # every learned arm (heads v1 and v2 too) scores from the same trunk features
     if args.unfreeze_trunk_blocks > depth:

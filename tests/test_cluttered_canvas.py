@@ -541,3 +541,59 @@ def test_evidence_pretraining_options_are_checked(argv, message, capsys):
     with pytest.raises(SystemExit) as stop:
         benchmark.main(["--quick", *argv])
     assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_evidence_placement_scores_are_the_heads_attention(monkeypatch, tiny_benchmark_data):
+    """`--evidence_placement`: the tokens follow the MIL head's attention on the score grid (raised to
+    `--placement_power`, floored at 1 / max_ratio of the peak), detached with 2 and not with 1; a run reports it."""
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    import dart_vs_uniform as benchmark
+
+    monkeypatch.setattr(benchmark, "GRID", 10)
+    (images, labels, boxes, *_), features = tiny_benchmark_data
+    deep = benchmark.deep_features(images, benchmark.random_trunk(5, seed=0))  # (8, 40, 20, 20): stride 8
+    train = {**features["train"], "evidence": deep}
+    torch.manual_seed(0)
+    head = benchmark.MilEvidenceHead(deep.shape[1], 10)
+    with torch.no_grad():
+        _, attention = head(deep.float())
+    mass = F.avg_pool2d(attention[:, None], 2)[:, 0] * 4  # 20x20 cells onto the 10x10 grid: sums of 2x2 blocks
+    expected = torch.maximum(mass.sqrt(), mass.sqrt().amax((-2, -1), keepdim=True) / 100.0)
+    for mode in (1, 2):
+        setting = benchmark.Setting(steps=3, batch_size=4, learning_rate=1e-2, scorer_learning_rate=1e-1,
+                                    weight_decay=0.0, warmup_fraction=0.0, max_ratio=100.0, temperature=1.5,
+                                    trunk_depth=3, scorer_delay=0.0, hidden_size=16, num_layers=1,
+                                    evidence_weight=1.0, evidence_model="mil", evidence_placement=mode,
+                                    placement_power=0.5)
+        model = benchmark.build_model("pretrained", 16, setting)
+        model.__dict__["evidence_placement"] = head
+        scores = benchmark.scores_for("pretrained", model, torch.arange(8), train, boxes, setting)
+        assert torch.allclose(scores, expected, rtol=1e-5, atol=1e-8)
+        assert scores.requires_grad is (mode == 1)
+
+    data = ((images, labels, boxes, images[:4], labels[:4], boxes[:4]),
+            {"train": train, "validation": {**features["validation"], "evidence": deep[:4]}})
+    original = benchmark.Setting
+    options = {"evidence_weight": 1.0, "evidence_model": "mil", "evidence_placement": 2, "placement_power": 0.5}
+    monkeypatch.setattr(benchmark, "Setting", lambda **kwargs: dataclasses.replace(original(**kwargs), **options))
+    result, moved = _tiny_benchmark_run(monkeypatch, "pretrained", data)
+    assert (result["evidence_placement"], result["placement_power"]) == (2, 0.5)
+    assert any(".encoder." in n for n in moved)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--evidence_placement", "2"], "needs --evidence_model mil"),
+    (["--evidence_model", "mil", "--evidence_weight", "1", "--evidence_placement", "2", "--placement_blur", "2"],
+     "--placement_blur must be a positive odd int"),
+    (["--evidence_model", "mil", "--evidence_weight", "1", "--evidence_placement", "2", "--placement_power", "0"],
+     "--placement_power positive"),
+])
+def test_evidence_placement_options_are_checked(argv, message, capsys):
+    import dart_vs_uniform as benchmark
+
+    with pytest.raises(SystemExit) as stop:
+        benchmark.main(["--quick", *argv])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
