@@ -7,9 +7,9 @@
    160x160 textured backgrounds, 4000 train / 1000 validation, the same for every run) as an `imagefolder` tree under
    `outputs/quickstart_data` (beside the output folder: a training run never writes into a folder holding its data);
 2. trains a small DART-DeiT (4 layers, width 96, 36 tokens) whose scorer is the frozen ImageNet EfficientNet-Lite0
-   trunk with the saliency head (`run_image_classification.py --preset quickstart`, less the evidence head of the
-   recommended scorer: `QUICKSTART_DEMO_SCORER`), and prints its validation accuracy next to the uniform grid's in
-   `benchmarks/dart_vs_uniform.py`;
+   trunk with the saliency head (`run_image_classification.py --preset quickstart` with the saliency head in place
+   of the recommended scorer's mil head: `QUICKSTART_DEMO_SCORER`), and prints its validation accuracy next to the
+   uniform grid's in `benchmarks/dart_vs_uniform.py`;
 3. reloads the saved folder with `pipeline("image-classification", model=folder)` and classifies six validation
    images;
 4. draws where the tokens went for those images into `outputs/quickstart/token_regions.png` (top row: token regions;
@@ -36,11 +36,11 @@ import run_image_classification as runner  # noqa: E402
 import sparse_canvas  # noqa: E402
 
 CANVASES = {"train": 4000, "validation": 1000}
-# The demo's scorer: the preset's recommended one less the evidence head and its depth-12 trunk cut. On these smooth
-# canvases the trunk's saliency prior already finds the article, and the deeper trunk pass triples the training time
-# (benchmarks/README.md, Quick start). A `--config_overrides` of the user's replaces this whole set, as it would the
-# preset's.
-QUICKSTART_DEMO_SCORER = {"scorer_trunk_depth": 4, "scorer_evidence_weight": 0.0}
+# The demo's scorer: the saliency head on the trunk cut at depth 4, in place of the preset's recommended mil head on
+# the depth-12 cut. On these smooth canvases the trunk's saliency prior already finds the article, and the deeper
+# trunk pass triples the training time (benchmarks/README.md, Quick start). A `--config_overrides` of the user's
+# replaces this whole set, as it would the preset's.
+QUICKSTART_DEMO_SCORER = {"scorer_head": "saliency", "scorer_trunk_depth": 4}
 BENCHMARK_RESULTS = EXAMPLES_DIR.parent / "benchmarks" / "results" / "dart_vs_uniform.json"
 
 

@@ -34,10 +34,10 @@ as `backbone_config.FIELD=value`, its classifier's:
         --train_dir data/train --validation_dir data/validation --output_dir outputs/my-reshaper --do_train --do_eval
 
 On a new model, `--scorer_trunk_weights efficientnet_lite0` also brings the recommended scorer: that trunk, frozen,
-with the `saliency` head (and, for token models, `token_geometry_embedding`, the trunk cut at depth 12 and the evidence
-head that teaches the scorer where to look, `scorer_evidence_weight`, with the scorer at `--scorer_learning_rate`,
-by default 10x `--learning_rate`); fields given in `--config_overrides` or `--config_name` win
-(`implied_scorer_fields`).
+with the `saliency` head; for token models, `token_geometry_embedding` and the `mil` head instead, on the trunk cut at
+depth 12: a multiple-instance classifier trained on the labels whose attention places the tokens, pre-trained alone
+for `--scorer_pretrain_steps` and then trained at `--scorer_learning_rate` (by default 3x `--learning_rate`); fields
+given in `--config_overrides` or `--config_name` win (`implied_scorer_fields`).
 
 Fine-tune a saved DART folder (token or reshaper form) on your own data with a new head:
 
@@ -170,26 +170,30 @@ QUICKSTART_CONFIG = {
     "num_hidden_layers": 4,
     "num_attention_heads": 4,
     # the scorer and token geometry come from the preset's `--scorer_trunk_weights efficientnet_lite0`
-    # (implied_scorer_fields); `examples/quickstart.py` leaves the evidence head out for speed (QUICKSTART_DEMO_SCORER)
+    # (implied_scorer_fields); `examples/quickstart.py` takes the saliency head for speed (QUICKSTART_DEMO_SCORER)
 }
 
 
 # what the recommended scorer adds for a token model (`dart`): the embedding of each token's centre, size and rank,
-# and the scorer trained towards the attention of a multiple-instance classifier on its trunk's depth-12 features
-# (`DartConfig.scorer_evidence_weight`; benchmarks/README.md, "#23 third round" and "#23 fourth round")
-TOKEN_MODEL_SCORER_FIELDS = {"token_geometry_embedding": True, "scorer_trunk_depth": 12, "scorer_evidence_weight": 3.0}
+# and the mil head on the trunk's depth-12 features, a multiple-instance classifier trained on the labels whose
+# attention (square-rooted) places the tokens (`DartConfig.scorer_head`; benchmarks/README.md, "#23 fifth round")
+TOKEN_MODEL_SCORER_FIELDS = {"token_geometry_embedding": True, "scorer_head": "mil", "scorer_trunk_depth": 12,
+                             "scorer_attention_power": 0.5}
 
 
 def implied_scorer_fields(weights: str | None, model_type: str, *given: dict[str, Any]) -> dict[str, Any]:
     """The recommended scorer that packaged `--scorer_trunk_weights` bring to a NEW model (`recommended_scorer_fields`:
     that trunk, frozen, the `saliency` head), and for a token model (`dart`) `TOKEN_MODEL_SCORER_FIELDS`: the token
-    geometry embedding, the trunk cut at depth 12 and the evidence head's pull on the scorer
-    (`scorer_evidence_weight`); less the fields of `given` (the user's overrides, `--config_name`'s fields), and
-    nothing at all where they choose the trunk or a scorer other than a learned one: their choice then stands, and
-    `check_model_options` refuses weights that do not fit it."""
+    geometry embedding, the mil head in place of the saliency head and the trunk cut at depth 12; less the fields of
+    `given` (the user's overrides, `--config_name`'s fields; a `scorer_evidence_weight` > 0 there keeps the saliency
+    head it trains), and nothing at all where they choose the trunk or a scorer other than a learned one: their
+    choice then stands, and `check_model_options` refuses weights that do not fit it."""
     fields = recommended_scorer_fields(weights, *given)
     if fields and model_type == DartConfig.model_type:
-        fields.update({key: value for key, value in TOKEN_MODEL_SCORER_FIELDS.items()
+        token_fields = dict(TOKEN_MODEL_SCORER_FIELDS)
+        if any(float(chosen.get("scorer_evidence_weight", 0.0)) > 0 for chosen in given):
+            token_fields.pop("scorer_head")
+        fields.update({key: value for key, value in token_fields.items()
                        if not any(key in chosen for chosen in given)})
     return fields
 
@@ -450,7 +454,7 @@ class ModelArguments:
         default=None,
         metadata={"help": "Pretrained weights for the scorer's trunk: `efficientnet_lite0` (the ImageNet weights of "
                   "the `pretrained` extra; a new model then gets the recommended scorer: that trunk, frozen, the "
-                  "`saliency` head and, for token models, token geometry, trunk depth 12 and the evidence head, "
+                  "`saliency` head, and for token models token geometry and the `mil` head at trunk depth 12, "
                   "unless `--config_overrides` says otherwise) or a .pth state "
                   "dict (torchvision MobileNetV3 `features.*` names, or EfficientNet-PyTorch Lite0 names)."},
     )
@@ -487,16 +491,17 @@ class DartTrainingArguments(TrainingArguments):
     scorer_learning_rate: float | None = field(
         default=None,
         metadata={"help": "Learning rate of the scorer's trainable parameters and of the evidence head (their own "
-                  "optimizer group, no weight decay). Default: 10x --learning_rate for a new token model trained "
-                  "with `scorer_evidence_weight` > 0 (the recommended scorer), else --learning_rate."},
+                  "optimizer group, no weight decay). Default for a new token model with an evidence head: 3x "
+                  "--learning_rate with the mil scorer head (the recommended scorer), 10x with "
+                  "`scorer_evidence_weight` > 0; else --learning_rate."},
     )
     scorer_pretrain_steps: int | None = field(
         default=None,
         metadata={"help": "Steps that train the scorer and the evidence head alone (`pretrain_scorer_on_evidence`: "
                   "no backbone pass) before the training starts, at --scorer_learning_rate, so that the backbone "
-                  "trains on a placement that already follows the evidence. Needs `scorer_evidence_weight` > 0. "
-                  "Default: 300 for a new token model with the evidence head (the recommended scorer), else 0; "
-                  "skipped when resuming from a checkpoint."},
+                  "trains on a placement that already follows the evidence. Needs the mil scorer head or "
+                  "`scorer_evidence_weight` > 0. Default: 300 for a new token model with either (the recommended "
+                  "scorer has the mil head), else 0; skipped when resuming from a checkpoint."},
     )
     total_train_batch_size: int | None = field(
         default=None,
@@ -1094,17 +1099,32 @@ def split_scorer_group(groups: list[dict[str, Any]], scorer_lr: float) -> list[d
     return [*rest, {"params": scorer, "param_names": scorer_names, "lr": scorer_lr, "weight_decay": 0.0}]
 
 
+def has_evidence_module(model: Any) -> bool:
+    """Whether `model` (unwrapped) learns where to look from the labels: the evidence head or the mil scorer head."""
+    module = getattr(model, "evidence_module", None)
+    return callable(module) and module() is not None
+
+
 def _new_model_with_evidence_head(config: Any, new_model: bool) -> bool:
-    """Whether the run trains a new token model with the evidence head (`scorer_evidence_weight` > 0, as the
-    recommended scorer has): the case the scorer's own training defaults are for."""
+    """Whether the run trains a new token model with an evidence head (the mil scorer head, as the recommended
+    scorer has, or `scorer_evidence_weight` > 0): the case the scorer's own training defaults are for."""
     return new_model and getattr(config, "model_type", None) == DartConfig.model_type and getattr(
-        config, "scorer_evidence_weight", 0.0) > 0
+        config, "scorer", None) == "learned" and (getattr(config, "scorer_head", None) == "mil" or getattr(
+            config, "scorer_evidence_weight", 0.0) > 0)
+
+
+# `--scorer_learning_rate`'s default for a new token model with an evidence head, as a multiple of `--learning_rate`:
+# the mil head's rate in benchmarks/dart_vs_uniform.py (3e-3 beside 1e-3), and the saliency scorer's with the evidence
+# head (benchmarks/README.md, "#23 third round")
+SCORER_LEARNING_RATE_FACTORS = {"mil": 3.0, "saliency": 10.0}
 
 
 def default_scorer_learning_rate(learning_rate: float, config: Any, new_model: bool) -> float:
-    """`--scorer_learning_rate`'s default: 10x `learning_rate` for a new token model trained with the evidence head
-    (`scorer_evidence_weight` > 0, as the recommended scorer is), else `learning_rate`."""
-    return 10.0 * learning_rate if _new_model_with_evidence_head(config, new_model) else learning_rate
+    """`--scorer_learning_rate`'s default: `SCORER_LEARNING_RATE_FACTORS[scorer_head]` x `learning_rate` for a new
+    token model with an evidence head (the recommended scorer), else `learning_rate`."""
+    if not _new_model_with_evidence_head(config, new_model):
+        return learning_rate
+    return SCORER_LEARNING_RATE_FACTORS.get(config.scorer_head, 10.0) * learning_rate
 
 
 # the evidence pre-training's length for the recommended scorer (benchmarks/README.md, "#23 fourth round")
@@ -1112,8 +1132,8 @@ DEFAULT_SCORER_PRETRAIN_STEPS = 300
 
 
 def default_scorer_pretrain_steps(config: Any, new_model: bool) -> int:
-    """`--scorer_pretrain_steps`'s default: `DEFAULT_SCORER_PRETRAIN_STEPS` for a new token model trained with the
-    evidence head (`scorer_evidence_weight` > 0), else 0."""
+    """`--scorer_pretrain_steps`'s default: `DEFAULT_SCORER_PRETRAIN_STEPS` for a new token model trained with an
+    evidence head (the mil scorer head, or `scorer_evidence_weight` > 0), else 0."""
     return DEFAULT_SCORER_PRETRAIN_STEPS if _new_model_with_evidence_head(config, new_model) else 0
 
 
@@ -1190,9 +1210,9 @@ class DartTrainer(Trainer):
             self.args.dataloader_drop_last = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        # the evidence head (`scorer_evidence_weight`) needs the labels in the model's call; where the loss is
-        # computed here instead (label smoothing, mixup), its part (`evidence_loss`) is added to it
-        evidence = model.training and getattr(self.accelerator.unwrap_model(model), "evidence_head", None) is not None
+        # an evidence head (the mil scorer head, or `scorer_evidence_weight`) needs the labels in the model's call;
+        # where the loss is computed here instead (label smoothing, mixup), its part (`evidence_loss`) is added to it
+        evidence = model.training and has_evidence_module(self.accelerator.unwrap_model(model))
         if self.mixup is None or not model.training:
             if evidence and self.label_smoother is not None and "labels" in inputs:
                 outputs = model(**inputs)
@@ -1610,10 +1630,12 @@ def train_and_evaluate(model_args, data_args, training_args, checkpoint: str | N
     pretrain_steps = training_args.scorer_pretrain_steps
     if pretrain_steps is None:
         pretrain_steps = default_scorer_pretrain_steps(model.config, new_model=not model_args.model_name_or_path)
-    elif pretrain_steps and getattr(model, "evidence_head", None) is None:
-        raise UsageError("`--scorer_pretrain_steps` trains the scorer towards the evidence head's attention: the model "
-                         "needs `scorer_evidence_weight` > 0 (a token model with a learned scorer), got "
-                         f"{getattr(model.config, 'scorer_evidence_weight', None)!r}.")
+    elif pretrain_steps and not has_evidence_module(model):
+        raise UsageError("`--scorer_pretrain_steps` trains the evidence head (and the scorer towards its attention): "
+                         "the model needs `scorer_evidence_weight` > 0 or `scorer_head='mil'` (a token model with a "
+                         f"learned scorer), got scorer_evidence_weight="
+                         f"{getattr(model.config, 'scorer_evidence_weight', None)!r}, "
+                         f"scorer_head={getattr(model.config, 'scorer_head', None)!r}.")
     if pretrain_steps and not training_args.scorer_learning_rate > 0:
         raise UsageError(f"`--scorer_pretrain_steps` {pretrain_steps} trains the scorer at `--scorer_learning_rate`, "
                          f"which must then be > 0, got {training_args.scorer_learning_rate}.")

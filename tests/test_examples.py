@@ -103,15 +103,16 @@ def test_single_process_run_saves_a_complete_folder(trained_folder):
     config = _check_saved_folder(trained_folder)
     assert config["freeze_scorer_trunk"] is True and config["num_tokens"] == 36 and config["image_size"] == 160
     # the preset names no scorer trunk or head: --scorer_trunk_weights efficientnet_lite0 brings the recommended scorer
-    assert (config["scorer_trunk"], config["scorer_head"]) == ("efficientnet_lite0", "saliency")
+    assert (config["scorer_trunk"], config["scorer_head"]) == ("efficientnet_lite0", "mil")
     assert config["token_geometry_embedding"] is True
-    assert (config["scorer_trunk_depth"], config["scorer_evidence_weight"]) == (12, 3.0)
+    assert (config["scorer_trunk_depth"], config["scorer_attention_power"]) == (12, 0.5)
+    assert config["scorer_evidence_weight"] == 0.0
     # --scorer_trunk_weights efficientnet_lite0: the trunk holds the packaged ImageNet weights (frozen, kept)
     from tests.test_trunks import lite0_state
 
     saved = load_file(trained_folder / "model.safetensors")
     assert torch.equal(saved["dart.embeddings.scorer.features.0.0.weight"], lite0_state()["_conv_stem.weight"])
-    assert saved["evidence_head.embed.weight"].shape == (128, 112)  # depth 12: 112 channels
+    assert saved["dart.embeddings.scorer.head.embed.weight"].shape == (128, 112)  # depth 12: 112 channels
     assert torch.equal(saved["dart.embeddings.scorer.features.3.block.1.1.running_var"],
                        lite0_state()["_blocks.2._bn1.running_var"])
     processor = json.loads((trained_folder / "preprocessor_config.json").read_text())
@@ -222,17 +223,21 @@ def test_config_overrides_and_derived_fields(runner, tmp_path):
 
 def test_packaged_trunk_weights_bring_the_recommended_scorer_to_a_new_model(runner, tmp_path):
     """`--scorer_trunk_weights efficientnet_lite0` alone gives a new model the Lite0 trunk, frozen, the saliency head
-    and (token models) the token geometry embedding; the user's own fields win, and a chosen trunk or a uniform
-    scorer turns the defaults off."""
+    (token models: the mil head and the token geometry embedding); the user's own fields win, and a chosen trunk or a
+    uniform scorer turns the defaults off."""
     from modeling_dart import DartConfig
 
     tiny = {"image_size": 64, "patch_size": 8, "score_grid_size": 8, "num_tokens": 16, "hidden_size": 32,
             "num_hidden_layers": 1, "num_attention_heads": 4}
     config = runner.build_config_from_scratch(None, dict(tiny), scorer_trunk_weights="efficientnet_lite0")
-    assert (config.scorer, config.scorer_trunk, config.scorer_head) == ("learned", "efficientnet_lite0", "saliency")
+    assert (config.scorer, config.scorer_trunk, config.scorer_head) == ("learned", "efficientnet_lite0", "mil")
     assert config.freeze_scorer_trunk is True and config.token_geometry_embedding is True
-    # token models: the trunk cut at depth 12 and the evidence head's pull on the scorer
-    assert (config.scorer_trunk_depth, config.scorer_evidence_weight) == (12, 3.0)
+    # token models: the mil head on the trunk cut at depth 12, its attention square-rooted
+    assert (config.scorer_trunk_depth, config.scorer_attention_power, config.scorer_evidence_weight) == (12, 0.5, 0.0)
+    # a user who asks for the evidence head's pull keeps the saliency head it trains (the mil head refuses it)
+    config = runner.build_config_from_scratch(None, {**tiny, "scorer_evidence_weight": 3.0},
+                                              scorer_trunk_weights="efficientnet_lite0")
+    assert (config.scorer_head, config.scorer_evidence_weight, config.scorer_trunk_depth) == ("saliency", 3.0, 12)
     # without the weights: the config's own defaults (MobileNetV3-Small, head v1, no geometry, no evidence head)
     plain = runner.build_config_from_scratch(None, dict(tiny))
     assert (plain.scorer_trunk, plain.scorer_head, plain.token_geometry_embedding) == (
@@ -274,6 +279,16 @@ def _evidence_model():
         scorer_trunk_depth=5, scorer_evidence_weight=1.0))
 
 
+def _mil_model():
+    from modeling_dart import DartConfig, DartForImageClassification
+
+    torch.manual_seed(0)
+    return DartForImageClassification(DartConfig(
+        image_size=64, patch_size=8, score_grid_size=8, num_tokens=16, hidden_size=32, num_hidden_layers=1,
+        num_attention_heads=4, num_labels=3, scorer_trunk="efficientnet_lite0", scorer_head="mil",
+        scorer_trunk_depth=5))
+
+
 def _trainer(runner, tmp_path, model, **options):
     training_args = runner.DartTrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.05,
                                                  report_to="none", use_cpu=True, **options)
@@ -294,6 +309,9 @@ def test_scorer_learning_rate_default_and_its_own_optimizer_group(runner, tmp_pa
     model.config.scorer_evidence_weight = 0.0
     assert runner.default_scorer_learning_rate(1e-3, model.config, new_model=True) == 1e-3
     model.config.scorer_evidence_weight = 1.0
+    mil = _mil_model().config  # the recommended scorer: 3x
+    assert runner.default_scorer_learning_rate(1e-3, mil, new_model=True) == pytest.approx(3e-3)
+    assert runner.default_scorer_learning_rate(1e-3, mil, new_model=False) == 1e-3
     with pytest.raises(ValueError, match="--scorer_learning_rate"):
         runner.DartTrainingArguments(output_dir=str(tmp_path), scorer_learning_rate=-1.0)
 
@@ -329,6 +347,9 @@ def test_scorer_pretraining_default_and_what_it_trains(runner, tmp_path):
     model.config.scorer_evidence_weight = 0.0
     assert runner.default_scorer_pretrain_steps(model.config, new_model=True) == 0
     model.config.scorer_evidence_weight = 1.0
+    mil = _mil_model().config
+    assert runner.default_scorer_pretrain_steps(mil, new_model=True) == runner.DEFAULT_SCORER_PRETRAIN_STEPS
+    assert runner.default_scorer_pretrain_steps(mil, new_model=False) == 0
     with pytest.raises(ValueError, match="--scorer_pretrain_steps"):
         runner.DartTrainingArguments(output_dir=str(tmp_path), scorer_pretrain_steps=-1)
 
@@ -349,7 +370,7 @@ def test_scorer_pretraining_default_and_what_it_trains(runner, tmp_path):
 def test_scorer_pretraining_is_refused_without_the_evidence_head(runner, tmp_path):
     """A model without the evidence head: asking for the pre-training is a usage error, raised before any
     training."""
-    no_head = ",".join(f"{k}={v}" for k, v in {**runner.QUICKSTART_CONFIG, "scorer_evidence_weight": 0.0}.items())
+    no_head = ",".join(f"{k}={v}" for k, v in {**runner.QUICKSTART_CONFIG, "scorer_head": "saliency"}.items())
     with pytest.raises(ValueError, match="--scorer_pretrain_steps.*scorer_evidence_weight"):
         runner.main([*TINY_RUN, "--config_overrides", no_head, "--scorer_pretrain_steps", "5",
                      "--output_dir", str(tmp_path / "out")])
@@ -362,9 +383,9 @@ def test_scorer_pretraining_is_refused_without_the_evidence_head(runner, tmp_pat
 
 
 def test_a_new_token_model_trains_with_the_recommended_scorer_end_to_end(runner, tmp_path):
-    """A new token model from `--scorer_trunk_weights efficientnet_lite0` alone: the trunk cut at depth 12, the
-    evidence head, its pre-training (`--scorer_pretrain_steps`, here 2) before the Trainer's steps, and a saved folder
-    that holds the head and reloads."""
+    """A new token model from `--scorer_trunk_weights efficientnet_lite0` alone: the mil head on the trunk cut at
+    depth 12, its pre-training (`--scorer_pretrain_steps`, here 2) before the Trainer's steps, and a saved folder that
+    holds the head and reloads."""
     from modeling_dart import DartForImageClassification
 
     tiny = "image_size=64,patch_size=8,score_grid_size=8,num_tokens=16,hidden_size=32,num_hidden_layers=1,num_attention_heads=4"
@@ -376,14 +397,16 @@ def test_a_new_token_model_trains_with_the_recommended_scorer_end_to_end(runner,
                  "--do_train", "true", "--do_eval", "true", "--save_strategy", "no", "--report_to", "none",
                  "--use_cpu", "true", "--output_dir", str(output)])
     config = json.loads((output / "config.json").read_text())
-    assert (config["scorer_trunk_depth"], config["scorer_evidence_weight"]) == (12, 3.0)
+    assert (config["scorer_head"], config["scorer_trunk_depth"], config["scorer_attention_power"]) == ("mil", 12, 0.5)
     results = json.loads((output / "all_results.json").read_text())
     assert results["scorer_pretrain_steps"] == 2
     assert math.isfinite(results["scorer_pretrain_loss_first"]) and math.isfinite(results["scorer_pretrain_loss_last"])
     saved = load_file(output / "model.safetensors")
-    assert saved["evidence_head.embed.weight"].shape == (128, 112)  # depth 12: 112 channels
+    assert saved["dart.embeddings.scorer.head.embed.weight"].shape == (128, 112)  # depth 12: 112 channels
+    assert not any(key.startswith("evidence_head.") for key in saved)
     reloaded = DartForImageClassification.from_pretrained(output)
-    assert reloaded.evidence_head is not None and reloaded.config.scorer_trunk_depth == 12
+    assert reloaded.evidence_module() is reloaded.dart.embeddings.scorer.head
+    assert torch.equal(reloaded.dart.embeddings.scorer.head.embed.weight, saved["dart.embeddings.scorer.head.embed.weight"])
 
 
 def test_label_smoothing_keeps_the_evidence_loss(runner, tmp_path):
@@ -483,7 +506,7 @@ def test_quickstart_runs_end_to_end(runner, tmp_path, capsys):
     assert 0 <= metrics["finest_token_on_article"] <= 6 and 0.0 <= metrics["eval_accuracy"] <= 1.0
     picture = Image.open(output / "token_regions.png")
     assert picture.width > 6 * 240 and picture.height > 2 * 240
-    # the demo's scorer: the preset's recommended one less the evidence head (QUICKSTART_DEMO_SCORER)
+    # the demo's scorer: the saliency head at trunk depth 4 in place of the recommended mil head (QUICKSTART_DEMO_SCORER)
     config = json.loads((output / "config.json").read_text())
     assert (config["scorer_trunk"], config["scorer_head"]) == ("efficientnet_lite0", "saliency")
     assert (config["scorer_trunk_depth"], config["scorer_evidence_weight"], config["num_tokens"]) == (4, 0.0, 36)
