@@ -131,3 +131,16 @@ def test_pretraining_trains_the_head_alone_on_the_labels():
     assert changed and all(n.startswith("dart.embeddings.scorer.head.") for n in changed), changed
     assert len(changed) == len(list(model.dart.embeddings.scorer.head.parameters()))
     assert losses[-1] < 0.5 * losses[0]  # one fixed batch: the head fits its labels
+
+
+def test_export_with_a_dynamic_batch_matches_eager():
+    """The recommended scorer's head exports: `torch.export` with a dynamic batch reproduces eager mode."""
+    model = _model().eval()
+    pixels, _ = _inputs()
+    dynamic = {"pixel_values": {0: torch.export.Dim("batch", min=1, max=64)}}
+    program = torch.export.export(model, (pixels[:2],), dynamic_shapes=dynamic).module()
+    for size in (1, 3):
+        with torch.no_grad():
+            got, expected = program(pixels[:size]), model(pixels[:size])
+        torch.testing.assert_close(got["score_map"], expected["score_map"], atol=1e-7, rtol=1e-5)
+        torch.testing.assert_close(got["logits"], expected["logits"], atol=1e-5, rtol=1e-5)
