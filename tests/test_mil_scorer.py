@@ -144,3 +144,16 @@ def test_export_with_a_dynamic_batch_matches_eager():
             got, expected = program(pixels[:size]), model(pixels[:size])
         torch.testing.assert_close(got["score_map"], expected["score_map"], atol=1e-7, rtol=1e-5)
         torch.testing.assert_close(got["logits"], expected["logits"], atol=1e-5, rtol=1e-5)
+
+
+def test_the_head_is_initialised_by_the_model():
+    """`_init_weights` sets the head (normal weights of std `initializer_range`, zero biases, identity LayerNorm),
+    also when a model is built without a state dict."""
+    head = _model().dart.embeddings.scorer.head
+    for linear in (head.embed, head.attention_v, head.attention_u, head.attention_w, head.classifier):
+        assert torch.equal(linear.bias, torch.zeros_like(linear.bias))
+    assert 0.017 < head.embed.weight.std().item() < 0.023
+    assert torch.equal(head.norm.weight, torch.ones(40)) and torch.equal(head.norm.bias, torch.zeros(40))
+    loaded = DartForImageClassification.from_pretrained(None, config=tiny_config(**MIL), state_dict={})
+    for name, tensor in loaded.dart.embeddings.scorer.head.named_parameters():
+        assert torch.isfinite(tensor).all() and tensor.abs().max() <= 1.0, name
