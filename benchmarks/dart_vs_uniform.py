@@ -127,6 +127,7 @@ class Setting:
     evidence_placement: int = 0  # --evidence_model mil: the tokens follow the head's attention (2: detached)
     placement_blur: int = 1  # --evidence_placement: the attention averaged over k x k feature cells first
     placement_power: float = 1.0  # --evidence_placement: the attention raised to this power
+    placement_spread: int = 1  # --evidence_placement: the mass on the grid averaged over k x k grid cells first
 
 
 # ------------------------------------------------------------------------------------------------------------ data
@@ -353,7 +354,8 @@ def scores_for(arm, model, index, features, boxes, setting):
         return oracle_scores(boxes[index], setting.max_ratio)
     if model.__dict__.get("evidence_placement") is not None:  # --evidence_placement: the MIL head places the tokens
         scores = evidence_scores(model.__dict__["evidence_placement"], features["evidence"][index].float(),
-                                 setting.max_ratio, setting.placement_blur, setting.placement_power)
+                                 setting.max_ratio, setting.placement_blur, setting.placement_power,
+                                 setting.placement_spread)
         return scores.detach() if setting.evidence_placement == 2 else scores
     scorer = model.dart.embeddings.scorer
     if scorer.version != "saliency":
@@ -366,13 +368,14 @@ def scores_for(arm, model, index, features, boxes, setting):
 
 
 def evidence_scores(head: MilEvidenceHead, features: torch.Tensor, max_ratio: float, blur: int = 1,
-                    power: float = 1.0) -> torch.Tensor:
+                    power: float = 1.0, spread: int = 1) -> torch.Tensor:
     """`--evidence_placement`: the MIL head's attention as the score map `(batch, GRID, GRID)`, as the `"mil"` scorer
-    head makes it (`attention_scores`); `blur` (odd) first averages the attention over blur x blur feature cells."""
+    head makes it (`attention_scores`, with `power` and `spread`); `blur` (odd) first averages the attention over
+    blur x blur feature cells."""
     attention = head(features)[1]
     if blur > 1:
         attention = F.avg_pool2d(attention[:, None], blur, 1, blur // 2, count_include_pad=False)[:, 0]
-    return attention_scores(attention, GRID, max_ratio, power)
+    return attention_scores(attention, GRID, max_ratio, power, spread)
 
 
 def warmup_cosine(step: int, total: int, warmup_fraction: float) -> float:
@@ -582,6 +585,7 @@ def run_arm(arm, num_tokens, seed, data, features, setting, log_every=0, layouts
             "evidence_power": setting.evidence_power if evidence_head is not None else 1.0,
             "evidence_placement": setting.evidence_placement if evidence_head is not None else 0,
             "placement_blur": setting.placement_blur, "placement_power": setting.placement_power,
+            "placement_spread": setting.placement_spread,
             "scorer_learning_rate": setting.scorer_learning_rate, "steps": setting.steps,
             "unfreeze_trunk_blocks": unfreeze, "trunk_learning_rate": setting.trunk_learning_rate if unfreeze else 0.0,
             "glimpse": glimpse, "glimpse_tokens": setting.glimpse_tokens if glimpse != "none" else 0,
@@ -820,6 +824,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="--evidence_placement: average the attention over k x k feature cells first (odd k)")
     parser.add_argument("--placement_power", type=float, default=1.0,
                         help="--evidence_placement: raise the attention to this power")
+    parser.add_argument("--placement_spread", type=int, default=1,
+                        help="--evidence_placement: average the attention's mass on the score grid over k x k grid "
+                             "cells before the power (odd k; the mil head's `scorer_attention_spread`)")
     parser.add_argument("--train_score_power", type=float, default=1.0,
                         help="learned arms: training tokens from scores ** p (evaluation unchanged)")
     parser.add_argument("--unfreeze_trunk_blocks", type=int, default=0,
@@ -850,8 +857,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error("--evidence_pretrain_steps needs --evidence_model mil and --evidence_weight > 0")
     if args.evidence_placement and (args.evidence_model != "mil" or args.evidence_weight <= 0):
         parser.error("--evidence_placement needs --evidence_model mil and --evidence_weight > 0")
-    if args.placement_blur < 1 or args.placement_blur % 2 == 0 or not args.placement_power > 0:
-        parser.error("--placement_blur must be a positive odd int and --placement_power positive")
+    if any(k < 1 or k % 2 == 0 for k in (args.placement_blur, args.placement_spread)) or not args.placement_power > 0:
+        parser.error("--placement_blur and --placement_spread must be positive odd ints and --placement_power positive")
     if args.evidence_pretrain_steps < 0:
         parser.error("--evidence_pretrain_steps must be at least 0")
     if args.evidence_depth is None:
@@ -878,7 +885,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       args.evidence_learning_rate, args.evidence_model, args.unfreeze_trunk_blocks,
                       args.trunk_learning_rate, args.glimpse, args.glimpse_tokens, args.glimpse_power,
                       args.glimpse_weight, args.evidence_depth, args.evidence_pretrain_steps, args.evidence_power,
-                      args.evidence_placement, args.placement_blur, args.placement_power)
+                      args.evidence_placement, args.placement_blur, args.placement_power, args.placement_spread)
     depth = build_model("pretrained", 16, setting).config.resolved_scorer_trunk_depth()
     setting.trunk_depth = depth  # every learned arm (heads v1 and v2 too) scores from the same trunk features
     if args.unfreeze_trunk_blocks > depth:

@@ -83,10 +83,10 @@ class DartConfig(PreTrainedConfig):  # trf-ignore: TRF010
         not in the released models). After standardisation v1 and v2 allow an object/background density ratio of
         only about 2.0x / 2.7x; `"saliency"` allows up to `scorer_max_density_ratio`. `"mil"` (image models with
         `num_labels` >= 1): a gated-attention multiple-instance classifier on the trunk's cells whose attention,
-        moved onto the score grid and raised to `scorer_attention_power`, is the score map (ratio up to
-        `scorer_max_density_ratio`), detached from the backbone's loss; [`DartForImageClassification`] trains it in
-        training mode with `labels` by adding its own classification loss (`evidence_loss`), so the scorer learns
-        where the class can be read from, without box labels.
+        moved onto the score grid, widened by `scorer_attention_spread` and raised to `scorer_attention_power`, is
+        the score map (ratio up to `scorer_max_density_ratio`), detached from the backbone's loss;
+        [`DartForImageClassification`] trains it in training mode with `labels` by adding its own classification
+        loss (`evidence_loss`), so the scorer learns where the class can be read from, without box labels.
     scorer_hidden_size (`int`, *optional*):
         Hidden width of the head's MLP. Defaults to the trunk's width at the v1 cut for head v1
         (`trunk_tables_dart.default_scorer_hidden_size`), 96 for v2 and saliency, and 128 for mil (its cell
@@ -109,6 +109,9 @@ class DartConfig(PreTrainedConfig):  # trf-ignore: TRF010
     scorer_attention_power (`float`, *optional*, defaults to 1.0):
         Mil head: the power its attention mass on the score grid is raised to (< 1 spreads the tokens from the
         attention's peak over its neighbours).
+    scorer_attention_spread (`int`, *optional*, defaults to 1):
+        Mil head: odd; before the power, each score cell's attention mass is averaged over a `spread x spread`
+        window of score cells, which widens the attention's peak by `spread // 2` cells on each side.
     score_normalization (`str`, *optional*, defaults to `"image"`):
         `"image"` standardises each image's score map on its own (predictions never depend on batching);
         `"batch"` uses statistics over the whole batch, as the original code does.
@@ -198,6 +201,7 @@ class DartConfig(PreTrainedConfig):  # trf-ignore: TRF010
         scorer_max_density_ratio: float = 1e4,
         scorer_temperature: float = 1.5,
         scorer_attention_power: float = 1.0,
+        scorer_attention_spread: int = 1,
         score_normalization: str = "image",
         freeze_scorer_trunk: bool = True,
         scorer_evidence_weight: float = 0.0,
@@ -242,6 +246,7 @@ class DartConfig(PreTrainedConfig):  # trf-ignore: TRF010
         self.scorer_max_density_ratio = scorer_max_density_ratio
         self.scorer_temperature = scorer_temperature
         self.scorer_attention_power = scorer_attention_power
+        self.scorer_attention_spread = scorer_attention_spread
         self.score_normalization = score_normalization
         self.freeze_scorer_trunk = freeze_scorer_trunk
         self.scorer_evidence_weight = scorer_evidence_weight
@@ -352,6 +357,7 @@ class DartConfig(PreTrainedConfig):  # trf-ignore: TRF010
         checks.update(dict.fromkeys(cls._bools, _boolean))
         checks["scorer_max_density_ratio"] = _density_ratio
         checks["scorer_evidence_weight"] = _non_negative_float
+        checks["scorer_attention_spread"] = _odd_positive_int
         return checks
 
     _positive_ints = (
@@ -550,6 +556,12 @@ def _rate(config, name):
     value = getattr(config, name)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ValueError(f"{type(config).__name__}: `{name}` must be a float in [0, 1), got {value!r}.")
+
+
+def _odd_positive_int(config, name):
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value % 2 == 0:
+        raise ValueError(f"{type(config).__name__}: `{name}` must be a positive odd int, got {value!r}.")
 
 
 def _positive_float(config, name):

@@ -155,7 +155,8 @@ class DartScorer(nn.Module):
     [`bounded_exp_density`] with a learnable temperature: the density ratio between two cells reaches
     `config.scorer_max_density_ratio`.
     Head mil: a gated-attention multiple-instance classifier on the trunk's cells (`MilEvidenceHead`, with
-    `config.num_labels` classes); its attention, moved onto the grid, raised to `config.scorer_attention_power` and
+    `config.num_labels` classes); its attention, moved onto the grid, averaged over `config.scorer_attention_spread`
+    cells, raised to `config.scorer_attention_power` and
     floored at `1 / config.scorer_max_density_ratio` of the peak (`attention_scores`), is the score map, detached:
     the head learns from its own classification loss on the labels ([`DartForImageClassification`] adds it in
     training), not from the backbone's loss through the token placement.
@@ -176,6 +177,7 @@ class DartScorer(nn.Module):
             self.head = MilEvidenceHead(channels, config.num_labels, hidden=config.scorer_hidden_size)
             self.max_density_ratio = float(config.scorer_max_density_ratio)
             self.attention_power = float(config.scorer_attention_power)
+            self.attention_spread = int(config.scorer_attention_spread)
         else:
             self.head = DartScoreHead(channels, config.scorer_hidden_size, 1 if self.version == "v1" else channels)
         if self.freeze_trunk:
@@ -278,7 +280,7 @@ class DartScorer(nn.Module):
                                  f"got {normalization!r}.")
             _, attention = self.head(features.to(self.head.embed.weight.dtype))
             return attention_scores(attention.float(), self.grid_size, self.max_density_ratio,
-                                    self.attention_power).detach()
+                                    self.attention_power, self.attention_spread).detach()
         if self.version == "v1":
             raw = self.head(features.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, 1, h, w)
         else:

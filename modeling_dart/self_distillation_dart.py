@@ -180,25 +180,34 @@ def resample_mass(mass: torch.Tensor, size: int) -> torch.Tensor:
     return rows @ mass @ columns.T
 
 
-def attention_scores(attention: torch.Tensor, grid: int, max_ratio: float, power: float = 1.0) -> torch.Tensor:
+def attention_scores(attention: torch.Tensor, grid: int, max_ratio: float, power: float = 1.0,
+                     spread: int = 1) -> torch.Tensor:
     """A score map from an attention over feature cells (the `"mil"` scorer head's density).
 
     Args:
         attention (`(batch, h, w)`): non-negative, e.g. `MilEvidenceHead`'s attention (each image's sums to 1).
         grid (`int`): the side of the score grid.
         max_ratio (`float`): the largest ratio between two cells' scores (> 1).
-        power (`float`, defaults to 1.0): the mass on the grid is raised to this power (< 1 flattens the peak over
-            its neighbours, > 1 sharpens it).
+        power (`float`, defaults to 1.0): the mass is raised to this power (< 1 flattens the peak over its
+            neighbours, > 1 sharpens it).
+        spread (`int`, defaults to 1): odd; each grid cell's mass is first averaged with its neighbours' over a
+            `spread x spread` window (cells outside the grid do not count), which widens a peak by `spread // 2`
+            cells on each side.
 
     Returns:
-        `(batch, grid, grid)`: `m ** power` with `m` the attention moved onto the grid by `resample_mass` (mass
-        conserved), floored at `1 / max_ratio` of each image's largest cell.
+        `(batch, grid, grid)`: `m ** power`, `m` the attention moved onto the grid by `resample_mass` (mass conserved)
+        then averaged over `spread`, floored at `1 / max_ratio` of each image's largest cell.
     """
     if isinstance(power, bool) or not isinstance(power, (int, float)) or not power > 0:
         raise ValueError(f"`power` must be a positive number, got {power!r}.")
     if isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, float)) or not 1 < max_ratio < float("inf"):
         raise ValueError(f"`max_ratio` must be a finite number > 1, got {max_ratio!r}.")
-    mass = resample_mass(attention, grid).clamp(min=0) ** power
+    if isinstance(spread, bool) or not isinstance(spread, int) or spread < 1 or spread % 2 == 0:
+        raise ValueError(f"`spread` must be a positive odd int, got {spread!r}.")
+    mass = resample_mass(attention, grid).clamp(min=0)
+    if spread > 1:
+        mass = nn.functional.avg_pool2d(mass[:, None], spread, 1, spread // 2, count_include_pad=False)[:, 0]
+    mass = mass ** power
     return torch.maximum(mass, mass.amax((-2, -1), keepdim=True) / max_ratio)
 
 

@@ -580,14 +580,16 @@ def test_evidence_placement_scores_are_the_heads_attention(monkeypatch, tiny_ben
     options = {"evidence_weight": 1.0, "evidence_model": "mil", "evidence_placement": 2, "placement_power": 0.5}
     monkeypatch.setattr(benchmark, "Setting", lambda **kwargs: dataclasses.replace(original(**kwargs), **options))
     result, moved = _tiny_benchmark_run(monkeypatch, "pretrained", data)
-    assert (result["evidence_placement"], result["placement_power"]) == (2, 0.5)
+    assert (result["evidence_placement"], result["placement_power"], result["placement_spread"]) == (2, 0.5, 1)
     assert any(".encoder." in n for n in moved)
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--evidence_placement", "2"], "needs --evidence_model mil"),
     (["--evidence_model", "mil", "--evidence_weight", "1", "--evidence_placement", "2", "--placement_blur", "2"],
-     "--placement_blur must be a positive odd int"),
+     "--placement_blur and --placement_spread must be positive odd ints"),
+    (["--evidence_model", "mil", "--evidence_weight", "1", "--evidence_placement", "2", "--placement_spread", "4"],
+     "--placement_blur and --placement_spread must be positive odd ints"),
     (["--evidence_model", "mil", "--evidence_weight", "1", "--evidence_placement", "2", "--placement_power", "0"],
      "--placement_power positive"),
 ])

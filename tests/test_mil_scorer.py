@@ -39,8 +39,17 @@ def test_attention_scores_on_a_hand_made_case():
     assert torch.allclose(rooted[0, 0, 0], torch.tensor(peak))
     assert torch.allclose(rooted[0, 0, 2], torch.tensor(0.075 ** 0.5))
     assert torch.allclose(rooted[0, 3, 3], torch.tensor(peak / 4.0))
-    for bad in ({"power": 0.0}, {"power": True}, {"max_ratio": 1.0}, {"max_ratio": float("inf")}):
-        with pytest.raises(ValueError, match="power|max_ratio"):
+    # spread 3: each cell averages the 3x3 window of cells around it that lies inside the grid, before the power
+    one = torch.zeros(1, 2, 2)
+    one[0, 0, 0] = 1.0  # onto 4x4: a quarter in each of the four top-left cells
+    spread = attention_scores(one, 4, max_ratio=100.0, spread=3)[0]
+    assert torch.allclose(spread[0, 0], torch.tensor(1.0 / 4))  # 4 cells in its window, all four holding mass
+    assert torch.allclose(spread[0, 1], torch.tensor(1.0 / 6)) and torch.allclose(spread[1, 1], torch.tensor(1.0 / 9))
+    assert torch.allclose(spread[0, 2], torch.tensor(0.5 / 6)) and torch.allclose(spread[2, 2], torch.tensor(0.25 / 9))
+    assert torch.allclose(spread[3, 3], torch.tensor(0.25 / 100))  # no mass in its window: the floor
+    for bad in ({"power": 0.0}, {"power": True}, {"max_ratio": 1.0}, {"max_ratio": float("inf")}, {"spread": 2},
+                {"spread": 0}, {"spread": 3.0}):
+        with pytest.raises(ValueError, match="power|max_ratio|spread"):
             attention_scores(attention, 4, **{"max_ratio": 10.0, **bad})
 
 
@@ -58,6 +67,18 @@ def test_the_score_map_is_the_heads_attention_on_the_grid_detached():
     expected = torch.maximum(powered, powered.amax((-2, -1), keepdim=True) / 1e4)
     assert torch.allclose(out.score_map, expected, atol=1e-7)
     assert not out.score_map.requires_grad
+    # scorer_attention_spread=3: the 3x3 mean of the attention (the grid is the feature map here), then the power
+    model.config.scorer_attention_spread = 3
+    spread_model = DartForImageClassification(model.config).eval()
+    spread_model.load_state_dict(model.state_dict())
+    padded = F.pad(attention, (1, 1, 1, 1))
+    counts = F.pad(torch.ones_like(attention), (1, 1, 1, 1))
+    window_sum = sum(padded[:, i : i + 8, j : j + 8] for i in range(3) for j in range(3))
+    window_count = sum(counts[:, i : i + 8, j : j + 8] for i in range(3) for j in range(3))
+    powered = (window_sum / window_count) ** 0.5
+    expected = torch.maximum(powered, powered.amax((-2, -1), keepdim=True) / 1e4)
+    with torch.no_grad():
+        assert torch.allclose(spread_model(pixels).score_map, expected, atol=1e-7)
 
 
 def test_training_adds_the_heads_own_loss_and_the_backbone_loss_does_not_reach_the_head():
@@ -112,6 +133,9 @@ def test_defaults_and_refusals():
         tiny_config(**MIL).scorer_attention_power = 0.0
     with pytest.raises(ValueError, match="scorer_attention_power"):
         DartModel(tiny_config(**MIL, scorer_attention_power=-1.0))
+    for spread in (2, 0, 1.0, True):
+        with pytest.raises(ValueError, match="scorer_attention_spread"):
+            DartModel(tiny_config(**MIL, scorer_attention_spread=spread))
     with pytest.raises(ValueError, match="score_normalization"):
         _model()(torch.zeros(1, 3, 64, 64), score_normalization="batch")
     with pytest.raises(ValueError, match="mil"):
