@@ -176,9 +176,10 @@ QUICKSTART_CONFIG = {
 
 # what the recommended scorer adds for a token model (`dart`): the embedding of each token's centre, size and rank,
 # and the mil head on the trunk's depth-12 features, a multiple-instance classifier trained on the labels whose
-# attention (square-rooted) places the tokens (`DartConfig.scorer_head`; benchmarks/README.md, "#23 fifth round")
+# attention (averaged over 3x3 score cells, square-rooted) places the tokens (`DartConfig.scorer_head`;
+# benchmarks/README.md, "#23 fifth round")
 TOKEN_MODEL_SCORER_FIELDS = {"token_geometry_embedding": True, "scorer_head": "mil", "scorer_trunk_depth": 12,
-                             "scorer_attention_power": 0.5}
+                             "scorer_attention_power": 0.5, "scorer_attention_spread": 3}
 
 
 def implied_scorer_fields(weights: str | None, model_type: str, *given: dict[str, Any]) -> dict[str, Any]:

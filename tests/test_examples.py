@@ -105,7 +105,8 @@ def test_single_process_run_saves_a_complete_folder(trained_folder):
     # the preset names no scorer trunk or head: --scorer_trunk_weights efficientnet_lite0 brings the recommended scorer
     assert (config["scorer_trunk"], config["scorer_head"]) == ("efficientnet_lite0", "mil")
     assert config["token_geometry_embedding"] is True
-    assert (config["scorer_trunk_depth"], config["scorer_attention_power"]) == (12, 0.5)
+    assert (config["scorer_trunk_depth"], config["scorer_attention_power"], config["scorer_attention_spread"]) == (
+        12, 0.5, 3)
     assert config["scorer_evidence_weight"] == 0.0
     # --scorer_trunk_weights efficientnet_lite0: the trunk holds the packaged ImageNet weights (frozen, kept)
     from tests.test_trunks import lite0_state
@@ -232,8 +233,9 @@ def test_packaged_trunk_weights_bring_the_recommended_scorer_to_a_new_model(runn
     config = runner.build_config_from_scratch(None, dict(tiny), scorer_trunk_weights="efficientnet_lite0")
     assert (config.scorer, config.scorer_trunk, config.scorer_head) == ("learned", "efficientnet_lite0", "mil")
     assert config.freeze_scorer_trunk is True and config.token_geometry_embedding is True
-    # token models: the mil head on the trunk cut at depth 12, its attention square-rooted
-    assert (config.scorer_trunk_depth, config.scorer_attention_power, config.scorer_evidence_weight) == (12, 0.5, 0.0)
+    # token models: the mil head on the trunk cut at depth 12, its attention averaged over 3x3 cells and square-rooted
+    assert (config.scorer_trunk_depth, config.scorer_attention_power, config.scorer_attention_spread) == (12, 0.5, 3)
+    assert config.scorer_evidence_weight == 0.0
     # a user who asks for the evidence head's pull keeps the saliency head it trains (the mil head refuses it)
     config = runner.build_config_from_scratch(None, {**tiny, "scorer_evidence_weight": 3.0},
                                               scorer_trunk_weights="efficientnet_lite0")
@@ -397,7 +399,8 @@ def test_a_new_token_model_trains_with_the_recommended_scorer_end_to_end(runner,
                  "--do_train", "true", "--do_eval", "true", "--save_strategy", "no", "--report_to", "none",
                  "--use_cpu", "true", "--output_dir", str(output)])
     config = json.loads((output / "config.json").read_text())
-    assert (config["scorer_head"], config["scorer_trunk_depth"], config["scorer_attention_power"]) == ("mil", 12, 0.5)
+    assert (config["scorer_head"], config["scorer_trunk_depth"], config["scorer_attention_power"],
+            config["scorer_attention_spread"]) == ("mil", 12, 0.5, 3)
     results = json.loads((output / "all_results.json").read_text())
     assert results["scorer_pretrain_steps"] == 2
     assert math.isfinite(results["scorer_pretrain_loss_first"]) and math.isfinite(results["scorer_pretrain_loss_last"])
