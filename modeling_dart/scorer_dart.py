@@ -156,10 +156,9 @@ class DartScorer(nn.Module):
     `config.scorer_max_density_ratio`.
     Head mil: a gated-attention multiple-instance classifier on the trunk's cells (`MilEvidenceHead`, with
     `config.num_labels` classes); its attention, moved onto the grid, averaged over `config.scorer_attention_spread`
-    cells, raised to `config.scorer_attention_power` and
-    floored at `1 / config.scorer_max_density_ratio` of the peak (`attention_scores`), is the score map, detached:
-    the head learns from its own classification loss on the labels ([`DartForImageClassification`] adds it in
-    training), not from the backbone's loss through the token placement.
+    cells, raised to `config.scorer_attention_power` and floored at `1 / config.scorer_max_density_ratio` of the peak
+    (`attention_scores`), is the score map, detached: the head learns from its own classification loss on the labels
+    ([`DartForImageClassification`] adds it in training), not from the backbone's loss through the token placement.
     """
 
     def __init__(self, config: DartConfig):
